@@ -1,0 +1,120 @@
+"""The preprocess job's config: raw input, features to encode, labels, split, runner.
+
+Example (``configs/preprocess_sim.yaml``)::
+
+    input: {path: "out/raw/impressions-*.parquet", format: parquet}
+    output: out/data
+    features:
+      - {name: user_id, kind: categorical, dtype: string, role: personal,
+         encoding: {type: vocab, min_count: 2}}
+      - {name: price, kind: numeric, dtype: float32, role: item,
+         encoding: {type: mnse, bases: [2, 3, 10], digits: [12, 8, 4]}}
+      - {name: hist_category, kind: sequence, dtype: string, role: sequence,
+         encoding: {type: sequence_vocab, max_len: 20, min_count: 1}}
+      - {name: user_pretrained, kind: dense, dtype: float32, role: user,
+         encoding: {type: dense, dim: 16}}
+    labels: [click, conversion]
+    user_column: user_id          # raw column keyed for per-user metrics / head-tail
+    source_column: source         # raw column: "ad" / "rec" (optional)
+    weight_columns: []
+    extra_meta: {true_ctr: float32, ad_id: string}   # passed through, not model inputs
+    split: {method: random, ratios: {train: 0.8, valid: 0.1, test: 0.1}, seed: 7}
+    max_quarantine_fraction: 0.01
+    runner: {name: DirectRunner, num_workers: 2}
+
+Raw formats: parquet, csv (``csv_delimiter``, header row), jsonl. List-valued raw
+columns (sequences, dense vectors) are list columns in Parquet/JSON and
+``list_delimiter``-separated strings in CSV.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+from pipeline.config import ConfigError
+
+RAW_FORMATS = ("parquet", "csv", "jsonl")
+SPLIT_METHODS = ("random", "time", "given")
+
+
+@dataclasses.dataclass
+class InputConfig:
+    path: str  # file, directory or glob
+    format: str = "parquet"
+    csv_delimiter: str = ","
+    list_delimiter: str = "|"
+
+    def __post_init__(self):
+        if self.format not in RAW_FORMATS:
+            raise ConfigError(f"input.format '{self.format}' not in {RAW_FORMATS}")
+
+
+@dataclasses.dataclass
+class FeatureSpec:
+    """What to encode; ``features.encoders`` turns it + train statistics into a Feature."""
+
+    name: str
+    kind: str
+    dtype: str
+    role: str
+    encoding: Dict[str, Any]
+    required: bool = False
+    default: Any = None
+    source: Optional[str] = None  # raw column name when it differs from ``name``
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    """random: hash of (seed, row key) against ``ratios``; time: ``time_column`` cut
+    at the ratio quantiles (earliest rows train); given: ``given_column`` holds the
+    split name of every row."""
+
+    method: str = "random"
+    ratios: Dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
+    seed: int = 7
+    time_column: Optional[str] = None
+    given_column: Optional[str] = None
+    extra_splits: Dict[str, str] = dataclasses.field(default_factory=dict)  # name -> raw path (e.g. random-policy test log)
+
+    def __post_init__(self):
+        if self.method not in SPLIT_METHODS:
+            raise ConfigError(f"split.method '{self.method}' not in {SPLIT_METHODS}")
+        if self.method == "time" and not self.time_column:
+            raise ConfigError("split.method 'time' needs split.time_column")
+        if self.method == "given" and not self.given_column:
+            raise ConfigError("split.method 'given' needs split.given_column")
+        if "train" not in self.ratios and self.method != "given":
+            raise ConfigError("split.ratios must include 'train'")
+
+
+@dataclasses.dataclass
+class RunnerConfig:
+    name: str = "DirectRunner"  # DirectRunner | DaskRunner | DataflowRunner | FlinkRunner ...
+    num_workers: int = 2
+    running_mode: str = "multi_processing"
+    dask_address: Optional[str] = None  # scheduler address for DaskRunner
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # extra PipelineOptions
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    input: InputConfig
+    output: str
+    features: List[Dict[str, Any]]
+    labels: List[str]
+    user_column: Optional[str] = None
+    source_column: Optional[str] = None
+    weight_columns: List[str] = dataclasses.field(default_factory=list)
+    extra_meta: Dict[str, str] = dataclasses.field(default_factory=dict)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    head_user_fraction: float = 0.2  # HDA: head = top 20 % users by training samples
+    max_quarantine_fraction: float = 0.01
+    num_shards: int = 4
+    batch_size: int = 4096  # rows per vectorised encode batch
+    runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
+
+    def feature_specs(self) -> List[FeatureSpec]:
+        from pipeline.config import from_dict
+
+        return [from_dict(FeatureSpec, f, where=f"features[{i}]") for i, f in enumerate(self.features)]
