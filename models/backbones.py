@@ -1,0 +1,450 @@
+"""The backbone protocol, the registry and the backbones.
+
+A backbone maps :class:`~models.embedding.EmbeddedFields` (fields [B, F, d], first-order
+terms [B, F]) to a :data:`BackboneOutput`: a representation ``repr`` (r_b, [B, h]) and
+a ``logit`` [B, 1], both float32 whatever the compute dtype. Two-branch backbones
+(an explicit/simple branch beside an implicit/deep one) also give each branch's
+own output through ``call_branches`` (TF4CTR Sec. III-D/F); their ``call`` fuses the
+branches as the original paper does: the logits are summed (for DCN / DCN-V2 /
+AutoInt+ "concatenate then one linear unit" is the same sum of per-branch linear
+units) and ``repr`` is the concatenation of the branch representations. FinalMLP
+adds its bilinear term to the sum.
+
+Options: every backbone has a ``defaults`` dict (the papers' values; MLPs
+[400, 400, 400] ReLU, TF4CTR's setup); an option not in it is an error naming the
+known ones. ``get_config`` holds ``num_fields``, ``embedding_dim`` and the options.
+
+Registered names: lr, fm, ffm, fwfm, dnn, ipnn, widedeep, deepfm, dcn, dcnv2,
+xdeepfm, autoint+, gdcn, dualmlp, finalmlp (case-insensitive).
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any, Dict, Optional, Tuple
+
+import tensorflow as tf
+
+from models import layers as L
+from models.embedding import EmbeddedFields
+
+BackboneOutput = collections.namedtuple("BackboneOutput", ["repr", "logit"])
+BackboneOutput.__doc__ = "repr: r_b [B, h]; logit: [B, 1] (float32 from a backbone)."
+
+BACKBONES: Dict[str, type] = {}
+
+DNN_DEFAULTS = {"dnn_units": (400, 400, 400), "dnn_activation": "relu", "dnn_dropout": 0.0,
+                "dnn_batch_norm": False, "dnn_l2": 0.0}
+STRUCTURES = ("stacked", "parallel")
+
+
+def register_backbone(name: str):
+    """Class decorator: register a :class:`Backbone` subclass under ``name`` (lower case)."""
+
+    def deco(cls):
+        key = name.lower()
+        if key in BACKBONES:
+            raise ValueError(f"backbone '{key}' is registered twice ({BACKBONES[key].__name__}, {cls.__name__})")
+        cls.registered_name = key
+        BACKBONES[key] = cls
+        return tf.keras.utils.register_keras_serializable("ctrflow")(cls)
+
+    return deco
+
+
+def backbone_class(name: str) -> type:
+    key = str(name).lower()
+    if key not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; known: {sorted(BACKBONES)}")
+    return BACKBONES[key]
+
+
+def get_backbone(name: str, num_fields: int, embedding_dim: int, **options) -> "Backbone":
+    """Build the backbone registered as ``name``; unknown options fail naming the known ones."""
+    return backbone_class(name)(num_fields=num_fields, embedding_dim=embedding_dim, **options)
+
+
+def _float32(out: BackboneOutput) -> BackboneOutput:
+    return BackboneOutput(tf.cast(out.repr, tf.float32), tf.cast(out.logit, tf.float32))
+
+
+def _flat(fields: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
+
+
+class Backbone(tf.keras.layers.Layer):
+    """The protocol (see the module docstring). Subclasses set ``defaults``, build their
+    layers in ``_build_layers`` and implement ``_forward`` (one branch) or ``_simple`` /
+    ``_deep`` (two branches, named by ``branch_names``)."""
+
+    registered_name = "backbone"
+    defaults: Dict[str, Any] = {}
+    branch_names: Optional[Tuple[str, str]] = None
+
+    def __init__(self, num_fields: int, embedding_dim: int, name=None, trainable=True, dtype=None, **options):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"backbone '{self.registered_name}': unknown option(s) {unknown}; "
+                             f"known: {sorted(self.defaults)}")
+        super().__init__(name=name, trainable=trainable, dtype=dtype)
+        self.num_fields, self.embedding_dim = int(num_fields), int(embedding_dim)
+        if self.num_fields < 1 or self.embedding_dim < 1:
+            raise ValueError(f"backbone '{self.registered_name}': num_fields and embedding_dim must be >= 1")
+        self.options = {**self.defaults, **options}
+        self._build_layers()
+
+    @classmethod
+    def input_embedding_dim(cls, num_fields: int, embedding_dim: int) -> int:
+        """Width of the field embeddings this backbone reads (FFM needs F * k)."""
+        return embedding_dim
+
+    @property
+    def branches(self) -> Optional[Tuple[str, str]]:
+        """(explicit/simple, implicit/deep) branch names, or None for a one-branch backbone."""
+        return self.branch_names
+
+    # ---- subclass hooks ----------------------------------------------------------------
+    def _build_layers(self) -> None:
+        raise NotImplementedError
+
+    def _forward(self, emb: EmbeddedFields, training) -> BackboneOutput:
+        raise NotImplementedError
+
+    def _simple(self, emb: EmbeddedFields, training) -> BackboneOutput:
+        raise NotImplementedError
+
+    def _deep(self, emb: EmbeddedFields, training) -> BackboneOutput:
+        raise NotImplementedError
+
+    def _fuse(self, simple: BackboneOutput, deep: BackboneOutput, training) -> BackboneOutput:
+        return BackboneOutput(tf.concat([simple.repr, deep.repr], axis=1), simple.logit + deep.logit)
+
+    def _tower(self, units, name: str) -> L.Tower:
+        o = self.options
+        return L.Tower(units, o["dnn_activation"], o["dnn_dropout"], o["dnn_batch_norm"], o["dnn_l2"], name=name)
+
+    # ---- protocol ----------------------------------------------------------------------
+    def call(self, emb: EmbeddedFields, training=None) -> BackboneOutput:
+        emb = self._prepare(emb)
+        if self.branches:
+            s, d = self._simple(emb, training), self._deep(emb, training)
+            return _float32(self._fuse(s, d, training))
+        return _float32(self._forward(emb, training))
+
+    def call_branches(self, emb: EmbeddedFields, training=None,
+                      deep_emb: Optional[EmbeddedFields] = None) -> Tuple[BackboneOutput, BackboneOutput]:
+        """(simple/explicit, deep/implicit) outputs, each with its own repr and logit.
+
+        ``deep_emb`` feeds the deep branch other embeddings than ``emb`` (TF4CTR's SSEM:
+        separate tables, gating or MoE per branch); the default shares ``emb``.
+        """
+        if not self.branches:
+            raise TypeError(f"backbone '{self.registered_name}' has a single branch (options: {self.options})")
+        s = self._simple(self._prepare(emb), training)
+        d = self._deep(self._prepare(emb if deep_emb is None else deep_emb), training)
+        return _float32(s), _float32(d)
+
+    def _prepare(self, emb: EmbeddedFields) -> EmbeddedFields:
+        if emb.fields.shape[1] != self.num_fields:
+            raise ValueError(f"backbone '{self.registered_name}' was built for {self.num_fields} fields, "
+                             f"got field embeddings of shape {emb.fields.shape}")
+        dt = self.compute_dtype
+        return EmbeddedFields(tf.cast(emb.fields, dt), tf.cast(emb.linear, dt))
+
+    def get_config(self):
+        return {**super().get_config(), "num_fields": self.num_fields, "embedding_dim": self.embedding_dim,
+                **L.plain(self.options)}
+
+
+# ---- first- and second-order models ---------------------------------------------------------
+@register_backbone("lr")
+class LR(Backbone):
+    """Logistic regression on the first-order terms: logit = b + sum_i w_i; repr = the terms."""
+
+    def _build_layers(self):
+        self.first_order = L.FirstOrder(name="first_order")
+
+    def _forward(self, emb, training):
+        return BackboneOutput(emb.linear, self.first_order(emb.linear))
+
+
+class _PairwiseBackbone(Backbone):
+    """logit = b + sum_i w_i + sum over d of a pairwise interaction vector (the repr)."""
+
+    def _interaction(self) -> tf.keras.layers.Layer:
+        raise NotImplementedError
+
+    def _build_layers(self):
+        self.first_order = L.FirstOrder(name="first_order")
+        self.interaction = self._interaction()
+
+    def _forward(self, emb, training):
+        pairs = self.interaction(emb.fields)
+        return BackboneOutput(pairs, self.first_order(emb.linear) + tf.reduce_sum(pairs, axis=1, keepdims=True))
+
+
+@register_backbone("fm")
+class FM(_PairwiseBackbone):
+    """Factorization Machine (Rendle, ICDM'10, Eq. 1)."""
+
+    def _interaction(self):
+        return L.FMInteraction(name="fm")
+
+
+@register_backbone("fwfm")
+class FwFM(_PairwiseBackbone):
+    """Field-weighted FM (Pan et al., WWW'18, Eq. 4): one learned weight per field pair."""
+
+    def _interaction(self):
+        return L.FieldWeightedInteraction(name="fwfm")
+
+
+@register_backbone("ffm")
+class FFM(_PairwiseBackbone):
+    """Field-aware FM (Juan et al., RecSys'16, Eq. 3).
+
+    Each feature needs one latent vector of width k = ``embedding_dim`` per field, so
+    it reads field embeddings of width F * k (``input_embedding_dim``): CTRModel
+    builds its FeatureEmbedding that wide; the j-th k-slice of field i is used
+    against field j.
+    """
+
+    @classmethod
+    def input_embedding_dim(cls, num_fields, embedding_dim):
+        return num_fields * embedding_dim
+
+    def _interaction(self):
+        return L.FieldAwareInteraction(self.num_fields, name="ffm")
+
+
+# ---- MLP models ------------------------------------------------------------------------------
+@register_backbone("dnn")
+class DNN(Backbone):
+    """An MLP on the concatenated field embeddings (the "MLP" backbone of HDA / GPRec)."""
+
+    defaults = dict(DNN_DEFAULTS)
+
+    def _build_layers(self):
+        self.tower = self._tower(self.options["dnn_units"], "dnn")
+
+    def _forward(self, emb, training):
+        return BackboneOutput(*self.tower(_flat(emb.fields), training=training))
+
+
+@register_backbone("ipnn")
+class IPNN(Backbone):
+    """Inner-product PNN (Qu et al., ICDM'16): MLP over [flat embeddings (l_z), <v_i, v_j> (l_p)]."""
+
+    defaults = dict(DNN_DEFAULTS)
+
+    def _build_layers(self):
+        self.inner = L.InnerProduct(name="inner_product")
+        self.tower = self._tower(self.options["dnn_units"], "dnn")
+
+    def _forward(self, emb, training):
+        x = tf.concat([_flat(emb.fields), self.inner(emb.fields)], axis=1)
+        return BackboneOutput(*self.tower(x, training=training))
+
+
+@register_backbone("dualmlp")
+class DualMLP(Backbone):
+    """Two MLPs of different depth on the same input, logits summed (FinalMLP paper's
+    baseline; TF4CTR's MLP_s [400] and MLP_c [400, 400, 400], Eq. 6)."""
+
+    defaults = {**{k: v for k, v in DNN_DEFAULTS.items() if k != "dnn_units"},
+                "mlp1_units": (400,), "mlp2_units": (400, 400, 400)}
+    branch_names = ("mlp1", "mlp2")
+
+    def _build_layers(self):
+        self.tower1 = self._tower(self.options["mlp1_units"], "mlp1")
+        self.tower2 = self._tower(self.options["mlp2_units"], "mlp2")
+
+    def _simple(self, emb, training):
+        return BackboneOutput(*self.tower1(_flat(emb.fields), training=training))
+
+    def _deep(self, emb, training):
+        return BackboneOutput(*self.tower2(_flat(emb.fields), training=training))
+
+
+@register_backbone("finalmlp")
+class FinalMLP(DualMLP):
+    """FinalMLP (Mao et al., AAAI'23): two MLP streams, each on its own feature-gated
+    input (Eq. 3-4), fused by b + w1^T o1 + w2^T o2 + sum_h o1_h^T W_h o2_h (Eq. 7-8).
+
+    Defaults are the authors' released template: streams [1024, 512] and
+    [1024, 512, 256], gate MLP [1024, 512], 2 fusion heads, learnable gate contexts
+    (``fs1_context`` / ``fs2_context`` take field indices to condition on instead).
+    """
+
+    defaults = {**{k: v for k, v in DNN_DEFAULTS.items() if k != "dnn_units"},
+                "mlp1_units": (1024, 512), "mlp2_units": (1024, 512, 256), "use_fs": True,
+                "fs_units": (1024, 512), "fs1_context": (), "fs2_context": (), "num_heads": 2}
+    branch_names = ("stream1", "stream2")
+
+    def _build_layers(self):
+        super()._build_layers()
+        o = self.options
+        self.gate1 = self.gate2 = None
+        if o["use_fs"]:
+            self.gate1 = L.FeatureSelection(o["fs_units"], o["fs1_context"], name="fs1")
+            self.gate2 = L.FeatureSelection(o["fs_units"], o["fs2_context"], name="fs2")
+        self.bilinear = L.MultiHeadBilinear(o["num_heads"], name="fusion")
+
+    def _stream_input(self, gate, emb, training):
+        return _flat(emb.fields) if gate is None else gate(emb.fields, training=training)
+
+    def _simple(self, emb, training):
+        return BackboneOutput(*self.tower1(self._stream_input(self.gate1, emb, training), training=training))
+
+    def _deep(self, emb, training):
+        return BackboneOutput(*self.tower2(self._stream_input(self.gate2, emb, training), training=training))
+
+    def _fuse(self, simple, deep, training):
+        fused = super()._fuse(simple, deep, training)
+        return BackboneOutput(fused.repr, fused.logit + self.bilinear([simple.repr, deep.repr]))
+
+
+# ---- explicit interaction + DNN ----------------------------------------------------------------
+class _WithDNN(Backbone):
+    """Two-branch base: an explicit branch (``_simple``) beside an MLP over the flat embeddings."""
+
+    defaults = dict(DNN_DEFAULTS)
+
+    def _build_layers(self):
+        self.tower = self._tower(self.options["dnn_units"], "dnn")
+        self._build_explicit()
+
+    def _build_explicit(self):
+        raise NotImplementedError
+
+    def _deep(self, emb, training):
+        return BackboneOutput(*self.tower(_flat(emb.fields), training=training))
+
+
+@register_backbone("widedeep")
+class WideDeep(_WithDNN):
+    """Wide & Deep (Cheng et al., DLRS'16, Eq. 3): LR on the first-order terms + DNN, logits summed.
+    (The wide part has no hand-made cross-product features: the schema carries none.)"""
+
+    branch_names = ("wide", "dnn")
+
+    def _build_explicit(self):
+        self.first_order = L.FirstOrder(name="wide")
+
+    def _simple(self, emb, training):
+        return BackboneOutput(emb.linear, self.first_order(emb.linear))
+
+
+@register_backbone("deepfm")
+class DeepFM(_WithDNN):
+    """DeepFM (Guo et al., IJCAI'17, Eq. 1-3): FM (first order + pairwise) + DNN, logits summed."""
+
+    branch_names = ("fm", "dnn")
+
+    def _build_explicit(self):
+        self.first_order = L.FirstOrder(name="first_order")
+        self.fm = L.FMInteraction(name="fm")
+
+    def _simple(self, emb, training):
+        pairs = self.fm(emb.fields)
+        return BackboneOutput(pairs, self.first_order(emb.linear) + tf.reduce_sum(pairs, axis=1, keepdims=True))
+
+
+@register_backbone("xdeepfm")
+class XDeepFM(_WithDNN):
+    """xDeepFM (Lian et al., KDD'18, Eq. 9): linear + CIN + DNN, logits summed."""
+
+    defaults = {**DNN_DEFAULTS, "cin_layer_sizes": (200, 200, 200), "cin_split_half": True,
+                "cin_activation": None}
+    branch_names = ("cin", "dnn")
+
+    def _build_explicit(self):
+        o = self.options
+        self.first_order = L.FirstOrder(name="first_order")
+        self.cin = L.CIN(o["cin_layer_sizes"], o["cin_split_half"], o["cin_activation"], name="cin")
+        self.cin_logit = tf.keras.layers.Dense(1, use_bias=False, name="cin_logit")
+
+    def _simple(self, emb, training):
+        p = self.cin(emb.fields)
+        return BackboneOutput(p, self.first_order(emb.linear) + self.cin_logit(p))
+
+
+@register_backbone("autoint+")
+class AutoIntPlus(_WithDNN):
+    """AutoInt+ (Song et al., CIKM'19, Eq. 5-9): interacting layers (3 layers, 2 heads,
+    d' = 32, residual) -> flatten -> linear unit, beside a DNN; logits summed."""
+
+    defaults = {**DNN_DEFAULTS, "attention_layers": 3, "num_heads": 2, "att_dim": 32,
+                "use_residual": True, "use_scale": False, "layer_norm": False}
+    branch_names = ("attention", "dnn")
+
+    def _build_explicit(self):
+        o = self.options
+        self.attention = [L.InteractingLayer(o["att_dim"], o["num_heads"], o["use_residual"], o["use_scale"],
+                                             o["layer_norm"], name=f"interacting_{i}")
+                          for i in range(int(o["attention_layers"]))]
+        if not self.attention:
+            raise ValueError("autoint+: attention_layers must be >= 1")
+        self.attention_logit = tf.keras.layers.Dense(1, name="attention_logit")
+
+    def _simple(self, emb, training):
+        x = emb.fields
+        for layer in self.attention:
+            x = layer(x)
+        h = _flat(x)
+        return BackboneOutput(h, self.attention_logit(h))
+
+
+class _CrossBackbone(_WithDNN):
+    """Cross network + DNN, ``structure`` parallel (two branches, logits summed =
+    concatenation + one linear unit) or stacked (cross -> DNN, one branch)."""
+
+    cross_kind = "matrix"
+    branch_names = ("cross", "dnn")
+
+    @property
+    def branches(self):
+        return self.branch_names if self.options["structure"] == "parallel" else None
+
+    def _build_explicit(self):
+        o = self.options
+        if o["structure"] not in STRUCTURES:
+            raise ValueError(f"backbone '{self.registered_name}': structure '{o['structure']}' not in {STRUCTURES}")
+        extra = {k: o[k] for k in ("projection_dim", "diag_scale") if k in o}
+        self.cross = L.CrossNetwork(self.cross_kind, o["num_cross_layers"], name="cross", **extra)
+        if o["structure"] == "parallel":
+            self.cross_logit = tf.keras.layers.Dense(1, name="cross_logit")
+
+    def _simple(self, emb, training):
+        h = self.cross(_flat(emb.fields))
+        return BackboneOutput(h, self.cross_logit(h))
+
+    def _forward(self, emb, training):  # stacked
+        return BackboneOutput(*self.tower(self.cross(_flat(emb.fields)), training=training))
+
+
+@register_backbone("dcn")
+class DCN(_CrossBackbone):
+    """Deep & Cross Network (Wang et al., ADKDD'17, Eq. 3): vector cross layers, 3 by default."""
+
+    defaults = {**DNN_DEFAULTS, "num_cross_layers": 3, "structure": "parallel"}
+    cross_kind = "vector"
+
+
+@register_backbone("dcnv2")
+class DCNv2(_CrossBackbone):
+    """DCN-V2 (Wang et al., WWW'21, Eq. 1-2) with ``tfrs.layers.dcn.Cross``: 3 layers,
+    full rank unless ``projection_dim`` (low rank U V^T), ``structure`` stacked|parallel
+    (the paper evaluates both; parallel is the default so TF4CTR can split it)."""
+
+    defaults = {**DNN_DEFAULTS, "num_cross_layers": 3, "structure": "parallel", "projection_dim": None,
+                "diag_scale": 0.0}
+    cross_kind = "matrix"
+
+
+@register_backbone("gdcn")
+class GDCN(_CrossBackbone):
+    """Gated DCN (Wang et al., CIKM'23, Eq. 1): gated cross layers, GDCN-P (parallel) by
+    default, GDCN-S with ``structure: stacked``."""
+
+    defaults = {**DNN_DEFAULTS, "num_cross_layers": 3, "structure": "parallel"}
+    cross_kind = "gated"

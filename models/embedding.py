@@ -1,0 +1,312 @@
+"""Schema-driven field embeddings: encoded feature tensors -> fields [B, F, d] + first-order terms [B, F].
+
+Each selected feature becomes one or more *fields*, all of width ``embedding_dim``:
+
+=================  ===========================================================================
+encoding type      field(s)
+=================  ===========================================================================
+vocab/hash/        a table row per id (width 1); a multi-valued feature (width > 1) is pooled
+bucketize          like a sequence (padding id 0 left out)
+mnse               one field per numeral system (+ one for the sign column): the SUM of the
+                   embeddings of that system's digit columns (Tencent Eq. 2); column ranges from
+                   ``features.mnse.mnse_groups``
+identity           value * a learned vector (a float of width 1)
+sequence_vocab     mean (or ``pooling={name: "sum"}``) of the rows of the non-padding ids; an
+                   all-padding sequence gives zeros
+dense              a Dense projection of the float vector to ``embedding_dim``
+sequence_float     not a field (a later module, e.g. TIM, reads it directly)
+=================  ===========================================================================
+
+The first-order term of a field is the same construction with a width-1 table (w_id,
+w * value, a 1-unit projection): the linear part of LR / FM / WideDeep / DeepFM / FwFM.
+
+Ids follow the schema contract: 0 = padding/missing, 1 = OOV, table size
+``feature.num_ids``; ids outside ``[0, num_ids)`` are looked up as OOV (a serving-time
+safety net, the Beam job never produces them). Scalar features keep a learned row for
+id 0 ("missing" is informative); only multi-valued/sequence pooling masks it.
+
+``dims`` gives a feature its own table width; such rows are projected (no bias) to
+``embedding_dim`` so every field has width ``d``. ``num_tables > 1`` builds that many
+independent sets of all weights (TF4CTR's SER, HDA's shared/specific tables,
+Tencent's multi-embedding); ``call(..., table=k)`` reads set ``k``. ``l2_reg`` adds
+``l2_reg * sum(row^2) / batch`` over the rows looked up in a batch (not the whole
+table, which would make every step's gradient dense over it).
+"""
+from __future__ import annotations
+
+import collections
+import re
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from features.mnse import mnse_groups
+from features.schema import OOV_ID, PAD_ID, Feature, Schema, SchemaError
+from models.layers import plain
+
+EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear"])
+EmbeddedFields.__doc__ = "fields [B, F, d] (compute dtype) and first-order terms linear [B, F]."
+
+# encoding type -> how its fields are built (None: not an embedding field)
+ENCODING_FIELD_KINDS = {
+    "vocab": "lookup", "hash": "lookup", "bucketize": "lookup",
+    "mnse": "mnse",
+    "identity": "scale",
+    "sequence_vocab": "pooled",
+    "dense": "project",
+    "sequence_float": None,
+}
+POOLINGS = ("mean", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """One field: its name, its feature, and how it is computed from that feature's columns."""
+
+    name: str
+    feature: str
+    kind: str  # lookup | mnse | scale | pooled | project
+    start: int = 0
+    stop: int = 1
+
+
+def plan_fields(schema_dict: dict, features: Optional[Sequence[str]] = None) -> List[FieldSpec]:
+    """The fields (in output order) that :class:`FeatureEmbedding` builds for ``features``.
+
+    Default features: every schema feature whose encoding makes a field (all but
+    ``sequence_float``). Pure Python: callers size backbones before building layers.
+    """
+    schema = Schema.from_dict(schema_dict)
+    if features is None:
+        selected = [f for f in schema.features if _kind(f) is not None]
+    else:
+        schema.check_names(features=list(features), what="embedding config")
+        if len(set(features)) != len(features):
+            raise SchemaError(f"embedding features list repeats a name: {list(features)}")
+        selected = [schema.feature(n) for n in features]
+    specs: List[FieldSpec] = []
+    for f in selected:
+        kind = _kind(f)
+        if kind is None:
+            raise SchemaError(f"feature '{f.name}' (encoding '{f.encoding['type']}') is not an embedding "
+                              f"field; leave it out of the embedding's features")
+        specs.extend(_feature_fields(f, kind))
+    if not specs:
+        raise SchemaError("no embedding fields: the selected features are all sequence_float")
+    return specs
+
+
+def _kind(f: Feature) -> Optional[str]:
+    etype = f.encoding.get("type")
+    if etype not in ENCODING_FIELD_KINDS:
+        raise SchemaError(f"feature '{f.name}': encoding type '{etype}' has no embedding rule; known: "
+                          f"{sorted(ENCODING_FIELD_KINDS)} (models/embedding.py ENCODING_FIELD_KINDS)")
+    return ENCODING_FIELD_KINDS[etype]
+
+
+def _feature_fields(f: Feature, kind: str) -> List[FieldSpec]:
+    integer = kind in ("lookup", "mnse", "pooled")
+    if integer != f.is_integer:
+        raise SchemaError(f"feature '{f.name}': encoding '{f.encoding['type']}' needs encoded_dtype "
+                          f"{'int64' if integer else 'float32'}, the schema says {f.encoded_dtype}")
+    if integer and f.num_ids < 2:
+        raise SchemaError(f"feature '{f.name}': num_ids={f.num_ids}, but the table needs at least the "
+                          f"padding and OOV rows")
+    if f.width < 1:
+        raise SchemaError(f"feature '{f.name}': width must be >= 1, got {f.width}")
+    if kind == "lookup" and f.width > 1:
+        kind = "pooled"  # multi-valued categorical
+    if kind == "scale" and f.width != 1:
+        raise SchemaError(f"feature '{f.name}': identity encoding needs width 1, got {f.width}")
+    if kind == "mnse":
+        groups = mnse_groups(f)
+        if groups[-1][1] != f.width:
+            raise SchemaError(f"feature '{f.name}': MNSE groups {groups} do not cover width {f.width}")
+        names = [f"{f.name}/base{b}" for b in f.encoding["bases"]] + [f"{f.name}/sign"]
+        return [FieldSpec(names[i], f.name, "mnse", s, e) for i, (s, e) in enumerate(groups)]
+    return [FieldSpec(f.name, f.name, kind, 0, f.width)]
+
+
+@tf.keras.utils.register_keras_serializable("ctrflow")
+class FeatureEmbedding(tf.keras.layers.Layer):
+    """Encoded feature dict -> :class:`EmbeddedFields` (see the module docstring).
+
+    The batch may carry other columns (labels, meta); only the selected features are read.
+    """
+
+    def __init__(self, schema_dict: dict, embedding_dim: int = 16, dims: Optional[Dict[str, int]] = None,
+                 features: Optional[List[str]] = None, num_tables: int = 1, l2_reg: float = 0.0,
+                 pooling: Optional[Dict[str, str]] = None, initializer_stddev: float = 0.01,
+                 name=None, **kw):
+        super().__init__(name=name, **kw)
+        self.schema_dict = schema_dict
+        self.schema = Schema.from_dict(schema_dict)
+        self.embedding_dim = int(embedding_dim)
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        self.features = None if features is None else list(features)
+        self.specs = plan_fields(schema_dict, self.features)
+        self.feature_names = list(dict.fromkeys(s.feature for s in self.specs))
+        self.num_tables = int(num_tables)
+        if self.num_tables < 1:
+            raise ValueError(f"num_tables must be >= 1, got {num_tables}")
+        self.l2_reg = float(l2_reg)
+        self.initializer_stddev = float(initializer_stddev)
+        self.dims = {k: int(v) for k, v in (dims or {}).items()}
+        self.pooling = dict(pooling or {})
+        self._check_overrides()
+
+    # ---- public description ---------------------------------------------------------
+    @property
+    def field_names(self) -> List[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def field_features(self) -> List[str]:
+        """The feature each field comes from (several fields for an MNSE feature)."""
+        return [s.feature for s in self.specs]
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.specs)
+
+    def _feature_kind(self, name: str) -> str:
+        return next(s.kind for s in self.specs if s.feature == name)
+
+    def _table_dim(self, name: str) -> int:
+        return self.dims.get(name, self.embedding_dim)
+
+    def _check_overrides(self) -> None:
+        unknown = sorted(set(self.dims) - set(self.feature_names))
+        if unknown:
+            raise ValueError(f"embedding dims name features that are not embedded: {unknown}")
+        bad = {k: v for k, v in self.dims.items() if v < 1}
+        if bad:
+            raise ValueError(f"embedding dims must be >= 1: {bad}")
+        dense = [k for k in self.dims if self._feature_kind(k) == "project"]
+        if dense:
+            raise ValueError(f"embedding dims do not apply to dense features {dense}: they are projected "
+                             f"straight to embedding_dim")
+        unknown = sorted(set(self.pooling) - set(self.feature_names))
+        if unknown:
+            raise ValueError(f"embedding pooling names features that are not embedded: {unknown}")
+        for k, v in self.pooling.items():
+            if self._feature_kind(k) != "pooled":
+                raise ValueError(f"embedding pooling applies to sequence / multi-valued features, not '{k}'")
+            if v not in POOLINGS:
+                raise ValueError(f"embedding pooling for '{k}' must be one of {POOLINGS}, got '{v}'")
+
+    # ---- weights ----------------------------------------------------------------------
+    def build(self, input_shape):
+        self.tables: List[Dict[str, Dict[str, object]]] = []
+        for t in range(self.num_tables):
+            weights: Dict[str, Dict[str, object]] = {}
+            for name in self.feature_names:
+                f, kind, dim = self.schema.feature(name), self._feature_kind(name), self._table_dim(name)
+                prefix = (f"t{t}_" if self.num_tables > 1 else "") + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+                w: Dict[str, object] = {}
+                if kind == "project":
+                    w["project"] = tf.keras.layers.Dense(self.embedding_dim, name=f"{prefix}_project")
+                    w["linear"] = tf.keras.layers.Dense(1, use_bias=False, name=f"{prefix}_linear")
+                else:
+                    rows = 1 if kind == "scale" else f.num_ids
+                    w["embedding"] = self.add_weight(name=f"{prefix}_embedding", shape=(rows, dim),
+                                                     initializer=self._initializer())
+                    w["linear"] = self.add_weight(name=f"{prefix}_linear", shape=(rows, 1),
+                                                  initializer="zeros")
+                    if dim != self.embedding_dim:
+                        w["to_dim"] = tf.keras.layers.Dense(self.embedding_dim, use_bias=False,
+                                                            name=f"{prefix}_to_dim")
+                weights[name] = w
+            self.tables.append(weights)
+        super().build(input_shape)
+
+    def _initializer(self):
+        # a new instance per table: one unseeded instance called twice repeats its values
+        return tf.keras.initializers.RandomNormal(stddev=self.initializer_stddev)
+
+    # ---- forward ----------------------------------------------------------------------
+    def call(self, inputs: dict, table: int = 0, training=None) -> EmbeddedFields:
+        if not 0 <= int(table) < self.num_tables:
+            raise ValueError(f"table {table} out of range: this embedding has {self.num_tables} table set(s)")
+        weights = self.tables[int(table)]
+        fields, linear, looked_up = [], [], []
+        for name in self.feature_names:
+            x = self._input(inputs, name)
+            per_field = self._embed_feature(name, x, weights[name], looked_up)
+            fields.extend(e for e, _ in per_field)
+            linear.extend(l for _, l in per_field)
+        if self.l2_reg > 0:
+            batch = tf.cast(tf.shape(fields[0])[0], tf.float32)
+            self.add_loss(self.l2_reg * tf.add_n([tf.reduce_sum(tf.square(tf.cast(r, tf.float32)))
+                                                  for r in looked_up]) / batch)
+        return EmbeddedFields(tf.stack(fields, axis=1), tf.concat(linear, axis=1))
+
+    def sequence_embeddings(self, inputs: dict, name: str, table: int = 0) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Un-pooled rows [B, L, d] of an integer sequence / multi-valued feature and its
+        non-padding mask [B, L] (for target attention, TIM, ...). Needs a built layer."""
+        if self._feature_kind(name) != "pooled":
+            raise ValueError(f"'{name}' is not a sequence / multi-valued feature of this embedding")
+        if not self.built:
+            raise RuntimeError("call the embedding once before sequence_embeddings (it builds the tables)")
+        ids = self._input(inputs, name)
+        rows, _ = self._rows(name, ids, self.tables[int(table)][name])
+        return self._to_dim(rows, self.tables[int(table)][name]), tf.not_equal(ids, PAD_ID)
+
+    def _input(self, inputs: dict, name: str) -> tf.Tensor:
+        if name not in inputs:
+            raise KeyError(f"FeatureEmbedding: the batch lacks feature '{name}' (it has: {sorted(inputs)})")
+        f = self.schema.feature(name)
+        x = inputs[name]
+        if x.shape.rank == 1:
+            x = x[:, None]
+        if x.shape[-1] is not None and x.shape[-1] != f.width:
+            raise ValueError(f"feature '{name}': expected width {f.width} (schema), got shape {x.shape}")
+        if f.is_integer != x.dtype.is_integer:
+            raise TypeError(f"feature '{name}': expected {f.encoded_dtype} values, got {x.dtype.name}")
+        return x
+
+    def _rows(self, name: str, ids: tf.Tensor, w: dict) -> tf.Tensor:
+        """Embedding rows [B, W, dim] and first-order weights [B, W] of integer ids [B, W];
+        out-of-range ids read as OOV."""
+        num_ids = self.schema.feature(name).num_ids
+        ids = tf.cast(ids, tf.int64)
+        ids = tf.where((ids < 0) | (ids >= num_ids), tf.constant(OOV_ID, tf.int64), ids)
+        return tf.gather(w["embedding"], ids), tf.gather(w["linear"], ids)[..., 0]
+
+    def _to_dim(self, rows: tf.Tensor, w: dict) -> tf.Tensor:
+        rows = tf.cast(rows, self.compute_dtype)
+        return w["to_dim"](rows) if "to_dim" in w else rows
+
+    def _embed_feature(self, name: str, x: tf.Tensor, w: dict, looked_up: list):
+        """[(field [B, d], linear [B, 1]), ...] of one feature, one pair per field."""
+        kind = self._feature_kind(name)
+        cdt = self.compute_dtype
+        if kind == "project":
+            x = tf.cast(x, cdt)
+            return [(w["project"](x), w["linear"](x))]
+        if kind == "scale":  # identity: value * v, value * w
+            x = tf.cast(x, cdt)
+            return [(self._to_dim(x * tf.cast(w["embedding"], cdt), w), x * tf.cast(w["linear"][0], cdt))]
+        rows, lin = self._rows(name, x, w)  # [B, W, dim], [B, W]
+        looked_up.append(rows)
+        rows, lin = tf.cast(rows, cdt), tf.cast(lin, cdt)
+        if kind == "pooled":
+            mask = tf.cast(tf.not_equal(x, PAD_ID), cdt)  # [B, W]
+            emb = tf.reduce_sum(rows * mask[..., None], axis=1)
+            lin = tf.reduce_sum(lin * mask, axis=1, keepdims=True)
+            if self.pooling.get(name, "mean") == "mean":
+                count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+                emb, lin = emb / count, lin / count
+            return [(self._to_dim(emb, w), lin)]
+        out = []  # lookup (one column) and mnse (Eq. 2: sum over each system's columns)
+        for spec in (s for s in self.specs if s.feature == name):
+            emb = tf.reduce_sum(rows[:, spec.start:spec.stop], axis=1)
+            out.append((self._to_dim(emb, w), tf.reduce_sum(lin[:, spec.start:spec.stop], axis=1, keepdims=True)))
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "schema_dict": plain(self.schema_dict), "embedding_dim": self.embedding_dim,
+                "dims": plain(self.dims), "features": plain(self.features), "num_tables": self.num_tables,
+                "l2_reg": self.l2_reg, "pooling": plain(self.pooling), "initializer_stddev": self.initializer_stddev}

@@ -1,0 +1,446 @@
+"""Shared building blocks of the backbones, one place each.
+
+Every layer computes in its compute dtype (so ``mixed_float16`` works), builds its
+weights from the shapes it first sees (so a branch may receive embeddings of a
+different width than the model's, as TF4CTR's SER does) and implements
+``get_config``. Shapes: ``B`` batch, ``F`` fields, ``d`` embedding width.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+_register = tf.keras.utils.register_keras_serializable("ctrflow")
+
+
+def plain(value):
+    """A JSON-ready copy of a config value: Keras wraps dicts/lists assigned to layers
+    in tracking proxies, and tuples become lists."""
+    if isinstance(value, Mapping) or callable(getattr(value, "items", None)):  # _DictWrapper is no Mapping
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _int_list(values, what: str) -> list:
+    out = [int(v) for v in values]
+    if any(v <= 0 for v in out):
+        raise ValueError(f"{what} must be positive integers, got {list(values)}")
+    return out
+
+
+def _upper_pairs(num_fields: int):
+    """Row/column indices (i, j) with i < j of an F x F matrix, row-major."""
+    return np.triu_indices(num_fields, k=1)
+
+
+# ---- MLP ---------------------------------------------------------------------------
+@_register
+class MLP(tf.keras.layers.Layer):
+    """Dense -> [BatchNorm] -> activation -> [Dropout], per hidden layer.
+
+    ``units=()`` is the identity (a backbone whose deep part is switched off).
+    """
+
+    def __init__(self, units: Sequence[int] = (400, 400, 400), activation: str = "relu",
+                 dropout: float = 0.0, batch_norm: bool = False, l2_reg: float = 0.0, **kw):
+        super().__init__(**kw)
+        self.units = _int_list(units, "MLP units")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"MLP dropout must be in [0, 1), got {dropout}")
+        self.activation_name = activation
+        self.dropout_rate = float(dropout)
+        self.batch_norm = bool(batch_norm)
+        self.l2_reg = float(l2_reg)
+        reg = tf.keras.regularizers.l2(self.l2_reg) if self.l2_reg > 0 else None
+        self.dense = [tf.keras.layers.Dense(u, kernel_regularizer=reg, name=f"dense_{i}")
+                      for i, u in enumerate(self.units)]
+        self.norms = ([tf.keras.layers.BatchNormalization(name=f"bn_{i}") for i in range(len(self.units))]
+                      if self.batch_norm else [])
+        self.act = tf.keras.layers.Activation(activation)
+        self.drop = tf.keras.layers.Dropout(self.dropout_rate) if self.dropout_rate > 0 else None
+
+    def call(self, x, training=None):
+        for i, dense in enumerate(self.dense):
+            x = dense(x)
+            if self.batch_norm:
+                x = self.norms[i](x, training=training)
+            x = self.act(x)
+            if self.drop is not None:
+                x = self.drop(x, training=training)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation_name,
+                "dropout": self.dropout_rate, "batch_norm": self.batch_norm, "l2_reg": self.l2_reg}
+
+
+@_register
+class Tower(tf.keras.layers.Layer):
+    """An MLP and a 1-unit logit on its output: ``x -> (h, w^T h + b)``."""
+
+    def __init__(self, units: Sequence[int] = (400, 400, 400), activation: str = "relu",
+                 dropout: float = 0.0, batch_norm: bool = False, l2_reg: float = 0.0, **kw):
+        super().__init__(**kw)
+        self.mlp = MLP(units, activation, dropout, batch_norm, l2_reg, name="mlp")
+        self.head = tf.keras.layers.Dense(1, name="logit")
+
+    def call(self, x, training=None):
+        h = self.mlp(x, training=training)
+        return h, self.head(h)
+
+    def get_config(self):
+        cfg = self.mlp.get_config()
+        return {**super().get_config(), **{k: cfg[k] for k in
+                                           ("units", "activation", "dropout", "batch_norm", "l2_reg")}}
+
+
+@_register
+class FirstOrder(tf.keras.layers.Layer):
+    """The linear (LR) part: ``b + sum_i w_i`` over the per-field first-order terms [B, F]."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, linear):
+        return tf.reduce_sum(linear, axis=-1, keepdims=True) + tf.cast(self.bias, linear.dtype)
+
+
+# ---- pairwise (second-order) interactions ------------------------------------------
+@_register
+class FMInteraction(tf.keras.layers.Layer):
+    """Bi-interaction pooling: sum_{i<j} v_i * v_j = 0.5 ((sum v)^2 - sum v^2).
+
+    Rendle, FM (ICDM'10), Lemma 3.1; summing the [B, d] result over d gives the FM
+    second-order term of each sample (never summed over the batch).
+    """
+
+    def call(self, fields):
+        square_of_sum = tf.square(tf.reduce_sum(fields, axis=1))
+        sum_of_square = tf.reduce_sum(tf.square(fields), axis=1)
+        return 0.5 * (square_of_sum - sum_of_square)
+
+
+@_register
+class FieldWeightedInteraction(tf.keras.layers.Layer):
+    """FwFM (Pan et al., WWW'18, Eq. 4): sum_{i<j} r_{F(i),F(j)} v_i * v_j -> [B, d].
+
+    One scalar weight per field pair (strict upper triangle of R), initialised to 1
+    so training starts from FM.
+    """
+
+    def build(self, input_shape):
+        f = int(input_shape[1])
+        self.pair_weights = self.add_weight(name="pair_weights", shape=(f, f), initializer="ones")
+        self._mask = np.triu(np.ones((f, f), np.float32), k=1)
+        super().build(input_shape)
+
+    def call(self, fields):
+        r = tf.cast(self.pair_weights * self._mask, fields.dtype)
+        weighted = tf.einsum("ij,bjd->bid", r, fields)  # sum_{j>i} r_ij v_j
+        return tf.reduce_sum(fields * weighted, axis=1)
+
+
+@_register
+class FieldAwareInteraction(tf.keras.layers.Layer):
+    """FFM (Juan et al., RecSys'16, Eq. 3): sum_{i<j} v_{i,F(j)} * v_{j,F(i)} -> [B, k].
+
+    Input [B, F, F*k]: field i's row holds its F latent vectors of width k, the j-th
+    being the one used against field j (what FeatureEmbedding gives when built with
+    ``embedding_dim = F * k``, see ``FFM.input_embedding_dim``).
+    """
+
+    def __init__(self, num_fields: int, **kw):
+        super().__init__(**kw)
+        self.num_fields = int(num_fields)
+
+    def build(self, input_shape):
+        f, width = int(input_shape[1]), int(input_shape[2])
+        if f != self.num_fields or width % f:
+            raise ValueError(f"FFM expects [batch, {self.num_fields}, {self.num_fields}*k] field embeddings, "
+                             f"got {list(input_shape)}")
+        self.latent_dim = width // f
+        self._mask = np.triu(np.ones((f, f), np.float32), k=1)[:, :, None]
+        super().build(input_shape)
+
+    def call(self, fields):
+        f = self.num_fields
+        v = tf.reshape(fields, [-1, f, f, self.latent_dim])  # v[b, i, j] = v_{i, F(j)}
+        pair = v * tf.transpose(v, [0, 2, 1, 3])  # [b, i, j] = v_{i,F(j)} * v_{j,F(i)}
+        return tf.reduce_sum(pair * tf.cast(self._mask, v.dtype), axis=[1, 2])
+
+    def get_config(self):
+        return {**super().get_config(), "num_fields": self.num_fields}
+
+
+@_register
+class InnerProduct(tf.keras.layers.Layer):
+    """IPNN's product layer (Qu et al., ICDM'16, Eq. 5): <v_i, v_j> for every i < j -> [B, F(F-1)/2]."""
+
+    def build(self, input_shape):
+        f = int(input_shape[1])
+        rows, cols = _upper_pairs(f)
+        self._flat_index = (rows * f + cols).astype(np.int32)
+        self._num_fields = f
+        super().build(input_shape)
+
+    def call(self, fields):
+        gram = tf.matmul(fields, fields, transpose_b=True)
+        flat = tf.reshape(gram, [-1, self._num_fields * self._num_fields])
+        return tf.gather(flat, self._flat_index, axis=1)
+
+
+# ---- cross networks ------------------------------------------------------------------
+@_register
+class VectorCross(tf.keras.layers.Layer):
+    """DCN (Wang et al., ADKDD'17, Eq. 3): x_{l+1} = x_0 (x_l^T w_l) + b_l + x_l."""
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.w = self.add_weight(name="w", shape=(dim,), initializer="glorot_uniform")
+        self.b = self.add_weight(name="b", shape=(dim,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x0, x):
+        xw = tf.reduce_sum(x * tf.cast(self.w, x.dtype), axis=-1, keepdims=True)
+        return x0 * xw + tf.cast(self.b, x.dtype) + x
+
+
+@_register
+class GatedCross(tf.keras.layers.Layer):
+    """GDCN (Wang et al., CIKM'23, Eq. 1): c_{l+1} = c_0 * (W_c c_l + b_c) * sigmoid(W_g c_l) + c_l."""
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.cross = tf.keras.layers.Dense(dim, name="cross")
+        self.gate = tf.keras.layers.Dense(dim, use_bias=False, activation="sigmoid", name="gate")
+        super().build(input_shape)
+
+    def call(self, x0, x):
+        return x0 * self.cross(x) * self.gate(x) + x
+
+
+CROSS_KINDS = ("vector", "matrix", "gated")
+
+
+@_register
+class CrossNetwork(tf.keras.layers.Layer):
+    """A stack of cross layers over the flattened embeddings [B, F*d] -> [B, F*d].
+
+    kind: ``vector`` DCN v1 (:class:`VectorCross`); ``matrix`` DCN-V2 (Wang et al.,
+    WWW'21, Eq. 1; ``tfrs.layers.dcn.Cross``, low-rank U V^T when ``projection_dim``
+    is set, Eq. 2); ``gated`` GDCN (:class:`GatedCross`).
+    """
+
+    def __init__(self, kind: str = "matrix", num_layers: int = 3, projection_dim: Optional[int] = None,
+                 diag_scale: float = 0.0, **kw):
+        super().__init__(**kw)
+        if kind not in CROSS_KINDS:
+            raise ValueError(f"cross network kind '{kind}' not in {CROSS_KINDS}")
+        if int(num_layers) < 1:
+            raise ValueError(f"a cross network needs num_layers >= 1, got {num_layers}")
+        if kind != "matrix" and (projection_dim is not None or diag_scale):
+            raise ValueError("projection_dim / diag_scale apply to the DCN-V2 (matrix) cross layer only")
+        self.kind, self.num_layers = kind, int(num_layers)
+        self.projection_dim = None if projection_dim is None else int(projection_dim)
+        self.diag_scale = float(diag_scale)
+        if kind == "matrix":
+            import tensorflow_recommenders as tfrs
+
+            self.layers_ = [tfrs.layers.dcn.Cross(projection_dim=self.projection_dim, diag_scale=self.diag_scale,
+                                                  name=f"cross_{i}") for i in range(self.num_layers)]
+        else:
+            cls = VectorCross if kind == "vector" else GatedCross
+            self.layers_ = [cls(name=f"cross_{i}") for i in range(self.num_layers)]
+
+    def call(self, x0):
+        x = x0
+        for layer in self.layers_:
+            x = layer(x0, x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "num_layers": self.num_layers,
+                "projection_dim": self.projection_dim, "diag_scale": self.diag_scale}
+
+
+# ---- CIN -------------------------------------------------------------------------------
+@_register
+class CIN(tf.keras.layers.Layer):
+    """Compressed Interaction Network of xDeepFM (Lian et al., KDD'18, Eq. 6-8).
+
+    X^k_{h,*} = sum_{i,j} W^{k,h}_{ij} (X^{k-1}_{i,*} * X^0_{j,*}); each layer's maps are
+    sum-pooled over the embedding axis (Eq. 7) and concatenated into p+ (Eq. 8). With
+    ``split_half`` every hidden layer but the last sends half its maps to the output
+    and half to the next layer, as in the paper's implementation. Fields [B, F, d] ->
+    [B, sum of output maps]. ``activation`` None is the identity of Eq. 6.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int] = (200, 200, 200), split_half: bool = True,
+                 activation: Optional[str] = None, **kw):
+        super().__init__(**kw)
+        self.layer_sizes = _int_list(layer_sizes, "CIN layer sizes")
+        if not self.layer_sizes:
+            raise ValueError("CIN needs at least one layer")
+        self.split_half = bool(split_half)
+        if self.split_half and any(s % 2 for s in self.layer_sizes[:-1]):
+            raise ValueError(f"CIN split_half needs even sizes for all but the last layer, got {self.layer_sizes}")
+        self.activation_name = activation
+        self.maps = [tf.keras.layers.Dense(s, activation=activation, name=f"maps_{k}")
+                     for k, s in enumerate(self.layer_sizes)]
+
+    @property
+    def output_dim(self) -> int:
+        if not self.split_half:
+            return sum(self.layer_sizes)
+        return sum(s // 2 for s in self.layer_sizes[:-1]) + self.layer_sizes[-1]
+
+    def call(self, fields):
+        x0, xk = fields, fields
+        dim = tf.shape(fields)[2]
+        pooled = []
+        for k, maps in enumerate(self.maps):
+            z = tf.einsum("bhd,bmd->bdhm", xk, x0)  # outer product along the field axes, per d
+            z = tf.reshape(z, [-1, dim, xk.shape[1] * x0.shape[1]])
+            xk = tf.transpose(maps(z), [0, 2, 1])  # a 1x1 convolution: [B, H_k, d]
+            if self.split_half and k < len(self.maps) - 1:
+                half = self.layer_sizes[k] // 2
+                xk, out = xk[:, :half], xk[:, half:]
+            else:
+                out = xk
+            pooled.append(tf.reduce_sum(out, axis=2))
+        return tf.concat(pooled, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "layer_sizes": self.layer_sizes, "split_half": self.split_half,
+                "activation": self.activation_name}
+
+
+# ---- self-attention (AutoInt) ---------------------------------------------------------
+@_register
+class InteractingLayer(tf.keras.layers.Layer):
+    """AutoInt's interacting layer (Song et al., CIKM'19, Eq. 5-8).
+
+    Multi-head self-attention over the fields: per head h, alpha = softmax_k <W_Q e_m,
+    W_K e_k> (scaled by 1/sqrt(d') if ``use_scale``), e~_m = sum_k alpha W_V e_k; heads
+    concatenated; e_res = ReLU(e~ + W_res e) (Eq. 8, ``use_residual``). [B, F, d] ->
+    [B, F, heads * att_dim].
+    """
+
+    def __init__(self, att_dim: int = 32, num_heads: int = 2, use_residual: bool = True,
+                 use_scale: bool = False, layer_norm: bool = False, **kw):
+        super().__init__(**kw)
+        self.att_dim, self.num_heads = int(att_dim), int(num_heads)
+        if self.att_dim <= 0 or self.num_heads <= 0:
+            raise ValueError(f"attention att_dim and num_heads must be positive, got {att_dim}, {num_heads}")
+        self.use_residual, self.use_scale, self.layer_norm = bool(use_residual), bool(use_scale), bool(layer_norm)
+        width = self.att_dim * self.num_heads
+        self.query = tf.keras.layers.Dense(width, use_bias=False, name="query")
+        self.key = tf.keras.layers.Dense(width, use_bias=False, name="key")
+        self.value = tf.keras.layers.Dense(width, use_bias=False, name="value")
+        self.residual = tf.keras.layers.Dense(width, use_bias=False, name="residual") if self.use_residual else None
+        self.norm = tf.keras.layers.LayerNormalization(name="norm") if self.layer_norm else None
+
+    def _heads(self, x):
+        f = x.shape[1]
+        return tf.transpose(tf.reshape(x, [-1, f, self.num_heads, self.att_dim]), [0, 2, 1, 3])
+
+    def call(self, fields):
+        q, k, v = self._heads(self.query(fields)), self._heads(self.key(fields)), self._heads(self.value(fields))
+        scores = tf.matmul(q, k, transpose_b=True)  # [B, H, F, F]
+        if self.use_scale:
+            scores = scores / tf.cast(tf.sqrt(float(self.att_dim)), scores.dtype)
+        out = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [B, H, F, d']
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, fields.shape[1], self.num_heads * self.att_dim])
+        if self.residual is not None:
+            out = out + self.residual(fields)
+        out = tf.nn.relu(out)
+        return self.norm(out) if self.norm is not None else out
+
+    def get_config(self):
+        return {**super().get_config(), "att_dim": self.att_dim, "num_heads": self.num_heads,
+                "use_residual": self.use_residual, "use_scale": self.use_scale, "layer_norm": self.layer_norm}
+
+
+# ---- FinalMLP --------------------------------------------------------------------------
+@_register
+class FeatureSelection(tf.keras.layers.Layer):
+    """FinalMLP's stream-specific feature gating (Mao et al., AAAI'23, Eq. 3-4).
+
+    g = 2 * sigmoid(MLP(c)); output = g * flat(e). The context c is the concatenated
+    embeddings of ``context_fields`` (indices into the field order), or a learnable
+    vector when none are given (the paper's "learnable parameters" option).
+    Fields [B, F, d] -> [B, F*d].
+    """
+
+    def __init__(self, hidden_units: Sequence[int] = (1024, 512), context_fields: Sequence[int] = (),
+                 activation: str = "relu", **kw):
+        super().__init__(**kw)
+        self.hidden_units = _int_list(hidden_units, "feature-selection hidden units")
+        self.context_fields = [int(i) for i in context_fields]
+        self.activation_name = activation
+        self.mlp = MLP(self.hidden_units, activation=activation, name="gate_mlp")
+
+    def build(self, input_shape):
+        f, d = int(input_shape[1]), int(input_shape[2])
+        bad = [i for i in self.context_fields if not 0 <= i < f]
+        if bad:
+            raise ValueError(f"FinalMLP context field indices {bad} out of range for {f} fields")
+        self.gate_out = tf.keras.layers.Dense(f * d, activation="sigmoid", name="gate_out")
+        if not self.context_fields:
+            self.context = self.add_weight(name="context", shape=(1, d), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, fields, training=None):
+        flat = tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
+        if self.context_fields:
+            ctx = tf.reshape(tf.gather(fields, self.context_fields, axis=1),
+                             [-1, len(self.context_fields) * fields.shape[2]])
+        else:
+            ctx = tf.cast(self.context, fields.dtype)
+        gate = 2.0 * self.gate_out(self.mlp(ctx, training=training))
+        return flat * gate
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": self.hidden_units,
+                "context_fields": self.context_fields, "activation": self.activation_name}
+
+
+@_register
+class MultiHeadBilinear(tf.keras.layers.Layer):
+    """FinalMLP's multi-head bilinear fusion term (Eq. 7-8): sum_h o1_h^T W_h o2_h -> [B, 1].
+
+    The first-order terms b + w1^T o1 + w2^T o2 of Eq. 7 are the two streams' own
+    logits; this layer adds the second-order term.
+    """
+
+    def __init__(self, num_heads: int = 2, **kw):
+        super().__init__(**kw)
+        self.num_heads = int(num_heads)
+        if self.num_heads <= 0:
+            raise ValueError(f"num_heads must be positive, got {num_heads}")
+
+    def build(self, input_shape):
+        d1, d2 = int(input_shape[0][-1]), int(input_shape[1][-1])
+        if d1 % self.num_heads or d2 % self.num_heads:
+            raise ValueError(f"bilinear fusion: stream widths {d1} and {d2} must both be divisible by "
+                             f"num_heads={self.num_heads}")
+        self.kernel = self.add_weight(name="kernel", shape=(self.num_heads, d1 // self.num_heads,
+                                                            d2 // self.num_heads),
+                                      initializer="glorot_uniform")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        o1, o2 = inputs
+        h = self.num_heads
+        o1 = tf.reshape(o1, [-1, h, o1.shape[-1] // h])
+        o2 = tf.reshape(o2, [-1, h, o2.shape[-1] // h])
+        term = tf.einsum("bha,hac,bhc->b", o1, tf.cast(self.kernel, o1.dtype), o2)
+        return term[:, None]
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads}

@@ -1,0 +1,145 @@
+"""The ``ctrflow`` command line.
+
+    ctrflow simulate   --config configs/simulate_default.yaml [--set key=value ...]
+    ctrflow load       NAME --src DIR --out DIR
+    ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...]
+    ctrflow train      --config configs/train_sim_dcnv2.yaml [--set ...] [--overwrite]
+    ctrflow evaluate   RUN_DIR [--split test ...]
+    ctrflow compare    --config configs/compare_backbones.yaml
+    ctrflow export     RUN_DIR --out BASE [--keep N]
+    ctrflow demo       [--out demo_out]
+
+Every config is strict YAML: an unknown option fails naming it. ``--set a.b=3``
+overrides one option (the value is parsed as YAML).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from features import _tfenv  # noqa: F401
+
+from features.schema import SchemaError
+from pipeline.config import ConfigError, load_config, parse_override
+
+
+def _overrides(items):
+    return dict(parse_override(s) for s in items or [])
+
+
+def cmd_simulate(args):
+    from pipeline.simulator import SimulatorConfig, simulate
+
+    summary = simulate(load_config(SimulatorConfig, args.config, _overrides(args.set)))
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_load(args):
+    from pipeline.loaders import load_dataset
+
+    print(json.dumps(load_dataset(args.name, args.src, args.out), indent=2, default=str))
+
+
+def cmd_preprocess(args):
+    from pipeline.preprocess import run_preprocess
+    from pipeline.preprocess_config import PreprocessConfig
+
+    summary = run_preprocess(load_config(PreprocessConfig, args.config, _overrides(args.set)))
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_train(args):
+    from pipeline.train import TrainConfig, train
+
+    cfg = load_config(TrainConfig, args.config, _overrides(args.set))
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    summary = train(cfg, config_name=name, overwrite=args.overwrite)
+    print(f"run directory: {summary['run_dir']}  ({summary['epochs_run']} epochs, {summary['seconds']:.1f} s)")
+
+
+def cmd_evaluate(args):
+    from pipeline.evaluate import evaluate_run, summary_table
+
+    results = evaluate_run(args.run_dir, splits=args.split)
+    print(summary_table(results))
+    print(f"wrote {os.path.join(args.run_dir, 'metrics.json')} and report.md")
+
+
+def cmd_compare(args):
+    from pipeline.compare import CompareConfig, run_compare
+
+    out = run_compare(load_config(CompareConfig, args.config, _overrides(args.set)))
+    print(out["table"])
+    print(f"wrote {out['report']}")
+
+
+def cmd_export(args):
+    from serving.export import export_run
+
+    info = export_run(args.run_dir, args.out, keep=args.keep)
+    print(json.dumps(info, indent=2, default=str))
+
+
+def cmd_demo(args):
+    from pipeline.demo import run_demo
+
+    run_demo(args.out, fast=args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrflow", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name, fn, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", required=True)
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config option")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    with_config("simulate", cmd_simulate, "write the ads-world simulator's raw logs")
+    with_config("preprocess", cmd_preprocess, "Beam job: raw files -> encoded TFRecords + schema")
+    tr = with_config("train", cmd_train, "train a model (Keras fit under a tf.distribute strategy)")
+    tr.add_argument("--overwrite", action="store_true", help="replace a completed run of the same name")
+    with_config("compare", cmd_compare, "a grid of models x options x seeds, with a significance table")
+
+    ld = sub.add_parser("load", help="turn a public dataset's files into raw Parquet")
+    ld.add_argument("name")
+    ld.add_argument("--src", required=True)
+    ld.add_argument("--out", required=True)
+    ld.set_defaults(fn=cmd_load)
+
+    ev = sub.add_parser("evaluate", help="metrics and report of a trained run")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", action="append", help="split(s) to evaluate (default: the run's eval_splits)")
+    ev.set_defaults(fn=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="SavedModel for TF Serving: BASE/<model_name>/<version>/")
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--keep", type=int, default=3, help="keep the last N versions")
+    ex.set_defaults(fn=cmd_export)
+
+    dm = sub.add_parser("demo", help="simulate -> preprocess -> train -> evaluate -> export on default data")
+    dm.add_argument("--out", default="demo_out")
+    dm.add_argument("--fast", action="store_true", help="a much smaller simulation (smoke test)")
+    dm.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ConfigError, SchemaError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"ctrflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

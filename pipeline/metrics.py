@@ -1,0 +1,389 @@
+"""Evaluation metrics for CTR models, as pure numpy functions (no TensorFlow).
+
+* ``auc``: exact rank-based ROC-AUC with averaged ties (not Keras' 200-threshold
+  approximation), optionally sample-weighted; O(n log n).
+* ``gauc``: the DIN definition — the impression-weighted mean of per-user AUC over the
+  users that have both a click and a non-click. Libraries differ here; ctrflow uses this one.
+* ``logloss``: mean binary cross-entropy.
+* ``ece``: Rec4Ad Eq. 16 — K equal-width pCTR buckets on [0, 1] (K = 100), the absolute
+  sum of (y - p) inside each bucket, summed over buckets, divided by |D|.
+* ``group_logloss``: HDA Def. 3.1 — GP(U) = mean over the users of U of each user's mean
+  logloss; GP-LT for long-tail users, GP-Head for head users, GAP = |GP-LT - GP-Head|
+  (HDA §3.2 "decrease the performance gap |GP(U_L) - GP(U_H)|").
+* Slices: user-activity groups G1..G5 by training-sample counts (G5 = the HDA head users:
+  the top 20 %), and Rec4Ad impression-ratio groups of ads (Eq. 2, sorted descending and
+  split into equal-sized groups, §2.2.1 / §4.2.2).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Evaluation knobs, with the papers' defaults (nest it in a job config as ``eval``)."""
+
+    ece_bins: int = 100          # Rec4Ad §4.1: K = 100 buckets
+    head_fraction: float = 0.2   # HDA §3.2: the top 20 % most active users are head users
+    activity_groups: int = 5     # user-activity quintiles G1..G5
+    ir_groups: int = 4           # Rec4Ad §4.2.2: quartiles, IR1 = G_top, IR4 = G_bottom
+    reliability_bins: int = 10   # bins of the report's reliability diagram
+
+    def __post_init__(self):
+        for name in ("ece_bins", "activity_groups", "ir_groups", "reliability_bins"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EvalConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 < float(self.head_fraction) < 1.0:
+            raise ValueError(f"EvalConfig.head_fraction must be in (0, 1), got {self.head_fraction!r}")
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _as_1d(name: str, values, dtype=None) -> np.ndarray:
+    arr = np.asarray(values) if dtype is None else np.asarray(values, dtype=dtype)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (or n x 1), got shape {arr.shape}")
+    return arr
+
+
+def _check_same_length(fn: str, **arrays: np.ndarray) -> int:
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{fn}: inputs differ in length: {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError(f"{fn}: inputs are empty")
+    return n
+
+
+def _labels(fn: str, y_true, binary: bool) -> np.ndarray:
+    y = _as_1d(f"{fn}: y_true", y_true, np.float64)
+    if binary:
+        bad = (y != 0.0) & (y != 1.0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{fn}: y_true must hold 0/1 labels; row {i} is {y[i]!r}")
+    elif not np.all((y >= 0.0) & (y <= 1.0)):
+        i = int(np.flatnonzero(~((y >= 0.0) & (y <= 1.0)))[0])
+        raise ValueError(f"{fn}: y_true must lie in [0, 1]; row {i} is {y[i]!r}")
+    return y
+
+
+def _probs(fn: str, y_prob) -> np.ndarray:
+    p = _as_1d(f"{fn}: y_prob", y_prob, np.float64)
+    ok = (p >= 0.0) & (p <= 1.0)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise ValueError(f"{fn}: y_prob must be probabilities in [0, 1]; row {i} is {p[i]!r}")
+    return p
+
+
+def _scores(fn: str, y_score) -> np.ndarray:
+    s = _as_1d(f"{fn}: y_score", y_score, np.float64)
+    if not np.isfinite(s).all():
+        i = int(np.flatnonzero(~np.isfinite(s))[0])
+        raise ValueError(f"{fn}: y_score must be finite; row {i} is {s[i]!r}")
+    return s
+
+
+# ----------------------------------------------------------------------------- core metrics
+
+def _auc_sorted(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUC from per-distinct-score positive/negative weights, scores ascending.
+
+    Each positive beats the negatives of lower scores and half-beats the tied ones,
+    which equals the trapezoidal area under the ROC curve.
+    """
+    neg_below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (pos.sum() * neg.sum()))
+
+
+def auc(y_true, y_score, sample_weight=None) -> float:
+    """Exact ROC-AUC (ties count one half), optionally sample-weighted; O(n log n)."""
+    y = _labels("auc", y_true, binary=True)
+    s = _scores("auc", y_score)
+    w = np.ones_like(y) if sample_weight is None else _as_1d("auc: sample_weight", sample_weight, np.float64)
+    _check_same_length("auc", y_true=y, y_score=s, sample_weight=w)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError("auc: sample_weight must be finite and non-negative")
+    pos_w, neg_w = w * y, w * (1.0 - y)
+    if pos_w.sum() <= 0 or neg_w.sum() <= 0:
+        raise ValueError("auc: needs both a positive and a negative label (with non-zero weight)")
+    order = np.argsort(s, kind="mergesort")
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    return _auc_sorted(np.add.reduceat(pos_w[order], starts), np.add.reduceat(neg_w[order], starts))
+
+
+def _per_row_logloss(y: np.ndarray, p: np.ndarray, eps: float) -> np.ndarray:
+    p = np.clip(p, eps, 1.0 - eps)
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+
+
+def logloss(y_true, y_prob, eps=1e-7) -> float:
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps]."""
+    y = _labels("logloss", y_true, binary=False)
+    p = _probs("logloss", y_prob)
+    _check_same_length("logloss", y_true=y, y_prob=p)
+    return float(np.mean(_per_row_logloss(y, p, eps)))
+
+
+def _gauc_or_none(y: np.ndarray, s: np.ndarray, users: np.ndarray) -> Optional[float]:
+    """gAUC over users with both classes, or None when no user has both."""
+    _, uidx = np.unique(users, return_inverse=True)
+    num_users = int(uidx.max()) + 1
+    order = np.lexsort((s, uidx))          # by user, then score ascending
+    u, ss, yy = uidx[order], s[order], y[order]
+    starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (ss[1:] != ss[:-1])])
+    group_user = u[starts]
+    pos = np.add.reduceat(yy, starts)
+    neg = np.add.reduceat(1.0 - yy, starts)
+    # Negatives with a lower score *within the same user*: global running count minus the
+    # count before the user's first (user, score) group.
+    before = np.cumsum(neg) - neg
+    first_of_user = np.r_[True, group_user[1:] != group_user[:-1]]
+    neg_below = before - before[first_of_user][group_user]
+    wins = np.bincount(group_user, pos * (neg_below + 0.5 * neg), minlength=num_users)
+    n_pos = np.bincount(uidx, y, minlength=num_users)
+    n_neg = np.bincount(uidx, 1.0 - y, minlength=num_users)
+    valid = (n_pos > 0) & (n_neg > 0)
+    if not valid.any():
+        return None
+    user_auc = wins[valid] / (n_pos[valid] * n_neg[valid])
+    impressions = n_pos[valid] + n_neg[valid]
+    return float(np.sum(impressions * user_auc) / np.sum(impressions))
+
+
+def gauc(y_true, y_score, user_ids) -> float:
+    """Impression-weighted mean of per-user AUC over users with both classes (DIN).
+
+    Vectorised: one lexsort by (user, score), no Python loop over users.
+    """
+    y = _labels("gauc", y_true, binary=True)
+    s = _scores("gauc", y_score)
+    users = _as_1d("gauc: user_ids", user_ids)
+    _check_same_length("gauc", y_true=y, y_score=s, user_ids=users)
+    value = _gauc_or_none(y, s, users)
+    if value is None:
+        raise ValueError("gauc: no user has both a positive and a negative label")
+    return value
+
+
+def _bin_index(p: np.ndarray, num_bins: int) -> np.ndarray:
+    """Equal-width bins on [0, 1]: bin k holds [k/K, (k+1)/K), the last one includes 1."""
+    return np.minimum((p * num_bins).astype(np.int64), num_bins - 1)
+
+
+def ece(y_true, y_prob, num_bins=100) -> float:
+    """Rec4Ad Eq. 16: (1/|D|) * sum_k |sum_i (y_i - p_i) 1(p_i in B_k)|, K equal-width buckets."""
+    if int(num_bins) < 1:
+        raise ValueError(f"ece: num_bins must be >= 1, got {num_bins!r}")
+    y = _labels("ece", y_true, binary=False)
+    p = _probs("ece", y_prob)
+    n = _check_same_length("ece", y_true=y, y_prob=p)
+    residual = np.bincount(_bin_index(p, int(num_bins)), y - p, minlength=int(num_bins))
+    return float(np.sum(np.abs(residual)) / n)
+
+
+def reliability_curve(y_true, y_prob, num_bins=10):
+    """Per equal-width bin: (mean predicted prob, observed positive rate, row count).
+
+    Arrays have ``num_bins`` entries; empty bins hold NaN means and a zero count.
+    """
+    if int(num_bins) < 1:
+        raise ValueError(f"reliability_curve: num_bins must be >= 1, got {num_bins!r}")
+    y = _labels("reliability_curve", y_true, binary=False)
+    p = _probs("reliability_curve", y_prob)
+    _check_same_length("reliability_curve", y_true=y, y_prob=p)
+    bins = _bin_index(p, int(num_bins))
+    counts = np.bincount(bins, minlength=int(num_bins))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_pred = np.bincount(bins, p, minlength=int(num_bins)) / counts
+        frac_pos = np.bincount(bins, y, minlength=int(num_bins)) / counts
+    return mean_pred, frac_pos, counts
+
+
+def _gp_or_none(per_user_loss: np.ndarray, mask: np.ndarray) -> Optional[float]:
+    return float(per_user_loss[mask].mean()) if mask.any() else None
+
+
+def group_logloss(y_true, y_prob, user_ids, head_users, eps=1e-7) -> dict:
+    """HDA Def. 3.1 with M = a user's mean logloss: {"GP-LT", "GP-Head", "GAP"}.
+
+    GP(U) averages users, not samples: every user of the group counts once. Users not in
+    ``head_users`` are long-tail. GAP = |GP-LT - GP-Head| (HDA §3.2). A group with no user
+    in the data gives None (and so does GAP).
+    """
+    y = _labels("group_logloss", y_true, binary=False)
+    p = _probs("group_logloss", y_prob)
+    users = _as_1d("group_logloss: user_ids", user_ids)
+    _check_same_length("group_logloss", y_true=y, y_prob=p, user_ids=users)
+    uniq, uidx = np.unique(users, return_inverse=True)
+    per_user = np.bincount(uidx, _per_row_logloss(y, p, eps)) / np.bincount(uidx)
+    is_head = np.isin(uniq, _as_1d("group_logloss: head_users", head_users))
+    gp_lt, gp_head = _gp_or_none(per_user, ~is_head), _gp_or_none(per_user, is_head)
+    gap = None if gp_lt is None or gp_head is None else abs(gp_lt - gp_head)
+    return {"GP-LT": gp_lt, "GP-Head": gp_head, "GAP": gap}
+
+
+# ----------------------------------------------------------------------------- slices
+
+def _ranked_groups(ranked_ids: np.ndarray, ids_eval: np.ndarray, num_groups: int) -> np.ndarray:
+    """Group index (0 = top of ``ranked_ids``) per eval row, equal-sized groups of ids.
+
+    Rank r of n goes to group floor(r * k / n). Ids absent from the ranking go to the
+    last group (k - 1).
+    """
+    n = len(ranked_ids)
+    group_of_ranked = (np.arange(n, dtype=np.int64) * num_groups) // max(n, 1)
+    sorter = np.argsort(ranked_ids, kind="mergesort")
+    pos = np.searchsorted(ranked_ids, ids_eval, sorter=sorter)
+    pos = np.minimum(pos, max(n - 1, 0))
+    out = np.full(len(ids_eval), num_groups - 1, dtype=np.int64)
+    if n:
+        found = ranked_ids[sorter[pos]] == ids_eval
+        out[found] = group_of_ranked[sorter[pos[found]]]
+    return out
+
+
+def _rank_desc(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Ids sorted by value descending; ties broken by id ascending (deterministic)."""
+    return ids[np.lexsort((ids, -values))]
+
+
+def _users_by_activity(user_ids_train) -> np.ndarray:
+    users, counts = np.unique(_as_1d("user_ids_train", user_ids_train), return_counts=True)
+    if len(users) == 0:
+        raise ValueError("user_ids_train is empty: activity needs the training split's user ids")
+    return _rank_desc(users, counts.astype(np.float64))
+
+
+def head_users_from_counts(user_ids_train, fraction=0.2) -> np.ndarray:
+    """The ceil(fraction * #users) users with most training samples (HDA §3.2), most active first.
+
+    With fraction 0.2 these are exactly the users of activity group G5.
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"head_users_from_counts: fraction must be in (0, 1), got {fraction!r}")
+    ranked = _users_by_activity(user_ids_train)
+    num_head = int(np.ceil(round(float(fraction) * len(ranked), 9)))
+    return ranked[:num_head]
+
+
+def activity_quintiles(user_ids_eval, user_ids_train, num_groups=5) -> np.ndarray:
+    """Label G1..Gk per eval row by the user's training-sample count (G1 = least active).
+
+    Training users sorted by count are split into k equal-sized groups; users unseen in
+    training go to G1.
+    """
+    ranked = _users_by_activity(user_ids_train)
+    group = _ranked_groups(ranked, _as_1d("user_ids_eval", user_ids_eval), int(num_groups))
+    labels = np.array([f"G{int(num_groups) - g}" for g in range(int(num_groups))])
+    return labels[group]
+
+
+def impression_ratio_groups(item_ids_eval, item_ids_train, num_groups=4,
+                            candidate_item_ids_train=None) -> np.ndarray:
+    """Label IR1..IRk per eval row: Rec4Ad groups of ads by impression ratio (IR1 = highest).
+
+    IR(a) = #sessions where a was displayed / #sessions where a was a candidate (Eq. 2);
+    ``item_ids_train`` holds one entry per training impression and ``candidate_item_ids_train``
+    one entry per (session, candidate ad). Without a candidate log every ad is taken to be a
+    candidate in every session, so IR orders ads by their training impressions. Ads are
+    sorted by IR descending and split into k equal-sized groups (§2.2.1; k = 4 gives §4.2.2's
+    G_top = IR1 and G_bottom = IR4). Ads absent from training go to IRk.
+    """
+    shown = _as_1d("item_ids_train", item_ids_train)
+    ads, impressions = np.unique(shown, return_counts=True)
+    if candidate_item_ids_train is None:
+        ir = impressions.astype(np.float64)
+    else:
+        cands, cand_counts = np.unique(_as_1d("candidate_item_ids_train", candidate_item_ids_train),
+                                       return_counts=True)
+        missing = ~np.isin(ads, cands)
+        if missing.any():
+            raise ValueError(f"impression_ratio_groups: {int(missing.sum())} displayed ad(s) never appear "
+                             f"in candidate_item_ids_train, e.g. {ads[missing][0]!r}")
+        shown_counts = np.zeros(len(cands))
+        shown_counts[np.searchsorted(cands, ads)] = impressions
+        ads, ir = cands, shown_counts / cand_counts
+    if len(ads) == 0:
+        raise ValueError("impression_ratio_groups: item_ids_train is empty")
+    ranked = _rank_desc(ads, ir)
+    group = _ranked_groups(ranked, _as_1d("item_ids_eval", item_ids_eval), int(num_groups))
+    labels = np.array([f"IR{g + 1}" for g in range(int(num_groups))])
+    return labels[group]
+
+
+# ----------------------------------------------------------------------------- everything
+
+def _slice_metrics(y: np.ndarray, p: np.ndarray, users: Optional[np.ndarray], ece_bins: int) -> Dict[str, Any]:
+    """auc, gauc, logloss, ece, count, ctr, mean_pred, num_users; None where undefined."""
+    n = len(y)
+    out: Dict[str, Any] = {"count": int(n)}
+    if n == 0:
+        out.update(auc=None, gauc=None, logloss=None, ece=None, ctr=None, mean_pred=None, num_users=0)
+        return out
+    both_classes = bool(np.any(y == 1.0) and np.any(y == 0.0))
+    out["auc"] = auc(y, p) if both_classes else None
+    out["gauc"] = _gauc_or_none(y, p, users) if both_classes and users is not None else None
+    out["logloss"] = logloss(y, p)
+    out["ece"] = ece(y, p, num_bins=ece_bins)
+    out["ctr"] = float(y.mean())
+    out["mean_pred"] = float(p.mean())
+    out["num_users"] = None if users is None else int(len(np.unique(users)))
+    return out
+
+
+def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None, train_item_ids=None,
+                         train_candidate_item_ids=None, config: Optional[EvalConfig] = None) -> dict:
+    """All metrics of one task, overall and per slice.
+
+    Returns ``{"overall": {...}, "slices": {"activity": {"G1": {...}, ...},
+    "impression_ratio": {"IR1": {...}, ...}}, "config": {...}}``. ``overall`` also holds
+    GP-LT, GP-Head and GAP (head = top ``head_fraction`` users of the training split).
+    Data without users (``user_ids`` and ``train_user_ids`` None, e.g. Criteo) gets gauc,
+    GP-* = None and no activity slice; the impression-ratio slice needs ``item_ids`` and
+    ``train_item_ids``.
+    """
+    cfg = config or EvalConfig()
+    y = _labels("evaluate_predictions", y_true, binary=True)
+    p = _probs("evaluate_predictions", y_prob)
+    _check_same_length("evaluate_predictions", y_true=y, y_prob=p)
+    for what, (ev, tr) in {"user": (user_ids, train_user_ids), "item": (item_ids, train_item_ids)}.items():
+        if (ev is None) != (tr is None):
+            raise ValueError(f"evaluate_predictions: give both {what}_ids and train_{what}_ids, or neither")
+
+    users = None
+    slice_labels = {}
+    if user_ids is not None:
+        users = _as_1d("evaluate_predictions: user_ids", user_ids)
+        _check_same_length("evaluate_predictions", y_true=y, user_ids=users)
+        slice_labels["activity"] = (activity_quintiles(users, train_user_ids, cfg.activity_groups),
+                                    [f"G{k + 1}" for k in range(cfg.activity_groups)])
+    if item_ids is not None:
+        items = _as_1d("evaluate_predictions: item_ids", item_ids)
+        _check_same_length("evaluate_predictions", y_true=y, item_ids=items)
+        slice_labels["impression_ratio"] = (
+            impression_ratio_groups(items, train_item_ids, cfg.ir_groups, train_candidate_item_ids),
+            [f"IR{k + 1}" for k in range(cfg.ir_groups)])
+
+    overall = _slice_metrics(y, p, users, cfg.ece_bins)
+    if users is None:
+        overall.update({"GP-LT": None, "GP-Head": None, "GAP": None})
+    else:
+        overall.update(group_logloss(y, p, users, head_users_from_counts(train_user_ids, cfg.head_fraction)))
+    slices = {}
+    for name, (labels, order) in slice_labels.items():
+        slices[name] = {}
+        for label in order:
+            mask = labels == label
+            slices[name][label] = _slice_metrics(y[mask], p[mask], None if users is None else users[mask],
+                                                 cfg.ece_bins)
+    return {"overall": overall, "slices": slices, "config": dataclasses.asdict(cfg)}

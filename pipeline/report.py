@@ -1,0 +1,279 @@
+"""Evaluation reports: markdown tables, method comparisons with significance, and plots.
+
+Tables follow the papers' style (HDA Table 2, Rec4Ad Tables 1-2): the best entry of each
+metric in bold; comparisons over seeds give mean ± std and the paired t-test p-value of
+each method against a named baseline (scipy.stats.ttest_rel over seeds, aligned by index).
+Plots use matplotlib's Agg canvas directly (no pyplot global state, no display needed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
+
+from pipeline.metrics import EvalConfig, reliability_curve
+
+# Columns of the report's tables, in order.
+OVERALL_COLUMNS = ["auc", "gauc", "logloss", "ece", "GP-LT", "GP-Head", "GAP", "count", "ctr", "mean_pred"]
+SLICE_COLUMNS = ["auc", "gauc", "logloss", "ece", "count", "num_users", "ctr", "mean_pred"]
+# Direction of every metric evaluate_predictions writes (for bolding in comparisons).
+HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ece": False,
+                    "GP-LT": False, "GP-Head": False, "GAP": False}
+SLICE_TITLES = {"activity": "by user activity (training samples; G1 = least active)",
+                "impression_ratio": "by ad impression ratio (IR1 = highest, Rec4Ad Eq. 2)"}
+
+
+def _spec(value: float) -> str:
+    """4 decimals like the papers; tiny non-zero values (ECE) in scientific notation."""
+    return ".2e" if value != 0.0 and abs(value) < 1e-3 else ".4f"
+
+
+def _fmt(value, like: Optional[float] = None) -> str:
+    """A table cell; floats use the style of ``like`` (default: their own); None is '–'."""
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    return format(value, _spec(value if like is None else float(like)))
+
+
+def _best_rows(values: Mapping[str, Optional[float]], higher: bool) -> set:
+    """Names of the rows holding the best (ties: all of them) non-missing value."""
+    present = {k: float(v) for k, v in values.items() if v is not None and not math.isnan(float(v))}
+    if not present:
+        return set()
+    best = max(present.values()) if higher else min(present.values())
+    return {k for k, v in present.items() if v == best}
+
+
+def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def metrics_table(rows: Dict[str, Dict[str, float]], metrics: List[str],
+                  higher_is_better: Dict[str, bool]) -> str:
+    """Markdown table, one row per entry of ``rows``; per metric the best value is bold.
+
+    Metrics absent from ``higher_is_better`` are shown without bolding (counts, rates).
+    A missing or None value shows as '–'.
+    """
+    best = {m: _best_rows({r: vals.get(m) for r, vals in rows.items()}, higher_is_better[m])
+            for m in metrics if m in higher_is_better}
+    body = []
+    for name, vals in rows.items():
+        cells = [str(name)]
+        for m in metrics:
+            text = _fmt(vals.get(m))
+            cells.append(f"**{text}**" if name in best.get(m, ()) else text)
+        body.append(cells)
+    return _markdown([""] + list(metrics), body)
+
+
+def _seed_values(results: Dict[str, List[dict]], method: str, metric: str) -> np.ndarray:
+    values = []
+    for seed, run in enumerate(results[method]):
+        if run.get(metric) is None:
+            raise ValueError(f"comparison_table: method '{method}', seed index {seed} has no value "
+                             f"for metric '{metric}'")
+        values.append(float(run[metric]))
+    return np.asarray(values)
+
+
+def _paired_p(values: np.ndarray, baseline: np.ndarray) -> Optional[float]:
+    """Two-sided paired t-test p-value, None when undefined (one seed, zero variance)."""
+    if len(values) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = stats.ttest_rel(values, baseline).pvalue
+    return None if np.isnan(p) else float(p)
+
+
+def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baseline: str,
+                     higher_is_better: Dict[str, bool]) -> str:
+    """Markdown table of methods x metrics: mean ± std over seeds, best mean bold, and the
+    paired t-test p-value against ``baseline`` (seeds aligned by position; \\*/\\*\\* mark
+    p <= 0.05/0.01 as in HDA Table 2)."""
+    if baseline not in results:
+        raise ValueError(f"comparison_table: baseline '{baseline}' is not among the methods {sorted(results)}")
+    num_seeds = len(results[baseline])
+    for method, runs in results.items():
+        if len(runs) != num_seeds or not runs:
+            raise ValueError(f"comparison_table: method '{method}' has {len(runs)} seed run(s), baseline "
+                             f"'{baseline}' has {num_seeds}; seeds must be aligned and non-empty")
+    values = {(m, k): _seed_values(results, m, k) for m in results for k in metrics}
+    best = {k: _best_rows({m: values[m, k].mean() for m in results}, higher_is_better[k])
+            for k in metrics if k in higher_is_better}
+    body = []
+    for method in results:
+        cells = [f"{method} (baseline)" if method == baseline else method]
+        for k in metrics:
+            v = values[method, k]
+            text = _fmt(v.mean()) + (f" ± {_fmt(v.std(ddof=1), like=v.mean())}" if len(v) > 1 else "")
+            if method in best.get(k, ()):
+                text = f"**{text}**"
+            if method != baseline:
+                p = _paired_p(v, values[baseline, k])
+                stars = "" if p is None else "\\*\\*" if p <= 0.01 else "\\*" if p <= 0.05 else ""
+                text += f" (p={'n/a' if p is None else f'{p:.3g}'}{stars})"
+            cells.append(text)
+        body.append(cells)
+    note = (f"\nMean ± std over {num_seeds} seed(s). p: two-sided paired t-test over seeds against "
+            f"'{baseline}' (scipy.stats.ttest_rel); \\*/\\*\\* p ≤ 0.05/0.01. Bold: best mean.\n")
+    return _markdown(["method"] + list(metrics), body) + note
+
+
+def flatten_metrics(metrics_by_task: Dict[str, dict], sep: str = "/") -> Dict[str, float]:
+    """{"click": {"overall": {"auc": .8}}} -> {"click/auc": .8}: one run's row for comparison_table."""
+    return {f"{task}{sep}{name}": value for task, m in metrics_by_task.items()
+            for name, value in m["overall"].items()}
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _save(fig: Figure, path: str) -> None:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_lines(path, series: Dict[str, List[float]], title, xlabel, ylabel) -> None:
+    """One line per series against 1..len (e.g. per-epoch curves), saved as an image."""
+    if not series:
+        raise ValueError(f"plot_lines: no series to plot for '{path}'")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for name, ys in series.items():
+        ax.plot(np.arange(1, len(ys) + 1), ys, marker="o", label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_reliability(path, y_true, y_prob, num_bins: int, title: str) -> None:
+    """Reliability diagram: observed click rate vs. mean pCTR per bin, with bin counts below."""
+    mean_pred, frac_pos, counts = reliability_curve(y_true, y_prob, num_bins)
+    filled = counts > 0
+    fig = Figure(figsize=(5, 6))
+    ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfectly calibrated")
+    ax.plot(mean_pred[filled], frac_pos[filled], marker="o", label="model")
+    ax.set(title=title, ylabel="observed click rate", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    ax_n.bar(edges[:-1], counts, width=1.0 / num_bins, align="edge", edgecolor="black")
+    ax_n.set(xlabel="predicted click probability", ylabel="rows")
+    if counts.max() > 0:
+        ax_n.set_yscale("log")
+    _save(fig, path)
+
+
+def plot_group_logloss(path, groups: Dict[str, dict], overall_logloss: Optional[float], title: str) -> None:
+    """Bar per slice group (e.g. G1..G5) of its logloss, row counts on the bars."""
+    names = list(groups)
+    heights = [groups[g]["logloss"] if groups[g]["logloss"] is not None else 0.0 for g in names]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    bars = ax.bar(names, heights)
+    for bar, g in zip(bars, names):
+        ax.annotate(f"n={groups[g]['count']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    if overall_logloss is not None:
+        ax.axhline(overall_logloss, ls="--", color="grey", label=f"overall {overall_logloss:.4f}")
+        ax.legend(loc="lower right")
+    ax.set(title=title, ylabel="logloss")
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isnan(float(obj)) else float(obj)
+    return obj
+
+
+def _check_task_name(task: str) -> None:
+    if not task or any(c in task for c in "/\\") or task.startswith("."):
+        raise ValueError(f"write_eval_report: task name {task!r} cannot be used in a file name")
+
+
+def _pair(task: str, preds) -> tuple:
+    """(y_true, y_prob) from a pair or a mapping with keys y_true / y_prob."""
+    if isinstance(preds, Mapping):
+        missing = [k for k in ("y_true", "y_prob") if k not in preds]
+        if missing:
+            raise ValueError(f"write_eval_report: predictions_by_task['{task}'] lacks {missing}")
+        return preds["y_true"], preds["y_prob"]
+    if isinstance(preds, (tuple, list)) and len(preds) == 2:
+        return preds[0], preds[1]
+    raise ValueError(f"write_eval_report: predictions_by_task['{task}'] must be (y_true, y_prob) "
+                     f"or {{'y_true': ..., 'y_prob': ...}}, got {type(preds).__name__}")
+
+
+def write_eval_report(out_dir, metrics_by_task: dict, predictions_by_task: dict, title: str) -> None:
+    """Write metrics.json, report.md, reliability_<task>.png and quintile_logloss_<task>.png.
+
+    ``metrics_by_task``: task -> evaluate_predictions() output. ``predictions_by_task``:
+    task -> (y_true, y_prob) or {"y_true": ..., "y_prob": ...}, for the reliability diagram
+    (binned by the ``reliability_bins`` of the config recorded in the metrics). The
+    quintile plot is drawn when the metrics have an activity slice (data with users).
+    """
+    missing = sorted(set(metrics_by_task) - set(predictions_by_task))
+    if missing:
+        raise ValueError(f"write_eval_report: predictions_by_task lacks task(s) {missing}")
+    for task in metrics_by_task:
+        _check_task_name(task)
+    pairs = {task: _pair(task, predictions_by_task[task]) for task in metrics_by_task}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+        json.dump(_jsonable(metrics_by_task), fh, indent=2)
+
+    overall = {task: m["overall"] for task, m in metrics_by_task.items()}
+    cfg = {**dataclasses.asdict(EvalConfig()), **next(iter(metrics_by_task.values()), {}).get("config", {})}
+    md = [f"# {title}\n", "## Overall\n",
+          "AUC exact; gAUC = impression-weighted mean of per-user AUC over users with both classes "
+          f"(DIN); ECE = Rec4Ad Eq. 16 ({cfg['ece_bins']} buckets); GP-LT / GP-Head = mean "
+          "over the users of a group of each user's mean logloss (HDA Def. 3.1; head = top "
+          f"{100 * cfg['head_fraction']:g} % users by training samples); "
+          "GAP = |GP-LT − GP-Head|.\n",
+          metrics_table(overall, [c for c in OVERALL_COLUMNS if any(c in o for o in overall.values())], {})]
+    for task, m in metrics_by_task.items():
+        y_true, y_prob = pairs[task]
+        md.append(f"## Task `{task}`\n")
+        for name, groups in m["slices"].items():
+            md.append(f"### {task} {SLICE_TITLES.get(name, name)}\n")
+            md.append(metrics_table(groups, SLICE_COLUMNS, {}))
+        reliability_png = f"reliability_{task}.png"
+        plot_reliability(os.path.join(out_dir, reliability_png), y_true, y_prob, cfg["reliability_bins"],
+                         f"{task}: reliability (ECE={_fmt(m['overall'].get('ece'))})")
+        md.append(f"![reliability diagram of {task}]({reliability_png})\n")
+        if "activity" in m["slices"]:
+            quintile_png = f"quintile_logloss_{task}.png"
+            plot_group_logloss(os.path.join(out_dir, quintile_png), m["slices"]["activity"],
+                               m["overall"].get("logloss"), f"{task}: logloss by user-activity group")
+            md.append(f"![logloss per user-activity group of {task}]({quintile_png})\n")
+    with open(os.path.join(out_dir, "report.md"), "w") as fh:
+        fh.write("\n".join(md))

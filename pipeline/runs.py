@@ -1,0 +1,99 @@
+"""One directory per training run (DESIGN.md §3.5).
+
+    <runs_dir>/<run_name>/
+        config.yaml      the resolved training config
+        run.json         schema fingerprint, git commit, versions, start time
+        model.json       what rebuilds the model: schema subset, tasks, model config
+        weights/         the final (best) weights, TF checkpoint format
+        checkpoints/     best-so-far weights during training
+        backup/          BackupAndRestore state: a killed run resumes from here
+        tensorboard/     TensorBoard logs
+        history.csv      per-epoch training log
+        done.json        written last: the run completed
+        metrics.json, report.md, *.png   from ``ctrflow evaluate``
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import subprocess
+from typing import Any, Dict, List
+
+import tensorflow as tf
+import yaml
+
+from features.schema import Schema
+from pipeline.config import ConfigError
+
+
+def git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = False) -> str:
+    """Create (or reopen, to resume) the run directory and record what defines the run."""
+    name = cfg.run_name or f"{config_name}-seed{cfg.seed}"
+    run_dir = os.path.abspath(os.path.join(cfg.runs_dir, name))
+    if os.path.exists(os.path.join(run_dir, "done.json")):
+        if not overwrite:
+            raise ConfigError(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")
+        shutil.rmtree(run_dir)
+    resuming = os.path.isdir(os.path.join(run_dir, "backup"))
+    os.makedirs(run_dir, exist_ok=True)
+    config_dict = dataclasses.asdict(cfg)
+    if resuming:
+        with open(os.path.join(run_dir, "config.yaml")) as fh:
+            if yaml.safe_load(fh) != config_dict:
+                raise ConfigError(f"run '{run_dir}' exists with a different config: cannot resume it; "
+                                  f"use another run_name or --overwrite")
+    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+        yaml.safe_dump(config_dict, fh, sort_keys=False)
+    info = {"schema_fingerprint": schema.fingerprint(), "git_commit": git_commit(),
+            "tensorflow": tf.__version__, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "resumed": resuming, "data_dir": os.path.abspath(cfg.data_dir)}
+    with open(os.path.join(run_dir, "run.json"), "w") as fh:
+        json.dump(info, fh, indent=2)
+    return run_dir
+
+
+def save_model(model: tf.keras.Model, run_dir: str, schema_dict: dict, tasks: List[str], cfg) -> None:
+    with open(os.path.join(run_dir, "model.json"), "w") as fh:
+        json.dump({"schema": schema_dict, "tasks": tasks, "model": dataclasses.asdict(cfg.model)}, fh, indent=2)
+    model.save_weights(os.path.join(run_dir, "weights", "model"))
+
+
+def mark_done(run_dir: str, summary: Dict[str, Any]) -> None:
+    with open(os.path.join(run_dir, "done.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
+
+
+def load_config(run_dir: str):
+    from pipeline.config import from_dict
+    from pipeline.train import TrainConfig
+
+    with open(os.path.join(run_dir, "config.yaml")) as fh:
+        return from_dict(TrainConfig, yaml.safe_load(fh), where=os.path.join(run_dir, "config.yaml"))
+
+
+def load_model(run_dir: str):
+    """Rebuild the trained model of a completed run; returns (model, schema_dict, tasks)."""
+    from models.factory import build_model
+
+    if not os.path.exists(os.path.join(run_dir, "done.json")):
+        raise ConfigError(f"'{run_dir}' is not a completed run (no done.json): train it first")
+    with open(os.path.join(run_dir, "model.json")) as fh:
+        spec = json.load(fh)
+    model = build_model(spec["schema"], spec["tasks"], **spec["model"])
+    model.load_weights(os.path.join(run_dir, "weights", "model")).expect_partial()
+    return model, spec["schema"], spec["tasks"]

@@ -1,0 +1,86 @@
+"""The ground-truth response model: p(click | user, item, ad, context, position, exposure)
+and p(conversion | click), both logistic (equations in docs/simulator.md).
+
+``static_logit`` is the part known when a request is ranked (no position, intent or
+exposure); the production and rec systems rank with biased versions of it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.simulator.config import SimulatorConfig
+from pipeline.simulator.world import DAY, NUM_DAYPARTS, World
+
+HOUR = 3600
+
+
+def hour_weekday(t_rel, start_time: int):
+    """Hour of day and weekday (Monday = 0; 1970-01-01 was a Thursday) of relative times."""
+    t = start_time + np.floor(t_rel).astype(np.int64)
+    return (t // HOUR) % 24, (t // 86400 + 3) % 7
+
+
+class GroundTruth:
+    """The click and conversion models, with their user- and item-side terms stacked so
+    the static logit is one dot product <query(user, daypart), item features> per pair."""
+
+    def __init__(self, world: World, cfg: SimulatorConfig):
+        self.w, self.cfg, self.c = world, cfg, cfg.click
+        c, cv = cfg.click, cfg.conversion
+        brand_q = world.brand_quality[world.item_brand]
+        f32 = np.float32
+        # user side:  [w_int * interest, w_vis * visual taste, -w_price * price sensitivity, 1]
+        self.user_side = np.concatenate([
+            c.interest_weight * world.interest, c.visual_weight * world.visual_taste,
+            -c.price_weight * world.price_sensitivity[:, None], np.ones((world.num_users, 1))], axis=1).astype(f32)
+        # item side:  [latent, visual features, price_z, w_pop * popularity + w_brand * brand quality,
+        #              daypart x category effects (matched by the query's one-hot daypart)]
+        self.item_side = np.concatenate([
+            world.item_latent, world.visual_features, world.price_z[:, None],
+            (c.popularity_weight * world.popularity + c.brand_weight * brand_q)[:, None],
+            world.daypart_category[:, world.item_category].T], axis=1).astype(f32)
+        self.user_device = np.asarray(c.device_effects, f32)[world.profile[:, 3]]
+        self.ad_click = (c.ad_bias + c.quality_weight * world.quality).astype(f32)
+        self.item_cvr = (cv.brand_weight * brand_q).astype(f32)
+        age = world.profile[:, 0].astype(f32)
+        self.user_age_z = (age - age.mean()) / max(float(age.std()), 1e-9)
+
+    def static_logit(self, users, items, ads, t_rel):
+        """Click logit without position, intent and exposure terms. ``users``, ``t_rel``: [S];
+        ``items``, ``ads``: [S] (one per row) or [S, C] (candidates per session); ``ads``
+        None = organic items. Eq. (S1) of docs/simulator.md minus its last three terms."""
+        c = self.c
+        hour, weekday = hour_weekday(t_rel, self.cfg.timeline.start_time)
+        daypart = np.zeros((len(users), NUM_DAYPARTS), np.float32)
+        daypart[np.arange(len(users)), hour // 6] = 1.0
+        query = np.concatenate([self.user_side[users], daypart], axis=1)
+        session = (self.user_device[users] + c.evening_boost * (hour >= 18) + c.weekend_boost * (weekday >= 5)
+                   + (c.rec_bias if ads is None else 0.0))
+        features = np.take(self.item_side, items, axis=0)
+        if items.ndim == 2:
+            logit = np.einsum("sd,scd->sc", query, features) + session[:, None].astype(np.float32)
+            t_rel = t_rel[:, None]
+        else:
+            logit = np.einsum("sd,sd->s", query, features) + session.astype(np.float32)
+        if ads is None:
+            return logit
+        return logit + self.ad_click[ads] + c.novelty_weight * np.exp(-self.ad_age_days(ads, t_rel) / c.novelty_days)
+
+    def ad_age_days(self, ads, t_rel):
+        return np.maximum(t_rel - self.w.created_at[ads], 0.0) / DAY
+
+    def click_logit(self, static, intent_match, position, exposure_count):
+        """Adds the session intent, position bias and repeated-exposure fatigue."""
+        c = self.c
+        return (static + c.intent_weight * intent_match - c.position_bias * np.log2(position)
+                - c.fatigue_weight * np.log1p(exposure_count))
+
+    def conversion_logit(self, users, items, ads):
+        """p(conversion | click): its own interest, stronger price and brand effects,
+        landing-page quality (ads only) and age; ``ads`` < 0 marks organic rows."""
+        w, cv = self.w, self.cfg.conversion
+        logit = cv.bias + cv.interest_weight * np.einsum("...d,...d->...", w.cvr_interest[users],
+                                                         w.item_latent[items])
+        logit -= cv.price_weight * w.price_sensitivity[users] * w.price_z[items]
+        logit += self.item_cvr[items] + cv.age_weight * self.user_age_z[users]
+        return logit + np.where(ads >= 0, cv.landing_weight * w.landing_quality[np.maximum(ads, 0)], 0.0)

@@ -1,0 +1,104 @@
+"""Choose a ``tf.distribute`` strategy by name from the training config.
+
+default                 one device (CPU or the single GPU)
+mirrored                all local GPUs, synchronous all-reduce
+multi_worker_mirrored   several processes/hosts; cluster from ``TF_CONFIG``
+parameter_server        variables on PS tasks, workers run steps asynchronously;
+                        cluster from ``TF_CONFIG`` or an in-process cluster
+                        (``in_process: {workers: 2, ps: 1}``, used by the tests)
+tpu                     ``TPUStrategy`` from a ``TPUClusterResolver`` (``tpu: <name or grpc address>``);
+                        the same code path as the others; there is no TPU on the
+                        development machines, so it is built but not exercised here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu")
+
+
+@dataclasses.dataclass
+class StrategyConfig:
+    name: str = "default"
+    tpu: Optional[str] = None  # TPU name / grpc address for name == tpu
+    in_process: Optional[Dict[str, int]] = None  # {workers: N, ps: M} for parameter_server
+    communication: str = "auto"  # multi_worker_mirrored: auto | ring | nccl
+    shard_policy: str = "data"  # how input is split across workers: data | file | auto
+
+    def __post_init__(self):
+        if self.name not in STRATEGIES:
+            raise ValueError(f"strategy.name '{self.name}' not in {STRATEGIES}")
+
+
+def make_strategy(cfg: StrategyConfig) -> tf.distribute.Strategy:
+    if cfg.name == "default":
+        return tf.distribute.get_strategy()
+    if cfg.name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if cfg.name == "multi_worker_mirrored":
+        if "TF_CONFIG" not in os.environ:
+            raise RuntimeError("strategy multi_worker_mirrored needs the TF_CONFIG environment variable "
+                               "(cluster and task of this worker)")
+        impl = {"auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+                "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+                "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL}[cfg.communication]
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(implementation=impl))
+    if cfg.name == "parameter_server":
+        resolver = (_in_process_cluster(**cfg.in_process) if cfg.in_process
+                    else tf.distribute.cluster_resolver.TFConfigClusterResolver())
+        return tf.distribute.experimental.ParameterServerStrategy(resolver)
+    # tpu
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu or "")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def auto_shard_policy(cfg: StrategyConfig):
+    return {"data": tf.data.experimental.AutoShardPolicy.DATA,
+            "file": tf.data.experimental.AutoShardPolicy.FILE,
+            "auto": tf.data.experimental.AutoShardPolicy.AUTO}[cfg.shard_policy]
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG names this process a non-chief worker (index > 0)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    return task.get("type", "worker") in ("worker", "chief") and (
+        task.get("type") == "chief" or task.get("index", 0) == 0)
+
+
+_IN_PROCESS: Dict[Any, Any] = {}
+
+
+def free_port() -> int:
+    """A localhost TCP port nobody listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _in_process_cluster(workers: int = 2, ps: int = 1):
+    """Start worker and PS servers in this process (TensorFlow's documented test set-up)."""
+    key = (workers, ps)
+    if key in _IN_PROCESS:
+        return _IN_PROCESS[key]
+    ports = [free_port() for _ in range(workers + ps)]
+    spec = {"worker": [f"localhost:{p}" for p in ports[:workers]],
+            "ps": [f"localhost:{p}" for p in ports[workers:]]}
+    cluster = tf.train.ClusterSpec(spec)
+    cfg = tf.compat.v1.ConfigProto()
+    for job, n in (("worker", workers), ("ps", ps)):
+        for i in range(n):
+            tf.distribute.Server(cluster, job_name=job, task_index=i, protocol="grpc", config=cfg, start=True)
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(cluster, rpc_layer="grpc")
+    _IN_PROCESS[key] = resolver
+    return resolver

@@ -1,0 +1,283 @@
+"""The training driver: ``ctrflow train --config train.yaml``.
+
+Keras ``fit`` on the TFRecords under a ``tf.distribute`` strategy, with exact
+validation AUC for early stopping, checkpoints of the best weights,
+``BackupAndRestore`` (a killed run resumes at the epoch it stopped in), TensorBoard
+and CSV logs, deterministic seeds, optional mixed precision and XLA, and a guard
+that stops on a NaN loss naming the epoch and step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from features.schema import Schema
+from models.factory import build_model
+from pipeline import metrics as M
+from pipeline import runs
+from pipeline.config import ConfigError
+from pipeline.data import make_dataset
+from pipeline.strategy import StrategyConfig, auto_shard_policy, is_chief, make_strategy
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = "dcnv2"
+    backbone_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    embedding_dim: int = 16
+    embedding_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    framework: str = "none"
+    framework_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = "adam"  # any tf.keras.optimizers name
+    learning_rate: float = 1e-3
+    clipnorm: Optional[float] = None
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val_auc"  # exact AUC of the first task on the valid split
+    mode: str = "max"
+    patience: int = 2
+    restore_best_weights: bool = True
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str
+    runs_dir: str = "runs"
+    run_name: Optional[str] = None
+    tasks: Optional[List[str]] = None  # default: every label of the schema
+    features: Optional[List[str]] = None  # default: every feature of the schema
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    loss: str = "bce"  # a name from models.losses.LOSSES
+    loss_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int = 4096
+    eval_batch_size: int = 16384
+    epochs: int = 10
+    steps_per_epoch: Optional[int] = None
+    seed: int = 2024
+    deterministic: bool = True
+    shuffle_buffer: int = 200_000
+    cache: bool = True
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    train_split: str = "train"
+    valid_split: str = "valid"
+    eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
+    verbose: int = 1
+
+
+class NanLossError(FloatingPointError):
+    """Training produced a non-finite loss."""
+
+
+class NanGuard(tf.keras.callbacks.Callback):
+    """Stop at the first non-finite loss, saying which epoch, step and batch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise NanLossError(
+                f"loss became {loss} at epoch {self._epoch + 1}, step {batch + 1} "
+                f"(batch index {batch} of the epoch): lower the learning rate, set "
+                f"optimizer.clipnorm, or check the input statistics")
+
+
+class ExactValidation(tf.keras.callbacks.Callback):
+    """Exact AUC and LogLoss on the valid split at each epoch end, added to the logs.
+
+    Runs before EarlyStopping / ModelCheckpoint / CSVLogger / TensorBoard in the
+    callback list so they all see ``val_auc`` (first task) and ``val_<task>_auc``.
+    Keras' own AUC metric uses 200 thresholds; the papers' AUC is exact.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, tasks: List[str]):
+        super().__init__()
+        self.dataset = dataset
+        self.tasks = tasks
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        y, p = predict_labels(self.model, self.dataset, self.tasks)
+        for i, task in enumerate(self.tasks):
+            auc = M.auc(y[task], p[task])
+            ll = M.logloss(y[task], p[task])
+            logs[f"val_{task}_auc"] = auc
+            logs[f"val_{task}_logloss"] = ll
+            if i == 0:
+                logs["val_auc"], logs["val_logloss"] = auc, ll
+
+
+def predict_labels(model, dataset, tasks, extra_columns=()):
+    """Run ``model`` over ``dataset`` once; return (labels, predictions[, columns]) as numpy."""
+    ys = {t: [] for t in tasks}
+    ps = {t: [] for t in tasks}
+    cols = {c: [] for c in extra_columns}
+    predict = _predict_fn(model)
+    for inputs, labels in dataset:
+        out = predict(inputs)
+        for t in tasks:
+            ys[t].append(labels[t].numpy().reshape(-1))
+            ps[t].append(out[t].numpy().reshape(-1))
+        for c in extra_columns:
+            cols[c].append(inputs[c].numpy().reshape(-1))
+    y = {t: np.concatenate(v) for t, v in ys.items()}
+    p = {t: np.concatenate(v).astype(np.float64) for t, v in ps.items()}
+    if extra_columns:
+        return y, p, {c: np.concatenate(v) for c, v in cols.items()}
+    return y, p
+
+
+def _predict_fn(model):
+    fn = getattr(model, "_ctrflow_predict_fn", None)
+    if fn is None:
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._ctrflow_predict_fn = fn
+    return fn
+
+
+def make_optimizer(cfg: OptimizerConfig) -> tf.keras.optimizers.Optimizer:
+    kwargs = dict(cfg.options)
+    kwargs["learning_rate"] = cfg.learning_rate
+    if cfg.clipnorm is not None:
+        kwargs["clipnorm"] = cfg.clipnorm
+    try:
+        opt = tf.keras.optimizers.get({"class_name": cfg.name, "config": kwargs})
+    except ValueError as exc:
+        raise ConfigError(f"optimizer '{cfg.name}': {exc}") from None
+    return opt
+
+
+def make_losses(cfg: TrainConfig, tasks: List[str]):
+    from models.losses import get_loss
+
+    return {t: get_loss(cfg.loss, **cfg.loss_options) for t in tasks}
+
+
+def resolve(cfg: TrainConfig) -> tuple:
+    """Check the config against the data before any work: (schema, tasks, features)."""
+    if not os.path.isdir(cfg.data_dir):
+        raise ConfigError(f"data_dir '{cfg.data_dir}' does not exist: run `ctrflow preprocess` first")
+    schema = Schema.load(cfg.data_dir)
+    tasks = list(cfg.tasks or schema.labels)
+    feats = list(cfg.features or schema.feature_names)
+    schema.check_names(features=feats, labels=tasks, what="training config")
+    for split in [cfg.train_split, cfg.valid_split, *cfg.eval_splits]:
+        if not os.path.isdir(os.path.join(cfg.data_dir, split)):
+            raise ConfigError(f"split '{split}' is missing under data_dir '{cfg.data_dir}'")
+    return schema, tasks, feats
+
+
+def model_schema(schema: Schema, features: List[str]) -> dict:
+    """The schema restricted to the selected features (what the model is built from)."""
+    d = schema.to_dict()
+    d["features"] = [f for f in d["features"] if f["name"] in features]
+    return d
+
+
+def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False) -> Dict[str, Any]:
+    """Train one model; returns a summary with the run directory and best validation metrics."""
+    schema, tasks, feats = resolve(cfg)
+    run_dir = runs.prepare_run_dir(cfg, config_name, schema, overwrite=overwrite)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if cfg.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = make_strategy(cfg.strategy)
+    is_ps = cfg.strategy.name == "parameter_server"
+
+    def train_ds(input_context=None):
+        ds = make_dataset(cfg.data_dir, cfg.train_split, _per_replica_batch(cfg, strategy, input_context),
+                          shuffle=True, repeat=is_ps or cfg.steps_per_epoch is not None,
+                          deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache,
+                          shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True)
+        if input_context is not None:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        return _with_shard_policy(ds, cfg)
+
+    valid_ds = make_dataset(cfg.data_dir, cfg.valid_split, cfg.eval_batch_size, shuffle=False,
+                            deterministic=True, cache=cfg.cache)
+    sdict = model_schema(schema, feats)
+    with strategy.scope():
+        model = build_model(sdict, tasks, **dataclasses.asdict(cfg.model))
+        model.compile(optimizer=make_optimizer(cfg.optimizer), loss=make_losses(cfg, tasks),
+                      metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
+                      jit_compile=cfg.jit_compile,
+                      steps_per_execution=1)
+    callbacks = _callbacks(cfg, run_dir, valid_ds, tasks, use_exact=not is_ps)
+    if is_ps:
+        x = tf.keras.utils.experimental.DatasetCreator(train_ds)
+    else:
+        x = train_ds()
+    steps = cfg.steps_per_epoch
+    if is_ps and steps is None:
+        raise ConfigError("strategy parameter_server needs steps_per_epoch (the input repeats)")
+    t0 = time.time()
+    history = model.fit(x, epochs=cfg.epochs, steps_per_epoch=steps,
+                        validation_data=valid_ds if is_ps else None,
+                        callbacks=callbacks, verbose=cfg.verbose if is_chief() else 0)
+    seconds = time.time() - t0
+    summary = {"run_dir": run_dir, "epochs_run": len(history.history.get("loss", [])),
+               "seconds": seconds, "history": _jsonable(history.history)}
+    if is_chief():
+        runs.save_model(model, run_dir, sdict, tasks, cfg)
+        runs.mark_done(run_dir, summary)
+    return summary
+
+
+def _per_replica_batch(cfg, strategy, input_context):
+    if input_context is not None:
+        return input_context.get_per_replica_batch_size(cfg.batch_size)
+    return cfg.batch_size
+
+
+def _with_shard_policy(ds, cfg):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = auto_shard_policy(cfg.strategy)
+    return ds.with_options(options)
+
+
+def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, use_exact: bool):
+    es = cfg.early_stopping
+    cbs: List[tf.keras.callbacks.Callback] = [NanGuard()]
+    if use_exact:
+        cbs.append(ExactValidation(valid_ds, tasks))
+    monitor = es.monitor if use_exact else _keras_monitor(tasks)
+    cbs += [
+        tf.keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+        tf.keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "best"), monitor=monitor,
+                                           mode=es.mode, save_best_only=True, save_weights_only=True),
+        tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=es.mode, patience=es.patience,
+                                         restore_best_weights=es.restore_best_weights),
+        tf.keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+    ]
+    return cbs
+
+
+def _keras_monitor(tasks):
+    return "val_auc" if len(tasks) == 1 else f"val_{tasks[0]}_auc"
+
+
+def _jsonable(history):
+    return {k: [float(v) for v in vals] for k, vals in history.items()}
