@@ -24,6 +24,7 @@ setup(
         "tqdm",
         "matplotlib",
         "scipy",
+        "pyfarmhash==0.5.1",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "scikit-learn"]},
     entry_points={"console_scripts": ["ctrflow=pipeline.cli:main"]},

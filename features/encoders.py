@@ -32,8 +32,8 @@ as they are, integers (and integral floats) as their decimal string. Missing is
 None / NaN / ``""`` (what a TF string tensor carries) and, for integer inputs, the
 sentinel :data:`INT_MISSING` (-2^63), which is how an int64 tensor carries a
 missing value or the padding of a dense [batch, L] sequence tensor. Numeric values
-are cast to the feature's raw dtype (float32 rounding included) and computed in
-float64 on both sides. A missing scalar takes the feature's ``default`` (a raw
+are cast to the feature's raw dtype (float32 rounding included; subnormals are
+flushed to zero, as TF's CPU kernels do) and computed in float64 on both sides. A missing scalar takes the feature's ``default`` (a raw
 value, encoded like any other) when it has one, else the padding id / 0.0.
 
 Errors. ``NumpyEncoder.encode`` raises :class:`EncodeError` naming the feature and
@@ -119,7 +119,7 @@ def _key_of(v) -> Optional[str]:
         return None
     if isinstance(v, (int, np.integer)):
         return "" if v == INT_MISSING else str(int(v))
-    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+    if isinstance(v, (float, np.floating)) and abs(v) < 2.0 ** 63 and float(v).is_integer():
         return str(int(v))
     return None
 
@@ -142,7 +142,7 @@ def categorical_keys(values, name: str = "") -> Tuple[np.ndarray, np.ndarray]:
         keys[arr == INT_MISSING] = ""
     elif kind == "f":
         nan = np.isnan(arr)
-        bad = ~nan & ~(np.isfinite(arr) & (arr == np.floor(arr)))
+        bad = ~nan & ~((np.abs(arr) < 2.0 ** 63) & (arr == np.floor(arr)))  # int64-representable
         keys = np.where(nan | bad, 0, arr).astype(np.int64).astype(str).astype(object)
         keys[nan] = ""
     else:
@@ -189,6 +189,8 @@ def numeric_values(values, dtype: str, name: str = "") -> np.ndarray:
     if dtype == "float32":
         with np.errstate(over="ignore"):
             x = x.astype(np.float32).astype(np.float64)
+    # TF's CPU kernels flush subnormals to zero (FTZ/DAZ): do the same for parity
+    x[np.abs(x) < np.finfo(np.float32 if dtype == "float32" else np.float64).tiny] = 0.0
     return x
 
 
@@ -203,7 +205,7 @@ def _parses(v) -> bool:
 def _split_lists(values, name: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A batch of lists -> (flat elements, row lengths, missing-row mask)."""
     rows = values if isinstance(values, (list, tuple)) else list(values)
-    missing = np.fromiter((v is None or (isinstance(v, float) and np.isnan(v)) for v in rows),
+    missing = np.fromiter((not hasattr(v, "__len__") and bool(pd.isna(v)) for v in rows),
                           dtype=bool, count=len(rows))
     bad = [i for i, v in enumerate(rows) if isinstance(v, (str, bytes)) or
            (not missing[i] and not hasattr(v, "__len__"))]
@@ -233,8 +235,8 @@ def count_values(spec, values) -> Dict[str, int]:
     if spec.encoding.get("type") == "sequence_vocab":
         values = _split_lists(values, spec.name)[0]
     keys, missing = categorical_keys(values, spec.name)
-    uniq, cnt = np.unique(keys[~missing].astype(str), return_counts=True)
-    return dict(zip(uniq.tolist(), cnt.tolist()))
+    counts = pd.Series(keys[~missing], dtype=object).value_counts(sort=False)
+    return {k: int(c) for k, c in counts.items()}
 
 
 # ---- specs -> Features ---------------------------------------------------------
@@ -378,7 +380,7 @@ def _build_mnse(spec, p, stats) -> Dict[str, Any]:
         if signed is None:
             signed = bool(sample.min() < 0)
         if digits is None:
-            top = int(np.floor(np.abs(sample).max() * scale))
+            top = int(min(np.floor(np.abs(sample).max() * scale), float(mnse.MAX_CODE)))
             digits = [mnse.digits_needed(top, b) for b in bases]
     mnse.check_digits(bases, digits)
     return {"bases": bases, "digits": digits, "scale": scale, "signed": signed}
@@ -387,13 +389,16 @@ def _build_mnse(spec, p, stats) -> Dict[str, Any]:
 def build_feature(spec, stats: dict, out_dir: str) -> Feature:
     """Resolve a spec with TRAIN statistics into a Feature; writes vocabulary files."""
     etype, p = _params(spec)
+    _check_default(spec, etype)
     num_ids, width, out_dtype = 0, 1, "int64"
     try:
         if etype in _VOCAB_TYPES:
+            if etype == "sequence_vocab":
+                width = _int(spec, p, "max_len", required=True)
             res, size = _build_vocab(spec, p, stats, out_dir)
             num_ids = size + vocab.FIRST_ID
             if etype == "sequence_vocab":
-                res["max_len"] = width = _int(spec, p, "max_len", required=True)
+                res["max_len"] = width
         elif etype == "hash":
             nb = _int(spec, p, "num_buckets", required=True)
             res, num_ids = {"num_buckets": nb}, nb + 1
@@ -420,7 +425,6 @@ def build_feature(spec, stats: dict, out_dir: str) -> Feature:
         if isinstance(exc, EncodeError):
             raise
         raise EncodeError(spec.name, str(exc)) from None
-    _check_default(spec, etype)
     return Feature(name=spec.name, kind=spec.kind, dtype=spec.dtype, role=spec.role,
                    encoding={"type": etype, **res}, num_ids=num_ids, width=width, encoded_dtype=out_dtype,
                    required=spec.required, default=spec.default, source=spec.source)
@@ -511,7 +515,7 @@ class NumpyEncoder:
                 raise EncodeError(f.name, f"dense lists must hold exactly {enc['dim']} values", bad)
             out = np.zeros((n, enc["dim"]), dtype=np.float32)
             x = numeric_values(flat, f.dtype, f.name)
-            out[~missing_rows] = np.nan_to_num(x, nan=0.0, posinf=np.inf, neginf=-np.inf).reshape(-1, enc["dim"])
+            out[~missing_rows] = np.where(np.isnan(x), 0.0, x).reshape(-1, enc["dim"])
             return out
         if self.type == "sequence_vocab":
             keys, missing = categorical_keys(flat, f.name)
@@ -572,7 +576,7 @@ class TFEncoder(tf.Module):
             self._boundaries = bucketize.resolve_boundaries(feature.encoding)
 
     def _ids(self, keys: tf.Tensor) -> tf.Tensor:
-        if self.type in ("hash",):
+        if self.type == "hash":
             return hashing.tf_hash_ids(keys, self.feature.encoding["num_buckets"])
         return vocab.tf_vocab_lookup(self._table, keys)
 

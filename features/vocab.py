@@ -65,8 +65,9 @@ class VocabLookup:
 
 def tf_vocab_table(path: str, size: int) -> tf.lookup.StaticHashTable:
     """A TF table key -> line number built from the vocabulary file (an asset when saved)."""
-    if size == 0:  # TF cannot initialise a table from an empty file
-        init = tf.lookup.KeyValueTensorInitializer(tf.constant([], tf.string), tf.constant([], tf.int64))
+    if size == 0:  # TF initialises no table from an empty file or empty tensors: hold only
+        # the key "", which encoders mask as missing before any look-up
+        init = tf.lookup.KeyValueTensorInitializer(tf.constant([""]), tf.constant([-1], tf.int64))
     else:
         init = tf.lookup.TextFileInitializer(
             path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,

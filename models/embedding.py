@@ -30,13 +30,14 @@ id 0 ("missing" is informative); only multi-valued/sequence pooling masks it.
 independent sets of all weights (TF4CTR's SER, HDA's shared/specific tables,
 Tencent's multi-embedding); ``call(..., table=k)`` reads set ``k``. ``l2_reg`` adds
 ``l2_reg * sum(row^2) / batch`` over the rows looked up in a batch (not the whole
-table, which would make every step's gradient dense over it).
+table, which would make every step's gradient dense over it). Tables start from
+N(0, ``initializer_stddev``^2), first-order weights from 0.
 """
 from __future__ import annotations
 
 import collections
-import re
 import dataclasses
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -199,6 +200,8 @@ class FeatureEmbedding(tf.keras.layers.Layer):
 
     # ---- weights ----------------------------------------------------------------------
     def build(self, input_shape):
+        # every table set is built here, projections included, so the weight list does not
+        # depend on which tables a caller happens to read first (checkpoints, set_weights)
         self.tables: List[Dict[str, Dict[str, object]]] = []
         for t in range(self.num_tables):
             weights: Dict[str, Dict[str, object]] = {}
@@ -209,6 +212,8 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 if kind == "project":
                     w["project"] = tf.keras.layers.Dense(self.embedding_dim, name=f"{prefix}_project")
                     w["linear"] = tf.keras.layers.Dense(1, use_bias=False, name=f"{prefix}_linear")
+                    w["project"].build((None, f.width))
+                    w["linear"].build((None, f.width))
                 else:
                     rows = 1 if kind == "scale" else f.num_ids
                     w["embedding"] = self.add_weight(name=f"{prefix}_embedding", shape=(rows, dim),
@@ -218,6 +223,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                     if dim != self.embedding_dim:
                         w["to_dim"] = tf.keras.layers.Dense(self.embedding_dim, use_bias=False,
                                                             name=f"{prefix}_to_dim")
+                        w["to_dim"].build((None, dim))
                 weights[name] = w
             self.tables.append(weights)
         super().build(input_shape)

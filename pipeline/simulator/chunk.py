@@ -66,10 +66,11 @@ class LogRows:
 
 @dataclasses.dataclass
 class ChunkResult:
+    """The chunk's three logs and its clicks, which their behaviour sequences index."""
+
     logs: Dict[str, LogRows]
     click_item: np.ndarray  # the chunk's clicks in (user, time) order
     click_ts: np.ndarray  # absolute seconds
-    num_sessions: int
 
 
 def make_plan(cfg: SimulatorConfig, world: World) -> Plan:
@@ -116,7 +117,7 @@ def simulate_chunk(gt: GroundTruth, plan: Plan, chunk: int, rng: np.random.Gener
         users, times = u0 + user[idx], t[idx]
         if s == 0:
             pools = systems.retarget_pools(w, cdf, cfg.ads_system.retarget_pool_size, rng)
-            disp = systems.production_ads(gt, users, times, pools[user[idx]], slots, rng)
+            disp = systems.production_ads(gt, users, times, intent[idx], pools[user[idx]], slots, rng)
         elif s == 1:
             disp = systems.rec_items(gt, users, times, intent[idx], slots, rng)
         else:
@@ -161,7 +162,7 @@ def simulate_chunk(gt: GroundTruth, plan: Plan, chunk: int, rng: np.random.Gener
             conversion=conversion[m].astype(np.int64), true_ctr=true_ctr[m].astype(np.float32),
             true_cvr=true_cvr[m].astype(np.float32), hist_offsets=offsets, hist_index=index,
             candidates=cands if cands is not None else np.zeros(0, np.int64))
-    return ChunkResult(logs, item[clicks], cfg.timeline.start_time + ts[clicks], len(user))
+    return ChunkResult(logs, item[clicks], cfg.timeline.start_time + ts[clicks])
 
 
 def exposure_counts(user: np.ndarray, key: np.ndarray, ts: np.ndarray, window: int) -> np.ndarray:

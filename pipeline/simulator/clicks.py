@@ -45,26 +45,26 @@ class GroundTruth:
         age = world.profile[:, 0].astype(f32)
         self.user_age_z = (age - age.mean()) / max(float(age.std()), 1e-9)
 
-    def static_logit(self, users, items, ads, t_rel):
-        """Click logit without position, intent and exposure terms. ``users``, ``t_rel``: [S];
-        ``items``, ``ads``: [S] (one per row) or [S, C] (candidates per session); ``ads``
-        None = organic items. Eq. (S1) of docs/simulator.md minus its last three terms."""
-        c = self.c
+    def static_logit(self, users, items, ads, t_rel, ad_age_days=None):
+        """Click logit of candidates without the position, intent and exposure terms (Eq. S1
+        of docs/simulator.md). ``users``, ``t_rel``: [S] per session; ``items``, ``ads``:
+        [S, C] candidates; ``ads`` None = organic items."""
+        c, n_items = self.c, self.w.num_items
         hour, weekday = hour_weekday(t_rel, self.cfg.timeline.start_time)
-        daypart = np.zeros((len(users), NUM_DAYPARTS), np.float32)
-        daypart[np.arange(len(users)), hour // 6] = 1.0
-        query = np.concatenate([self.user_side[users], daypart], axis=1)
-        session = (self.user_device[users] + c.evening_boost * (hour >= 18) + c.weekend_boost * (weekday >= 5)
-                   + (c.rec_bias if ads is None else 0.0))
-        features = np.take(self.item_side, items, axis=0)
-        if items.ndim == 2:
-            logit = np.einsum("sd,scd->sc", query, features) + session[:, None].astype(np.float32)
-            t_rel = t_rel[:, None]
+        keys, inverse = np.unique(users * NUM_DAYPARTS + hour // 6, return_inverse=True)
+        query = np.concatenate([self.user_side[keys // NUM_DAYPARTS],
+                                np.eye(NUM_DAYPARTS, dtype=np.float32)[keys % NUM_DAYPARTS]], axis=1)
+        if len(keys) * n_items <= 8 * items.size:  # few distinct queries: score every item once
+            logit = (query @ self.item_side.T).ravel()[inverse[:, None] * n_items + items]
         else:
-            logit = np.einsum("sd,sd->s", query, features) + session.astype(np.float32)
+            logit = np.einsum("sd,scd->sc", query[inverse], np.take(self.item_side, items, axis=0))
+        session = self.user_device[users] + c.evening_boost * (hour >= 18) + c.weekend_boost * (weekday >= 5)
+        logit += session[:, None].astype(np.float32)
         if ads is None:
-            return logit
-        return logit + self.ad_click[ads] + c.novelty_weight * np.exp(-self.ad_age_days(ads, t_rel) / c.novelty_days)
+            return logit + np.float32(c.rec_bias)
+        if ad_age_days is None:
+            ad_age_days = self.ad_age_days(ads, t_rel[:, None])
+        return logit + self.ad_click[ads] + c.novelty_weight * np.exp(-ad_age_days / c.novelty_days)
 
     def ad_age_days(self, ads, t_rel):
         return np.maximum(t_rel - self.w.created_at[ads], 0.0) / DAY

@@ -97,8 +97,8 @@ class TimelineConfig:
 class ClickModel:
     """Ground truth p(click | user, item, ad, context, position, exposure): a logistic model."""
 
-    ad_bias: float = -3.0
-    rec_bias: float = -2.4
+    ad_bias: float = -3.6
+    rec_bias: float = -2.9
     interest_weight: float = 1.2  # * <user interest, item latent>
     intent_weight: float = 1.0  # * [item category == the session's intent]
     visual_weight: float = 0.6  # * <user visual taste, visual features of the creative>
@@ -120,7 +120,7 @@ class ClickModel:
 class ConversionModel:
     """p(conversion | click): partly different drivers from the click (STEM/AME tasks)."""
 
-    bias: float = -1.5
+    bias: float = -2.3
     interest_corr: float = 0.5  # correlation of the conversion interest with the click interest
     interest_weight: float = 1.0
     price_weight: float = 0.8
@@ -136,12 +136,14 @@ class AdsSystemConfig:
     slots: int = 3  # ads shown per session (positions 1..slots)
     candidates: int = 30  # retrieved candidates per session
     retarget_candidates: int = 6  # of which drawn from the user's retargeting pool
+    intent_candidates: int = 6  # of which drawn from the session intent's category
     retarget_pool_size: int = 8  # ads targeted at a user (drawn from their preferred categories)
     popularity_bias: float = 0.6  # production pCTR over-rates popular items
     error_sigma: float = 0.5  # std of the production model's fixed per-ad error
     cold_start_penalty: float = 1.0  # production pCTR under-rates new ads ...
     cold_start_days: float = 3.0  # ... by penalty * exp(-age / days)
-    bid_exponent: float = 1.0  # score = pCTR * bid^exponent
+    bid_exponent: float = 1.0  # score = pCTR * bid^exponent * pacing
+    pacing_sigma: float = 0.5  # per-request budget pacing: pacing = exp(pacing_sigma * N(0, 1))
 
 
 @dataclasses.dataclass
@@ -219,7 +221,9 @@ class SimulatorConfig:
             g = getattr(self, group)
             _check(1 <= g.slots <= g.candidates, f"{group}: need 1 <= slots <= candidates")
         s = self.ads_system
-        _check(0 <= s.retarget_candidates <= s.candidates, "ads_system.retarget_candidates must be <= candidates")
+        _check(min(s.retarget_candidates, s.intent_candidates) >= 0
+               and s.retarget_candidates + s.intent_candidates <= s.candidates,
+               "ads_system: retarget_candidates + intent_candidates must be <= candidates")
         _check(s.retarget_pool_size >= 1, "ads_system.retarget_pool_size must be >= 1")
         _check(0 <= self.rec_system.intent_candidate_fraction <= 1,
                "rec_system.intent_candidate_fraction must be in [0, 1]")

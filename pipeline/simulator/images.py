@@ -28,11 +28,11 @@ def render_images(visual: np.ndarray, size: int, noise: float, rng: np.random.Ge
         shade = 1.0 - 0.35 * (0.5 + 0.5 * np.sin(2.0 * np.pi * freq * (x + y)))
         img = bg * (1.0 - disc[..., None]) + fg * (disc * shade)[..., None]
         img += noise * rng.standard_normal(img.shape, dtype=np.float32)
-        out[lo:lo + _BATCH] = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+        out[lo:lo + _BATCH] = np.clip(img * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8)
     return out
 
 
 def _hsv_to_rgb(h: np.ndarray, s: float, v: float) -> np.ndarray:
     """HSV -> RGB for hue arrays [...] (constant s, v); returns [..., 3]."""
-    k = (np.stack([5.0, 3.0, 1.0]) + h[..., None] * 6.0) % 6.0
+    k = (np.array([5.0, 3.0, 1.0], np.float32) + h[..., None] * np.float32(6.0)) % np.float32(6.0)
     return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)

@@ -1,6 +1,6 @@
 """The three exposure systems: retrieve candidates per session, score, show the top slots.
 
-- production ads: candidates = retargeting pool + uniform live ads, ranked by a biased
+- production ads: candidates = retargeting pool + intent category + uniform live ads, ranked by a biased
   production pCTR x bid (Rec4Ad Eq. 1) -> sample-selection bias, skewed impression ratios;
 - random policy: uniform live candidates shown in random order (Rec4Ad Sec. 4.1);
 - recommendation: organic items (half from the session intent's category), ranked by
@@ -39,10 +39,13 @@ def rank(ids: np.ndarray, scores: np.ndarray, k: int):
     sorted_ids = np.take_along_axis(ids, order, axis=1)
     dup = np.zeros(ids.shape, bool)
     np.put_along_axis(dup, order[:, 1:], sorted_ids[:, 1:] == sorted_ids[:, :-1], axis=1)
-    scores = np.where(dup, scores - _DUPLICATE_PENALTY, scores)
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    best_first = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, best_first, axis=1), dup
+    scores = np.where(dup, scores - _DUPLICATE_PENALTY, scores)  # a fresh copy, modified below
+    top = np.empty((ids.shape[0], k), np.int64)
+    rows = np.arange(ids.shape[0])
+    for j in range(k):  # k argmax passes: cheaper than argpartition + sort for small k
+        top[:, j] = best = scores.argmax(axis=1)
+        scores[rows, best] = -np.inf
+    return top, dup
 
 
 def live_ads(world: World, t: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -57,20 +60,25 @@ def retarget_pools(world: World, category_cdf: np.ndarray, size: int, rng: np.ra
     return _draw_in_category(world.ads_by_category, world.ad_category_offsets, cats, world.num_ads, rng)
 
 
-def production_ads(gt: GroundTruth, users, t, pools, slots, rng) -> Displayed:
-    """Production ads: rank by sigmoid(biased pCTR logit) * bid^exponent."""
+def production_ads(gt: GroundTruth, users, t, intent, pools, slots, rng) -> Displayed:
+    """Production ads: candidates from the user's retargeting pool, the session intent's
+    category and all live ads; ranked by sigmoid(biased pCTR logit) * bid^exponent times
+    a per-request budget-pacing factor exp(pacing_sigma * N(0, 1))."""
     w, s = gt.w, gt.cfg.ads_system
-    cand = live_ads(w, t, s.candidates - s.retarget_candidates, rng)
-    if s.retarget_candidates:
-        picked = pools[np.arange(len(t))[:, None], rng.integers(0, pools.shape[1], (len(t), s.retarget_candidates))]
-        fallback = live_ads(w, t, s.retarget_candidates, rng)
-        cand = np.concatenate([np.where(w.created_at[picked] <= t[:, None], picked, fallback), cand], axis=1)
-    items = w.ad_item[cand]
-    static = gt.static_logit(users, items, cand, t)
+    S, n_retarget, n_intent = len(t), s.retarget_candidates, s.intent_candidates
+    retarget = pools[np.arange(S)[:, None], rng.integers(0, pools.shape[1], (S, n_retarget))]
+    by_intent = _draw_in_category(w.ads_by_category, w.ad_category_offsets,
+                                  np.repeat(intent[:, None], n_intent, axis=1), w.num_ads, rng)
+    targeted = np.concatenate([retarget, by_intent], axis=1)
+    targeted = np.where(w.created_at[targeted] <= t[:, None], targeted,  # not live yet: any live ad
+                        live_ads(w, t, n_retarget + n_intent, rng))
+    cand = np.concatenate([targeted, live_ads(w, t, s.candidates - n_retarget - n_intent, rng)], axis=1)
+    items, age = w.ad_item[cand], gt.ad_age_days(cand, t[:, None])
+    static = gt.static_logit(users, items, cand, t, age)
     bias = s.popularity_bias * w.popularity[w.ad_item] + w.prod_error  # per ad: over-rates popular items
-    prod_logit = (static + bias[cand]
-                  - s.cold_start_penalty * np.exp(-gt.ad_age_days(cand, t[:, None]) / s.cold_start_days))
-    score = sigmoid(prod_logit) * w.bid[cand] ** s.bid_exponent
+    prod_logit = static + bias[cand] - s.cold_start_penalty * np.exp(-age / s.cold_start_days)
+    pacing = np.exp(s.pacing_sigma * rng.standard_normal(cand.shape, dtype=np.float32))
+    score = sigmoid(prod_logit) * w.bid[cand] ** s.bid_exponent * pacing
     return _display(cand, items, cand, static, score, slots)
 
 

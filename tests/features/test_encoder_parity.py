@@ -23,7 +23,7 @@ F32_MAX = float(np.finfo(np.float32).max)
 STR_EDGES = ["", None, " ", "héllo", "日本語", "tab\tx", "a" * 1000, "0", "-1", "1e30", "never-seen", "t0"]
 INT_EDGES = [0, None, 1, -1, 2 ** 63 - 1, -(2 ** 63 - 1), 2 ** 53 + 1, 10 ** 12, 7]
 FLOAT_EDGES = [0.0, -0.0, None, math.nan, 1.0, 2.0, 2.0000001, 3.0, 100.0, 51.0, 0.5, -0.5, -3.0,
-               F32_MAX, -F32_MAX, 1e30, -1e30, 1e40, math.inf, -math.inf, 1e-45, 5e-324, 2 ** 24 + 1.0]
+               F32_MAX, -F32_MAX, 1e30, -1e30, 1e40, math.inf, -math.inf, 1e-45, -1e-45, 5e-324, -5e-324, 2 ** 24 + 1.0]
 INT_NUM_EDGES = [0, None, 1, -1, 2, 3, 100, 2 ** 53 + 1, 2 ** 62, 2 ** 63 - 1, -(2 ** 63 - 1)]
 
 
@@ -119,7 +119,7 @@ def _stats(spec, data):
 
 
 def _train(kind):
-    if kind.startswith("seq"):
+    if kind.startswith("seq") or kind == "dense":
         return SEQ_EVAL[kind][: N // 2]
     return {"string": TRAIN_STR, "int64": TRAIN_INT, "float32": TRAIN_FLOAT, "int64num": TRAIN_INT}[kind]
 
@@ -153,7 +153,7 @@ def _tf_lists(rows, dtype, ragged):
     return tf.constant([r + [fill] * (width - len(r)) for r in rows], tfd)
 
 
-def _inputs(kind, feature):
+def _inputs(kind):
     """(numpy values, [TF inputs...]) for one feature."""
     dtype = "int64" if "int64" in kind else ("string" if "string" in kind else "float32")
     if kind == "dense":
@@ -168,9 +168,6 @@ def _inputs(kind, feature):
     if dtype == "float32":
         ins.append(_tf_scalars(values, dtype, tf.float64))  # a float64 request is cast like numpy does
         ins.append(tf.reshape(ins[0], [-1, 1]))  # [batch, 1] works too
-    if dtype == "int64" and feature.encoding["type"] in ("vocab", "hash"):
-        ins.append(_tf_scalars(values, dtype, tf.int32) if kind == "int64" and max(
-            abs(v) for v in values if v is not None) < 2 ** 31 else ins[0])
     return values, ins
 
 
@@ -192,13 +189,14 @@ def test_numpy_equals_tf(built, name):
     out, feats, kinds = built
     f = feats[name]
     kind = kinds[name]
-    values, tf_inputs = _inputs(kind, f)
+    values, tf_inputs = _inputs(kind)
     expect = E.NumpyEncoder(f, out).encode(_numpy_input(kind, values))
     assert expect.shape == (len(values), f.width)
     assert expect.dtype == (np.int64 if f.encoded_dtype == "int64" else np.float32)
     if f.is_integer:
         assert expect.min() >= 0 and expect.max() < f.num_ids
-        assert (expect == 1).sum() == 0 or f.encoding["type"] in ("vocab", "sequence_vocab")
+        if f.encoding["type"] in ("bucketize", "mnse"):
+            assert not (expect == 1).any()  # id 1 (OOV) is reserved, never produced
     enc = E.make_tf_encoder(f, out)
     for x in tf_inputs:
         np.testing.assert_array_equal(enc(x).numpy(), expect, err_msg=f"{name} eager {x.dtype}")
@@ -228,7 +226,7 @@ def test_saved_model_carries_vocab_assets(built, tmp_path):
     module.encoders = {n: E.make_tf_encoder(feats[n], out) for n in names}
     inputs, expect = {}, {}
     for n in names:
-        values, tf_ins = _inputs(kinds[n], feats[n])
+        values, tf_ins = _inputs(kinds[n])
         inputs[n] = tf_ins[-1] if kinds[n].startswith("seq") else tf_ins[0]  # padded dense tensors
         expect[n] = E.NumpyEncoder(feats[n], out).encode(_numpy_input(kinds[n], values))
     sig = {n: tf.TensorSpec([None] * x.shape.rank, x.dtype, name=n) for n, x in inputs.items()}
@@ -250,3 +248,15 @@ def test_saved_model_carries_vocab_assets(built, tmp_path):
     assert os.listdir(os.path.join(export, "assets"))
     for n in names:
         np.testing.assert_array_equal(got[n].numpy(), expect[n], err_msg=n)
+
+
+@pytest.mark.parametrize("name", ["v_str", "h_int", "b_q", "m_def", "id_std", "s_str", "sf_f", "dn"])
+def test_empty_batch(built, name):
+    out, feats, kinds = built
+    f, kind = feats[name], kinds[name]
+    got = E.NumpyEncoder(f, out).encode([])
+    assert got.shape == (0, f.width)
+    dtype = {"string": tf.string, "int64": tf.int64}.get(f.dtype, tf.float32)
+    x = tf.zeros([0, f.width], dtype) if kind == "dense" else (
+        tf.ragged.constant([], dtype=dtype, ragged_rank=1) if kind.startswith("seq") else tf.zeros([0], dtype))
+    assert E.make_tf_encoder(f, out)(x).shape == (0, f.width)

@@ -40,6 +40,10 @@ def test_int_values_compare_as_decimal_strings(tmp_path):
     same = [enc.encode(v)[:, 0].tolist() for v in
             ([7, 12, -3, 5], ["7", "12", "-3", "5"], np.array([7.0, 12.0, -3.0, 5.0]), np.array([7, 12, -3, 5]))]
     assert all(s == [2, 4, 3, 1] for s in same)  # vocab: "7" (count 2), then "-3" < "12"
+    tf_enc = E.make_tf_encoder(f, str(tmp_path))
+    for x in (tf.constant([7, 12, -3, 5], tf.int32), tf.constant(["7", "12", "-3", "5"]),
+              tf.constant([7.0, 12.0, -3.0, 5.0], tf.float64)):
+        assert tf_enc(x).numpy()[:, 0].tolist() == [2, 4, 3, 1]
     assert enc.encode(np.array([7.0, np.nan]))[:, 0].tolist() == [2, 0]
     with pytest.raises(E.EncodeError, match="city.*rows \\[1\\]"):
         enc.encode([7, 2.5])
@@ -106,3 +110,21 @@ def test_hash_ids_deterministic_and_in_range(tmp_path):
     assert a[0] == farmhash.fingerprint64("u0") % 7 + 1
     with pytest.raises(E.EncodeError, match="num_buckets"):
         E.build_feature(_spec(type="hash"), {}, str(tmp_path))
+
+
+def test_tf_table_reads_unusual_keys_like_numpy(tmp_path):
+    keys = [" ", "a b", "tab\tkey", "x\x0by", "line\u2028sep", "é", "日本", "#", "\\n", "-0", "0"]
+    counts = {k: 100 - i for i, k in enumerate(keys)}
+    f = E.build_feature(_spec(type="vocab"), {"counts": counts}, str(tmp_path))
+    assert read_vocab(os.path.join(tmp_path, f.encoding["vocab_file"])) == keys
+    probe = keys + ["", "unseen", "a  b", "0.0"]
+    expect = list(range(2, 2 + len(keys))) + [0, 1, 1, 1]
+    assert E.NumpyEncoder(f, str(tmp_path)).encode(probe)[:, 0].tolist() == expect
+    assert E.make_tf_encoder(f, str(tmp_path))(tf.constant(probe)).numpy()[:, 0].tolist() == expect
+
+
+def test_empty_vocabulary_is_all_oov(tmp_path):
+    f = E.build_feature(_spec(type="vocab", min_count=5), {"counts": {"a": 1}}, str(tmp_path))
+    assert f.num_ids == 2
+    assert E.NumpyEncoder(f, str(tmp_path)).encode(["a", ""])[:, 0].tolist() == [1, 0]
+    assert E.make_tf_encoder(f, str(tmp_path))(tf.constant(["a", ""])).numpy()[:, 0].tolist() == [1, 0]

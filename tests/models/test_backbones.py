@@ -170,6 +170,16 @@ def test_multi_head_bilinear_term():
         L.MultiHeadBilinear(num_heads=4)([o1, o2])
 
 
+@pytest.mark.parametrize("layer", [
+    L.MLP([8, 4], dropout=0.1, batch_norm=True), L.Tower([8]), L.FirstOrder(), L.FMInteraction(),
+    L.FieldWeightedInteraction(), L.FieldAwareInteraction(3), L.InnerProduct(), L.VectorCross(), L.GatedCross(),
+    L.CrossNetwork("matrix", 2, projection_dim=3), L.CIN([4, 2]), L.InteractingLayer(8, 2, use_scale=True),
+    L.FeatureSelection([8], context_fields=[0]), L.MultiHeadBilinear(2)], ids=lambda layer: type(layer).__name__)
+def test_layer_config_round_trip(layer):
+    config = json.loads(json.dumps(layer.get_config()))
+    assert type(layer).from_config(config).get_config() == config
+
+
 # ---- registry and protocol ------------------------------------------------------------------
 def test_registry_names_and_errors():
     assert set(BACKBONES) == {"lr", "fm", "ffm", "fwfm", "dnn", "ipnn", "widedeep", "deepfm", "dcn", "dcnv2",
@@ -297,11 +307,12 @@ def test_backbone_learns_toy_interactions(name):
     x, y = toy_data(6000, seed=1)
     xv, yv = toy_data(2000, seed=2)
     model = _model(name)
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss={"click": "binary_crossentropy"})
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.02), loss={"click": "binary_crossentropy"})
     ds = tf.data.Dataset.from_tensor_slices((x, {"click": y["click"]})).shuffle(6000, seed=1).batch(200).repeat()
     model.fit(ds, steps_per_epoch=150, epochs=1, verbose=0)
     p = model.predict(xv, batch_size=2000, verbose=0)["click"]
     base = logloss(yv["click"], np.full_like(yv["click"], y["click"].mean()))
     loss = logloss(yv["click"], p)
     print(f"{name}: valid logloss {loss:.4f} vs base rate {base:.4f}")
-    assert loss < 0.85 * base, (name, loss, base)
+    # LR sees only the main effects; every other backbone must also pick up the user x item term
+    assert loss < (0.97 if name == "lr" else 0.85) * base, (name, loss, base)

@@ -36,7 +36,7 @@ def train_config(data_dir, runs_dir, **overrides):
     from pipeline.train import TrainConfig
 
     base = {"data_dir": data_dir, "runs_dir": str(runs_dir), "run_name": "t", "tasks": ["click"],
-            "model": {"backbone": "dnn", "backbone_options": {"hidden_units": [32, 16]}, "embedding_dim": 8},
+            "model": {"backbone": "dnn", "backbone_options": {"dnn_units": [32, 16]}, "embedding_dim": 8},
             "batch_size": 512, "eval_batch_size": 4096, "epochs": 3, "shuffle_buffer": 10000,
             "eval_splits": ["test"], "verbose": 0}
     for key, value in overrides.items():

@@ -1,0 +1,1069 @@
+"""``ctrflow preprocess``: the Apache Beam job raw files -> encoded TFRecords + schema.
+
+    read units (Parquet row groups / text files)
+      -> read chunks + validate            (one element = up to ``batch_size`` rows; bad rows -> quarantine)
+      -> [time split: cut points from a merged sample of the time column]
+      -> train statistics per chunk -> merged by a CombineFn (counts, sample, moments, user counts)
+      -> build Features (vocabularies) once -> side input
+      -> encode chunks (NumpyEncoder, vectorised) -> tf.train.Example wire bytes + TFRecord framing
+      -> group by (split, shard) -> gzip shard files
+      -> quarantine/*.jsonl, schema.json, vocab/*.txt, stats.json
+
+No step handles single rows: rows travel as numpy column chunks, Examples are
+serialized for a whole chunk at once with numpy (the protobuf wire format is
+written directly; ``tests/pipeline/test_preprocess.py`` holds it equal to
+``tf.train.Example``), and each shard file is one gzip stream of TFRecord frames
+whose CRC32C checksums are computed for all records of a chunk together. The job
+is deterministic: the same config gives byte-identical shards on every runner and
+worker count (shards concatenate their chunks in (input, file, chunk) order).
+
+Everything is written under ``<output>.tmp-<uuid>`` and moved to ``<output>`` only
+when the job succeeded and the quarantined fraction is within
+``max_quarantine_fraction``; see ``docs/preprocess.md``.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+
+from features import encoders as E
+from features.schema import Feature, Schema
+from pipeline.config import ConfigError
+from pipeline.preprocess_config import PreprocessConfig
+from pipeline.raw_io import ListColumn, ReadUnit, list_files, plan_units, read_unit, relative_names
+from pipeline.validation import (SOURCE, SPLIT_BY_TIME, UNASSIGNED, USER_GROUP, USER_KEY, ValidatedChunk,
+                                 Validator, list_rows, quarantine_line, uniform_hash)
+
+SAMPLE_SIZE = 100_000  # rows kept by the bottom-k sample behind quantiles and time cut points
+GZIP_LEVEL = 6  # zlib level of the shard files (TF's GZIP default)
+UNASSIGNED_SPLIT = "unassigned"  # accounting / quarantine name of rows without a known split
+MANIFEST = "_manifest.json"
+
+
+# =============================================================================================
+# tf.train.Example wire format and TFRecord framing, vectorised over a chunk of rows
+# =============================================================================================
+def _varint_lengths(v: np.ndarray) -> np.ndarray:
+    """Bytes of the protobuf varint of each uint64 in ``v`` (1..10)."""
+    n = np.ones(v.shape, dtype=np.int64)
+    for j in range(1, 10):
+        n += v >= np.uint64(1 << (7 * j))
+    return n
+
+
+def _varint_piece(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(bytes [n, B], valid mask [n, B]) of the varints of uint64 ``v`` [n]."""
+    lens = _varint_lengths(v)
+    width = int(lens.max()) if len(v) else 1
+    j = np.arange(width, dtype=np.uint64)
+    data = ((v[:, None] >> (np.uint64(7) * j)) & np.uint64(0x7F)).astype(np.uint8)
+    cont = j[None, :].astype(np.int64) < (lens[:, None] - 1)
+    data |= (cont * 0x80).astype(np.uint8)
+    return data, j[None, :].astype(np.int64) < lens[:, None]
+
+
+def _varint_bytes(x: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = x & 0x7F
+        x >>= 7
+        out.append(b | (0x80 if x else 0))
+        if not x:
+            return bytes(out)
+
+
+class ExampleEncoder:
+    """Serializes rows of fixed-width int64 / float32 columns as ``tf.train.Example`` bytes.
+
+    Example = {1: Features}; Features = repeated {1: map entry}; entry = {1: key, 2: Feature};
+    Feature = {2: FloatList | 3: Int64List}; the lists are packed ({1: packed values}).
+    Float columns have constant-length entries (a fixed prefix + the float32 bytes);
+    int64 columns are varint-encoded per value. Rows are assembled as one byte matrix
+    with a validity mask whose row-major compaction is the concatenated Examples.
+    """
+
+    def __init__(self, columns: Sequence[Tuple[str, str, int]]):
+        self.columns = [(name, dtype, int(width)) for name, dtype, width in columns]
+        self._float_prefix = {}
+        for name, dtype, width in self.columns:
+            key = name.encode()
+            self._check(name, dtype, width)
+            if dtype == "float32":
+                packed = 4 * width
+                lst = 1 + len(_varint_bytes(packed)) + packed
+                feat = 1 + len(_varint_bytes(lst)) + lst
+                entry = 1 + len(_varint_bytes(len(key))) + len(key) + 1 + len(_varint_bytes(feat)) + feat
+                self._float_prefix[name] = (
+                    b"\x0a" + _varint_bytes(entry) + b"\x0a" + _varint_bytes(len(key)) + key
+                    + b"\x12" + _varint_bytes(feat) + b"\x12" + _varint_bytes(lst) + b"\x0a" + _varint_bytes(packed))
+
+    @staticmethod
+    def _check(name, dtype, width):
+        if dtype not in ("int64", "float32") or width < 1:
+            raise ValueError(f"column '{name}': cannot serialize dtype {dtype} width {width}")
+
+    def serialize(self, arrays: Dict[str, np.ndarray], n: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(concatenated Example bytes uint8, offsets int64 [n + 1]) of ``n`` rows."""
+        datas, masks = [], []
+        total = np.zeros(n, dtype=np.int64)  # serialized Features length per row
+        for name, dtype, width in self.columns:
+            arr = np.asarray(arrays[name]).reshape(n, width)
+            if dtype == "float32":
+                prefix = np.frombuffer(self._float_prefix[name], dtype=np.uint8)
+                datas += [np.broadcast_to(prefix, (n, len(prefix))),
+                          np.ascontiguousarray(arr, dtype="<f4").view(np.uint8).reshape(n, 4 * width)]
+                masks += [None, None]
+                total += len(prefix) + 4 * width
+                continue
+            key = name.encode()
+            v = np.ascontiguousarray(arr, dtype=np.int64).view(np.uint64)
+            vl = _varint_lengths(v)
+            packed = vl.sum(axis=1)
+            lst = 1 + _varint_lengths(packed.astype(np.uint64)) + packed
+            feat = 1 + _varint_lengths(lst.astype(np.uint64)) + lst
+            entry = 1 + len(_varint_bytes(len(key))) + len(key) + 1 + _varint_lengths(feat.astype(np.uint64)) + feat
+            key_bytes = np.frombuffer(b"\x0a" + _varint_bytes(len(key)) + key, dtype=np.uint8)
+            pieces = [(np.full((n, 1), 0x0A, np.uint8), None), _varint_piece(entry.astype(np.uint64)),
+                      (np.broadcast_to(key_bytes, (n, len(key_bytes))), None),
+                      (np.full((n, 1), 0x12, np.uint8), None), _varint_piece(feat.astype(np.uint64)),
+                      (np.full((n, 1), 0x1A, np.uint8), None), _varint_piece(lst.astype(np.uint64)),
+                      (np.full((n, 1), 0x0A, np.uint8), None), _varint_piece(packed.astype(np.uint64))]
+            nb = int(vl.max()) if n else 1
+            j = np.arange(nb, dtype=np.uint64)
+            vb = ((v[:, :, None] >> (np.uint64(7) * j)) & np.uint64(0x7F)).astype(np.uint8)
+            vb |= ((j[None, None, :].astype(np.int64) < vl[:, :, None] - 1) * 0x80).astype(np.uint8)
+            pieces.append((vb.reshape(n, width * nb),
+                           (j[None, None, :].astype(np.int64) < vl[:, :, None]).reshape(n, width * nb)))
+            for d, m in pieces:
+                datas.append(d)
+                masks.append(m)
+            total += 1 + _varint_lengths(entry.astype(np.uint64)) + entry
+        head = [(np.full((n, 1), 0x0A, np.uint8), None), _varint_piece(total.astype(np.uint64))]
+        datas = [d for d, _ in head] + datas
+        masks = [m for _, m in head] + masks
+        data = np.concatenate(datas, axis=1)
+        mask = np.concatenate([np.ones(d.shape, bool) if m is None else m for d, m in zip(datas, masks)], axis=1)
+        out = data[mask]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(mask.sum(axis=1), out=offsets[1:])
+        return out, offsets
+
+
+def _crc_tables() -> np.ndarray:
+    """Slicing-by-8 tables of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78)."""
+    t = np.zeros((8, 256), dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        t[0, i] = c
+    for k in range(1, 8):
+        t[k] = (t[k - 1] >> np.uint32(8)) ^ t[0][t[k - 1] & np.uint32(0xFF)]
+    return t
+
+
+_CRC = _crc_tables()
+_CRC_TOP = np.argsort(_CRC[0] >> np.uint32(24)).astype(np.uint32)  # top byte of T0[i] -> i (a bijection)
+_CRC_PRE = [0xFFFFFFFF]  # state that reaches the initial 0xFFFFFFFF after k zero bytes
+
+
+def _crc_pre_states(k: int) -> np.ndarray:
+    """States s_k with (k zero bytes from s_k) == 0xFFFFFFFF: inverse zero-byte CRC steps."""
+    while len(_CRC_PRE) <= k:
+        s = _CRC_PRE[-1]
+        i = int(_CRC_TOP[s >> 24])
+        _CRC_PRE.append((((s ^ int(_CRC[0, i])) << 8) | i) & 0xFFFFFFFF)
+    return np.asarray(_CRC_PRE[:k + 1], dtype=np.uint32)
+
+
+def crc32c_rows(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """CRC-32C of each record ``buf[offsets[i]:offsets[i+1]]``, all records at once.
+
+    Records are right-aligned in an [n, L] byte matrix (L a multiple of 8) behind zero
+    bytes; a lane of a record with k pad bytes starts from the state that k zero
+    bytes turn into the standard initial value, so padding does not change its CRC.
+    """
+    n = len(offsets) - 1
+    lens = np.diff(offsets)
+    L = max(8, int(-(-int(lens.max(initial=0)) // 8) * 8))
+    pad = L - lens
+    src = np.concatenate([buf, np.zeros(1, np.uint8)])
+    col = np.arange(L, dtype=np.int64)[None, :]
+    idx = offsets[:-1, None] + col - pad[:, None]
+    idx = np.where(col >= pad[:, None], idx, len(buf))
+    words = np.ascontiguousarray(src[idx]).view("<u4").T.copy()  # [L / 4, n]
+    crc = _crc_pre_states(L)[pad]
+    t = _CRC
+    m = np.uint32(0xFF)
+    for j in range(0, L // 4, 2):
+        one = crc ^ words[j]
+        two = words[j + 1]
+        crc = (t[7][one & m] ^ t[6][(one >> np.uint32(8)) & m] ^ t[5][(one >> np.uint32(16)) & m]
+               ^ t[4][one >> np.uint32(24)] ^ t[3][two & m] ^ t[2][(two >> np.uint32(8)) & m]
+               ^ t[1][(two >> np.uint32(16)) & m] ^ t[0][two >> np.uint32(24)])
+    return crc ^ np.uint32(0xFFFFFFFF) if n else np.zeros(0, np.uint32)
+
+
+def _masked(crc: np.ndarray) -> np.ndarray:
+    """TFRecord's masked CRC: rotate right by 15 bits, add 0xa282ead8."""
+    with np.errstate(over="ignore"):
+        return (((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)).astype(np.uint32)
+
+
+def tfrecord_frames(buf: np.ndarray, offsets: np.ndarray) -> bytes:
+    """TFRecord framing of every record: u64 length, masked CRC of the length, data, masked CRC."""
+    n = len(offsets) - 1
+    lens = np.diff(offsets)
+    len_bytes = lens.astype("<u8").view(np.uint8).reshape(n, 8)
+    len_crc = _masked(crc32c_rows(len_bytes.reshape(-1), np.arange(n + 1, dtype=np.int64) * 8))
+    data_crc = _masked(crc32c_rows(buf, offsets))
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lens[:-1] + 16, out=starts[1:])
+    out = np.empty(int(lens.sum()) + 16 * n, dtype=np.uint8)
+    out[starts[:, None] + np.arange(8)] = len_bytes
+    out[starts[:, None] + 8 + np.arange(4)] = len_crc.astype("<u4").view(np.uint8).reshape(n, 4)
+    out[np.repeat(starts + 12 - offsets[:-1], lens) + np.arange(offsets[-1], dtype=np.int64)] = buf
+    out[(starts + 12 + lens)[:, None] + np.arange(4)] = data_crc.astype("<u4").view(np.uint8).reshape(n, 4)
+    return out.tobytes()
+
+
+# =============================================================================================
+# Training-split statistics (per chunk, merged by a CombineFn)
+# =============================================================================================
+def _count_keys(values: np.ndarray) -> Dict[str, int]:
+    """Counts of canonical categorical keys (int64 with INT_MISSING, or object with "")."""
+    if values.dtype == object:
+        values = values[values != ""]
+    else:
+        values = values[values != E.INT_MISSING]
+    vc = pd.Series(values).value_counts(sort=False)
+    return dict(zip(vc.index.astype(str), vc.to_numpy().tolist()))
+
+
+def _bottom_k(priority: np.ndarray, values: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``k`` (priority, value) pairs of smallest priority (ties by value)."""
+    if len(priority) > k:
+        keep = np.argpartition(priority, k - 1)[:k]
+        priority, values = priority[keep], values[keep]
+    return priority, values
+
+
+class TrainStats:
+    """Accumulator of the train statistics ``features.encoders.build_feature`` needs.
+
+    counts: {feature: {key: count}}; samples: {feature: (priority, value)} bottom-k
+    sample (a uniform sample of the non-missing values, whose priorities are hashes of
+    (file, row), so it is the same whatever the bundling); moments: per chunk
+    (count, mean, M2), merged in chunk-key order at the end (Chan et al.'s pairwise
+    update), so the float sums are the same on every runner; users: {user_key: rows}.
+    """
+
+    def __init__(self):
+        self.rows = 0
+        self.counts: Dict[str, collections.Counter] = {}
+        self.samples: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        self.moments: Dict[str, Dict[tuple, Tuple[int, float, float]]] = {}
+        self.users: collections.Counter = collections.Counter()
+
+    def merge(self, other: "TrainStats") -> "TrainStats":
+        self.rows += other.rows
+        for f, c in other.counts.items():
+            self.counts.setdefault(f, collections.Counter()).update(c)
+        for f, (p, v) in other.samples.items():
+            if f in self.samples:
+                p0, v0 = self.samples[f]
+                p, v = _bottom_k(np.concatenate([p0, p]), np.concatenate([v0, v]), SAMPLE_SIZE)
+            self.samples[f] = (p, v)
+        for f, m in other.moments.items():
+            self.moments.setdefault(f, {}).update(m)
+        self.users.update(other.users)
+        return self
+
+    def sample(self, feature: str) -> np.ndarray:
+        p, v = self.samples.get(feature, (np.zeros(0), np.zeros(0)))
+        return np.sort(v)
+
+    def merged_moments(self, feature: str) -> Dict[str, float]:
+        n, mean, m2 = 0, 0.0, 0.0
+        for key in sorted(self.moments.get(feature, {})):
+            nb, mb, m2b = self.moments[feature][key]
+            if nb == 0:
+                continue
+            tot = n + nb
+            delta = mb - mean
+            mean += delta * nb / tot
+            m2 += m2b + delta * delta * n * nb / tot
+            n = tot
+        return {"count": n, "mean": mean, "var": m2 / n if n else 0.0}
+
+
+def _sample_priority(file: str, rows: np.ndarray) -> np.ndarray:
+    import farmhash
+
+    return uniform_hash(farmhash.fingerprint64(f"ctrflow-sample:{file}"), rows)
+
+
+def chunk_train_stats(chunk: ValidatedChunk, train_mask: np.ndarray, needs: Dict[str, set],
+                      list_features: set) -> TrainStats:
+    """The statistics of the rows of ``chunk`` selected by ``train_mask``."""
+    st = TrainStats()
+    idx = np.flatnonzero(train_mask)
+    st.rows = len(idx)
+    if not len(idx):
+        return st
+    prio = _sample_priority(chunk.file, chunk.rows[idx])
+    for name, need in needs.items():
+        col = chunk.columns[name]
+        if name in list_features:
+            col = col.take(idx)
+            if "counts" in need:
+                st.counts[name] = collections.Counter(_count_keys(col.values))
+            continue
+        vals = col[idx]
+        if "counts" in need:
+            st.counts[name] = collections.Counter(_count_keys(vals))
+        if "quantiles" in need or "moments" in need:
+            ok = ~np.isnan(vals)
+            x = vals[ok]
+            if "quantiles" in need:
+                st.samples[name] = _bottom_k(prio[ok], x, SAMPLE_SIZE)
+            if "moments" in need:
+                m = float(x.mean()) if len(x) else 0.0
+                st.moments[name] = {chunk.key: (len(x), m, float(((x - m) ** 2).sum()) if len(x) else 0.0)}
+    if USER_KEY in chunk.columns:
+        vc = pd.Series(chunk.columns[USER_KEY][idx]).value_counts(sort=False)
+        st.users = collections.Counter(dict(zip(vc.index.tolist(), vc.to_numpy().tolist())))
+    return st
+
+
+def head_users(users: Dict[int, int], fraction: float) -> np.ndarray:
+    """Sorted keys of the ceil(fraction * #users) users with most train rows (HDA: head =
+    the most active users of the training split; ties broken by the smaller key)."""
+    if not users:
+        return np.zeros(0, np.int64)
+    keys = np.fromiter(users.keys(), np.int64, len(users))
+    counts = np.fromiter(users.values(), np.int64, len(users))
+    order = np.lexsort((keys, -counts))
+    k = int(np.ceil(fraction * len(keys) - 1e-9))
+    return np.sort(keys[order[:k]])
+
+
+# =============================================================================================
+# The job's plan (driver side) and its Beam pieces (worker side)
+# =============================================================================================
+class JobPlan:
+    """Everything the workers need, resolved and checked on the launcher before the run."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+        split = config.split
+        self.main_splits = list(split.ratios)
+        if split.method == "given" and "train" not in self.main_splits:
+            raise ConfigError("split.method 'given' takes its split names from split.ratios, which must "
+                              "include 'train'")
+        clash = sorted(set(split.extra_splits) & set(self.main_splits))
+        if clash or UNASSIGNED_SPLIT in split.extra_splits or UNASSIGNED_SPLIT in self.main_splits:
+            raise ConfigError(f"split.extra_splits names {clash or [UNASSIGNED_SPLIT]} clash with the "
+                              f"main splits {self.main_splits} or the reserved '{UNASSIGNED_SPLIT}'")
+        self.splits = self.main_splits + list(split.extra_splits)
+        if config.num_shards < 1 or config.batch_size < 1:
+            raise ConfigError("num_shards and batch_size must be >= 1")
+        if not 0 <= config.max_quarantine_fraction <= 1:
+            raise ConfigError("max_quarantine_fraction must be within [0, 1]")
+        if not 0 < config.head_user_fraction <= 1:
+            raise ConfigError("head_user_fraction must be within (0, 1]")
+        self.specs = config.feature_specs()
+        try:
+            self.needs = {s.name: E.analyzers_needed(s) for s in self.specs}
+            E.sort_for_build(self.specs)
+        except E.EncodeError as exc:
+            raise ConfigError(f"features: {exc}") from None
+        self.list_features = {s.name for s in self.specs
+                              if s.encoding.get("type") in ("sequence_vocab", "sequence_float", "dense")}
+        for s in self.specs:
+            if s.name in self.list_features and self.needs[s.name] - {"counts"}:
+                raise ConfigError(f"feature '{s.name}': list encodings support only the counts statistic")
+        self.validator = Validator(config, self.main_splits)
+        inputs = [(None, config.input.path)] + [(i, p) for i, p in
+                                                enumerate(split.extra_splits.values(), len(self.main_splits))]
+        self.sources = []  # (fixed split index or None, [(path, relative name)])
+        for fixed, path in inputs:
+            files = list_files(path, config.input.format)
+            self.sources.append((fixed, list(zip(files, relative_names(files)))))
+        self.by_time = split.method == "time"
+        self.train_index = self.main_splits.index("train")
+
+    def tasks(self) -> List[Tuple[int, int, str, str]]:
+        """(source index, file index, path, relative name) of every input file."""
+        return [(s, f, path, rel) for s, (_, files) in enumerate(self.sources)
+                for f, (path, rel) in enumerate(files)]
+
+
+def _plan_file(task, fmt):
+    s, f, path, rel = task
+    return [(s, f, u) for u in plan_units(path, rel, fmt)]
+
+
+class ReadValidate:
+    """Read unit -> validated chunks, plus the per-chunk partials that need no side input."""
+
+    def __init__(self, plan: JobPlan):
+        self.plan = plan
+
+    def __call__(self, item) -> Iterable[tuple]:
+        s, f, unit = item
+        plan, cfg = self.plan, self.plan.config
+        fixed = plan.sources[s][0]
+        v = plan.validator
+        base = (unit.row_group or 0) << 32
+        for c, raw in enumerate(read_unit(unit, cfg.input.format, v.raw_columns, v.list_columns,
+                                          cfg.batch_size, cfg.input.csv_delimiter, cfg.input.list_delimiter)):
+            chunk = v.validate(raw, (s, f, base + c), fixed)
+            yield ("chunk", chunk)
+            if plan.by_time and fixed is None and chunk.num_rows:
+                yield ("time", _bottom_k(_sample_priority(chunk.file, chunk.rows), chunk.time, SAMPLE_SIZE))
+            elif not plan.by_time:
+                yield ("stats", chunk_train_stats(chunk, chunk.split_code == plan.train_index, plan.needs,
+                                                  plan.list_features))
+
+
+def _assign(codes: np.ndarray, times: Optional[np.ndarray], cuts: Optional[np.ndarray]) -> np.ndarray:
+    """Final split index per row: fixed codes as they are, time rows by the cut points."""
+    out = codes.astype(np.int64)
+    by_time = codes == SPLIT_BY_TIME
+    if by_time.any():
+        out[by_time] = np.searchsorted(cuts, times[by_time], side="right")
+    return out
+
+
+def time_cuts(sample: Tuple[np.ndarray, np.ndarray], ratios: Dict[str, float]) -> np.ndarray:
+    """Cut points of the time split: value at index ceil(q * n) of the sorted sample for each
+    cumulative ratio q (earliest rows in the first split); rows with t < cut_1 -> split 0."""
+    s = np.sort(sample[1])
+    r = np.array([float(x) for x in ratios.values()])
+    q = np.cumsum(r / r.sum())[:-1]
+    idx = np.ceil(q * len(s) - 1e-9).astype(np.int64)
+    return np.array([s[i] if i < len(s) else np.inf for i in idx], dtype=np.float64)
+
+
+class TrainStatsFn(beam.CombineFn):
+    """Merges per-chunk :class:`TrainStats` partials."""
+
+    def create_accumulator(self):
+        return TrainStats()
+
+    def add_input(self, acc, partial):
+        return acc.merge(partial)
+
+    def merge_accumulators(self, accs):
+        out = TrainStats()
+        for a in accs:
+            out.merge(a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class SampleFn(beam.CombineFn):
+    """Merges bottom-k (priority, value) samples."""
+
+    def create_accumulator(self):
+        return (np.zeros(0), np.zeros(0))
+
+    def add_input(self, acc, part):
+        return self.merge_accumulators([acc, part])
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        return _bottom_k(np.concatenate([a[0] for a in accs]), np.concatenate([a[1] for a in accs]), SAMPLE_SIZE)
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _merge_counts(a: dict, b: dict) -> dict:
+    """Recursive sum of nested {key: number} dicts."""
+    for k, v in b.items():
+        if isinstance(v, dict):
+            _merge_counts(a.setdefault(k, {}), v)
+        else:
+            a[k] = a.get(k, 0) + v
+    return a
+
+
+class AccountingFn(beam.CombineFn):
+    """Sums the per-chunk accounting dicts (rows in / written / quarantined, reasons, label sums)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, part):
+        return _merge_counts(acc, part)
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for a in accs:
+            _merge_counts(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def build_payload(stats: TrainStats, plan: JobPlan) -> Dict[str, Any]:
+    """Train statistics -> Features (vocabularies built in a private temp dir) + head users.
+
+    Pure: returns the schema, the vocabulary files' text and the head-user keys, so the
+    step can run (or re-run) on any worker; files are written by a separate step.
+    """
+    cfg = plan.config
+    if stats.rows == 0:
+        raise ValueError("the train split has no valid rows: nothing to build vocabularies and "
+                         "statistics from (check the split and the quarantine counts)")
+    tmp = tempfile.mkdtemp(prefix="ctrflow-build-")
+    try:
+        built: Dict[str, Feature] = {}
+        summary: Dict[str, Any] = {}
+        for spec in E.sort_for_build(plan.specs):
+            need = plan.needs[spec.name]
+            st: Dict[str, Any] = {}
+            if "counts" in need:
+                st["counts"] = dict(stats.counts.get(spec.name, {}))
+            if "quantiles" in need:
+                st["quantiles"] = stats.sample(spec.name)
+            if "moments" in need:
+                st["moments"] = stats.merged_moments(spec.name)
+            built[spec.name] = E.build_feature(spec, st, tmp)
+            summary[spec.name] = _feature_summary(st, built[spec.name])
+        vocab = {}
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, encoding="utf-8", newline="") as fh:
+                    vocab[os.path.relpath(path, tmp)] = fh.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    head = head_users(stats.users, cfg.head_user_fraction) if cfg.user_column else np.zeros(0, np.int64)
+    schema = make_schema(cfg, [built[s.name] for s in plan.specs], plan, len(stats.users), len(head))
+    return {"schema": schema.to_dict(), "vocab": vocab, "head_users": head,
+            "features": summary, "train_rows": stats.rows,
+            "users": {"train_users": len(stats.users), "head_users": len(head),
+                      "head_user_fraction": cfg.head_user_fraction,
+                      "head_min_rows": int(min((stats.users[k] for k in head.tolist()), default=0))}}
+
+
+def _feature_summary(st: Dict[str, Any], feature: Feature) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"num_ids": feature.num_ids, "width": feature.width}
+    if "counts" in st:
+        out["distinct_train_values"] = len(st["counts"])
+    if "quantiles" in st:
+        q = st["quantiles"]
+        out["sample_size"] = int(len(q))
+        if len(q):
+            out["min"], out["median"], out["max"] = float(q[0]), float(np.median(q)), float(q[-1])
+    if "moments" in st:
+        out["moments"] = st["moments"]
+    return out
+
+
+def meta_columns(cfg: PreprocessConfig) -> Dict[str, str]:
+    """Meta column name -> stored dtype (string extra meta is stored as int64 hashes)."""
+    meta: Dict[str, str] = {}
+    if cfg.user_column:
+        meta[USER_KEY] = "int64"
+        meta[USER_GROUP] = "int64"
+    if cfg.source_column:
+        meta[SOURCE] = "int64"
+    for w in cfg.weight_columns:
+        meta[w] = "float32"
+    for name, dtype in cfg.extra_meta.items():
+        meta[name] = "float32" if dtype == "float32" else "int64"
+    return meta
+
+
+def make_schema(cfg: PreprocessConfig, features: List[Feature], plan: JobPlan, n_users: int,
+                n_head: int) -> Schema:
+    return Schema(
+        features=features, labels=list(cfg.labels), meta=meta_columns(cfg),
+        user_column=USER_KEY if cfg.user_column else None,
+        group_column=USER_GROUP if cfg.user_column else None,
+        source_column=SOURCE if cfg.source_column else None,
+        weight_columns=list(cfg.weight_columns), vocab_dir="vocab",
+        extra={"splits": plan.splits, "num_shards": cfg.num_shards, "compression": "GZIP",
+               "file_pattern": "part-*-of-*.tfrecord.gz", "label_dtype": "float32",
+               "raw_user_column": cfg.user_column, "raw_source_column": cfg.source_column,
+               "hashed_meta": [n for n, d in cfg.extra_meta.items() if d == "string"],
+               "head_user_fraction": cfg.head_user_fraction, "train_users": n_users, "head_users": n_head,
+               "split_method": cfg.split.method})
+
+
+class EncodeChunk:
+    """Validated chunk -> framed TFRecord bytes per (split, shard) + quarantine + accounting."""
+
+    def __init__(self, plan: JobPlan):
+        self.plan = plan
+        self._state = None  # (encoders, example encoder, head users, schema), built once per worker
+
+    def _setup(self, payload):
+        if self._state is None:
+            schema = Schema.from_dict(payload["schema"])
+            tmp = tempfile.mkdtemp(prefix="ctrflow-vocab-")
+            try:  # the encoders read their vocabularies once, at construction
+                for rel, text in payload["vocab"].items():
+                    os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+                    with open(os.path.join(tmp, rel), "w", encoding="utf-8", newline="") as fh:
+                        fh.write(text)
+                encoders = {f.name: E.NumpyEncoder(f, tmp) for f in schema.features}
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            cols = [(f.name, f.encoded_dtype, f.width) for f in schema.features]
+            cols += [(lab, "float32", 1) for lab in schema.labels]
+            cols += [(m, d, 1) for m, d in schema.meta.items()]
+            self._state = (encoders, ExampleEncoder(cols), payload["head_users"], schema)
+        return self._state
+
+    def __call__(self, chunk: ValidatedChunk, payload, cuts=None) -> Iterable[tuple]:
+        encoders, example, head, schema = self._setup(payload)
+        names, n_sh = self.plan.splits, self.plan.config.num_shards
+        split = _assign(chunk.split_code, chunk.time, cuts)
+        records = []
+        for r in chunk.quarantine:
+            t = np.nan if r["time"] is None else r["time"]
+            records.append(dict(r, split=int(_assign(np.array([r["split_code"]]), np.array([t]), cuts)[0])))
+        encoded, keep, errors = self._encode(chunk, encoders)
+        for i, (feature, reason) in sorted(errors.items()):
+            records.append({"file": chunk.file, "row_index": int(chunk.rows[i]), "split": int(split[i]),
+                            "field": feature, "reason": "encode_error", "value": None, "row": None,
+                            "problems": [{"field": feature, "reason": "encode_error", "detail": reason}]})
+        acct: Dict[str, Any] = {}
+        for code in np.concatenate([split, [r["split"] for r in records[:len(chunk.quarantine)]]]).astype(int):
+            _acct(acct, _split_name(names, code), rows_in=1)
+        by_split = collections.defaultdict(list)
+        for r in records:
+            name = _split_name(names, r["split"])
+            _acct(acct, name, rows_quarantined=1)
+            reasons = acct[name].setdefault("quarantine_reasons", {}).setdefault(r["field"], {})
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+            by_split[r["split"]].append((r["row_index"], quarantine_line(
+                {k: v for k, v in r.items() if k != "split"}, name)))
+        for code, lines in sorted(by_split.items()):
+            yield ("quarantine", (int(code), (chunk.key, [ln for _, ln in sorted(lines)])))
+        good = np.flatnonzero(keep)
+        if len(good):
+            cols = {k: v[good] for k, v in encoded.items()}
+            split_good = split[good]
+            if USER_KEY in cols:
+                cols[USER_GROUP] = np.isin(cols[USER_KEY], head).astype(np.int64)
+            for s in np.unique(split_good):
+                sel = split_good == s
+                _acct(acct, names[int(s)], rows_written=int(sel.sum()))
+                acct[names[int(s)]]["label_sums"] = {lab: float(cols[lab][sel].sum()) for lab in schema.labels}
+            # the rows of a split go round-robin to its shards (from a per-chunk offset); a stable
+            # sort by (split, shard) makes every shard's rows one contiguous run of Examples
+            rank = np.zeros(len(good), np.int64)
+            for s in np.unique(split_good):
+                sel = split_good == s
+                rank[sel] = np.arange(int(sel.sum()))
+            offset = int(uniform_hash(n_sh, np.array([_key_number(chunk.key)]))[0] * n_sh)
+            group = split_good * n_sh + (rank + offset) % n_sh
+            order = np.argsort(group, kind="stable")
+            group = group[order]
+            buf, offs = example.serialize({k: v[order] for k, v in cols.items()}, len(group))
+            cut = np.flatnonzero(np.diff(group)) + 1
+            for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(group)]])):
+                frames = tfrecord_frames(buf[offs[a]:offs[b]], offs[a:b + 1] - offs[a])
+                yield ("shard", (int(group[a]), (chunk.key, int(b - a), frames)))
+        yield ("accounting", acct)
+
+    @staticmethod
+    def _encode(chunk: ValidatedChunk, encoders) -> Tuple[Dict[str, np.ndarray], np.ndarray, dict]:
+        """Encode every feature of the chunk; rows an encoder rejects are dropped and reported
+        (validation should have caught them: this is the safety net, not the usual path)."""
+        n = chunk.num_rows
+        keep = np.ones(n, bool)
+        errors: Dict[int, Tuple[str, str]] = {}
+        while True:
+            idx = np.flatnonzero(keep)
+            out: Dict[str, np.ndarray] = {}
+            try:
+                for name, enc in encoders.items():
+                    col = chunk.columns[name]
+                    if len(idx) < n:
+                        col = col.take(idx) if isinstance(col, ListColumn) else col[idx]
+                    out[name] = enc.encode(list_rows(col) if isinstance(col, ListColumn) else col)
+            except E.EncodeError as exc:
+                if not exc.rows:
+                    raise
+                bad = idx[np.asarray(exc.rows, dtype=np.int64)]
+                for i in bad.tolist():
+                    errors[i] = (exc.feature, exc.reason)
+                keep[bad] = False
+                continue
+            break
+        full: Dict[str, np.ndarray] = {}
+        for name, arr in out.items():
+            full[name] = np.zeros((n,) + arr.shape[1:], arr.dtype)
+            full[name][idx] = arr
+        for name, col in chunk.columns.items():
+            if name not in encoders:
+                full[name] = col
+        return full, keep, errors
+
+
+def _key_number(key: Tuple[int, int, int]) -> int:
+    return ((key[0] * 1_000_003 + key[1]) * 1_000_033 + key[2]) % (1 << 62)
+
+
+def _split_name(names: List[str], code: int) -> str:
+    return names[int(code)] if 0 <= int(code) < len(names) else UNASSIGNED_SPLIT
+
+
+def _acct(acct: dict, split: str, **counts) -> None:
+    d = acct.setdefault(split, {"rows_in": 0, "rows_written": 0, "rows_quarantined": 0})
+    for k, v in counts.items():
+        d[k] += v
+
+
+def shard_path(root: str, split: str, shard: int, num_shards: int) -> str:
+    return os.path.join(root, split, f"part-{shard:05d}-of-{num_shards:05d}.tfrecord.gz")
+
+
+def _write_bytes(path: str, chunks: Iterable[bytes]) -> int:
+    """Write ``chunks`` to ``path`` through Beam's FileSystems (local, gs://, s3://, ...)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.mkdirs(os.path.dirname(path)) if not FileSystems.exists(os.path.dirname(path)) else None
+    size = 0
+    with FileSystems.create(path) as fh:
+        for c in chunks:
+            fh.write(c)
+            size += len(c)
+    return size
+
+
+class WriteShard:
+    """(split * num_shards + shard, [(chunk key, rows, frames)]) -> one gzip TFRecord file."""
+
+    def __init__(self, root: str, splits: List[str], num_shards: int):
+        self.root, self.splits, self.num_shards = root, splits, num_shards
+
+    def __call__(self, item) -> tuple:
+        group, parts = item
+        parts = sorted((p for p in parts if p is not None), key=lambda p: p[0])
+        split, shard = self.splits[group // self.num_shards], group % self.num_shards
+        path = shard_path(self.root, split, shard, self.num_shards)
+
+        def gz():
+            z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+            for _, _, frames in parts:
+                yield z.compress(frames)
+            yield z.flush()
+
+        size = _write_bytes(path, gz())
+        return ("shard_done", {"split": split, "shard": shard, "rows": sum(p[1] for p in parts),
+                               "bytes": size, "file": os.path.relpath(path, self.root)})
+
+
+class WriteQuarantine:
+    def __init__(self, root: str, splits: List[str]):
+        self.root, self.splits = root, splits
+
+    def __call__(self, item) -> tuple:
+        code, parts = item
+        name = _split_name(self.splits, code)
+        lines = [ln for _, part in sorted(parts, key=lambda p: p[0]) for ln in part]
+        path = os.path.join(self.root, "quarantine", f"{name}.jsonl")
+        _write_bytes(path, [("\n".join(lines) + "\n").encode("utf-8")])
+        return ("quarantine_done", {"split": name, "rows": len(lines), "file": os.path.relpath(path, self.root)})
+
+
+def write_schema(payload, root: str) -> tuple:
+    for rel, text in payload["vocab"].items():
+        _write_bytes(os.path.join(root, rel), [text.encode("utf-8")])
+    schema = Schema.from_dict(payload["schema"])
+    _write_bytes(os.path.join(root, "schema.json"), [schema.to_json().encode()])
+    return ("schema_done", {"fingerprint": schema.fingerprint(), "features": payload["features"],
+                            "users": payload["users"], "train_rows": payload["train_rows"]})
+
+
+def write_manifest(items: List[tuple], root: str) -> None:
+    manifest: Dict[str, Any] = {"shards": [], "quarantine": []}
+    for kind, value in items:
+        if kind == "shard_done":
+            manifest["shards"].append(value)
+        elif kind == "quarantine_done":
+            manifest["quarantine"].append(value)
+        elif kind == "accounting":
+            manifest["accounting"] = value
+        elif kind == "schema_done":
+            manifest["schema"] = value
+    manifest["shards"].sort(key=lambda d: (d["split"], d["shard"]))
+    manifest["quarantine"].sort(key=lambda d: d["split"])
+    _write_bytes(os.path.join(root, MANIFEST), [json.dumps(manifest, default=_json_default).encode()])
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def _kind(kind: str):
+    def select(item):
+        return [item[1]] if item[0] == kind else []
+    select.__name__ = f"only_{kind}"
+    return select
+
+
+def build_pipeline(p, plan: JobPlan, root: str):
+    """Add the job's transforms to Beam pipeline ``p`` (outputs under ``root``)."""
+    from apache_beam.pvalue import AsSingleton
+
+    cfg = plan.config
+    units = (p | "Files" >> beam.Create(plan.tasks())
+             | "PlanUnits" >> beam.FlatMap(_plan_file, cfg.input.format)
+             | "SpreadUnits" >> beam.Reshuffle())
+    read = units | "ReadValidate" >> beam.FlatMap(ReadValidate(plan))
+    chunks = read | "Chunks" >> beam.FlatMap(_kind("chunk"))
+    cuts = None
+    if plan.by_time:
+        cuts_pc = (read | "TimeSamples" >> beam.FlatMap(_kind("time"))
+                   | "MergeTimeSample" >> beam.CombineGlobally(SampleFn())
+                   | "CutPoints" >> beam.Map(time_cuts, cfg.split.ratios))
+        cuts = AsSingleton(cuts_pc)
+        partials = chunks | "TrainStats" >> beam.Map(_time_train_stats, plan, cuts)
+    else:
+        partials = read | "TrainStatsPartials" >> beam.FlatMap(_kind("stats"))
+    stats = partials | "MergeTrainStats" >> beam.CombineGlobally(TrainStatsFn())
+    payload = stats | "BuildFeatures" >> beam.Map(build_payload, plan)
+    encoded = chunks | "Encode" >> beam.FlatMap(EncodeChunk(plan), AsSingleton(payload), cuts)
+    n_sh = cfg.num_shards
+    all_groups = p | "AllShards" >> beam.Create([(g, None) for g in range(len(plan.splits) * n_sh)])
+    shards = ((encoded | "Shards" >> beam.FlatMap(_kind("shard")), all_groups) | "WithEmpty" >> beam.Flatten()
+              | "GroupShards" >> beam.GroupByKey()
+              | "WriteShards" >> beam.Map(WriteShard(root, plan.splits, n_sh)))
+    quarantine = (encoded | "Quarantine" >> beam.FlatMap(_kind("quarantine"))
+                  | "GroupQuarantine" >> beam.GroupByKey()
+                  | "WriteQuarantine" >> beam.Map(WriteQuarantine(root, plan.splits)))
+    accounting = (encoded | "Accounting" >> beam.FlatMap(_kind("accounting"))
+                  | "MergeAccounting" >> beam.CombineGlobally(AccountingFn())
+                  | "TagAccounting" >> beam.Map(lambda a: ("accounting", a)))
+    schema_done = payload | "WriteSchema" >> beam.Map(write_schema, root)
+    # one final step depending on every output: runners that only compute what the last
+    # transform needs (the Dask runner) still run every branch
+    _ = ((shards, quarantine, accounting, schema_done) | "Outputs" >> beam.Flatten()
+         | "Collect" >> beam.combiners.ToList()
+         | "Manifest" >> beam.Map(write_manifest, root))
+
+
+def _time_train_stats(chunk: ValidatedChunk, plan: JobPlan, cuts) -> TrainStats:
+    train = _assign(chunk.split_code, chunk.time, cuts) == plan.train_index
+    return chunk_train_stats(chunk, train, plan.needs, plan.list_features)
+
+
+# =============================================================================================
+# Driver: options, run, accounting checks, atomic commit
+# =============================================================================================
+def pipeline_options(config: PreprocessConfig):
+    """(runner, PipelineOptions) for ``config.runner``."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    rc = config.runner
+    opts: Dict[str, Any] = dict(rc.options)
+    if rc.name == "DirectRunner":
+        opts.update(direct_running_mode=rc.running_mode, direct_num_workers=rc.num_workers)
+        return "DirectRunner", PipelineOptions(**opts)
+    if rc.name == "DaskRunner":
+        from apache_beam.runners.dask.dask_runner import DaskRunner
+
+        if rc.dask_address:
+            opts["dask_client_address"] = rc.dask_address
+        return DaskRunner(), PipelineOptions(**opts)
+    return rc.name, PipelineOptions(**opts)
+
+
+def run_preprocess(config: PreprocessConfig, progress: bool = True) -> Dict[str, Any]:
+    """Run the Beam job for ``config``; returns the summary that is also ``stats.json``.
+
+    Raises ValueError (naming the counts and the kept quarantine file) when more than
+    ``max_quarantine_fraction`` of the rows are quarantined; the output is then left
+    untouched.
+    """
+    t0 = time.time()
+    plan = JobPlan(config)
+    out = os.path.abspath(config.output) if "://" not in config.output else config.output
+    tmp = f"{out}.tmp-{uuid.uuid4().hex[:12]}"
+    log = _logger(progress)
+    n_files = sum(len(f) for _, f in plan.sources)
+    log(f"preprocess: {n_files} input file(s) -> {out} on {config.runner.name} "
+        f"({config.runner.num_workers} workers)")
+    runner, options = pipeline_options(config)
+    try:
+        _make_dirs(tmp)
+        p = beam.Pipeline(runner=runner, options=options)
+        build_pipeline(p, plan, tmp)
+        result = p.run()
+        try:
+            result.wait_until_finish()
+        finally:
+            client = getattr(result, "client", None)
+            if client is not None:
+                client.close()
+        seconds = time.time() - t0
+        summary = _summarize(plan, tmp, seconds)
+        _check_quarantine(summary, config, tmp, out)
+        _write_bytes(os.path.join(tmp, "stats.json"), [json.dumps(summary, indent=2, sort_keys=True).encode()])
+        _remove(os.path.join(tmp, MANIFEST))
+        if _is_local(tmp):
+            os.makedirs(os.path.join(tmp, "quarantine"), exist_ok=True)
+        _commit(tmp, out)
+        _remove(f"{out}.quarantine")  # rows kept by an earlier failed run: superseded
+    except BaseException:
+        _remove(tmp)
+        raise
+    summary["output"] = out
+    log(f"preprocess: {summary['rows_in']} rows in, {summary['rows_written']} written, "
+        f"{summary['rows_quarantined']} quarantined in {summary['seconds']:.1f} s "
+        f"({summary['rows_per_second']:.0f} rows/s)")
+    return summary
+
+
+def _logger(progress: bool):
+    def log(msg):
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+    return log
+
+
+def _summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(os.path.join(root, MANIFEST)) as fh:
+        manifest = json.loads(fh.read().decode())
+    acct = manifest.get("accounting", {})
+    splits: Dict[str, Any] = {}
+    for name in plan.splits + ([UNASSIGNED_SPLIT] if UNASSIGNED_SPLIT in acct else []):
+        a = acct.get(name, {"rows_in": 0, "rows_written": 0, "rows_quarantined": 0})
+        sums = a.get("label_sums", {})
+        written = a["rows_written"]
+        shards = [s for s in manifest["shards"] if s["split"] == name]
+        if sum(s["rows"] for s in shards) != written:
+            raise RuntimeError(f"split '{name}': shards hold {sum(s['rows'] for s in shards)} rows but "
+                               f"{written} were encoded")
+        if a["rows_in"] != written + a["rows_quarantined"]:
+            raise RuntimeError(f"split '{name}': rows_in {a['rows_in']} != written {written} + "
+                               f"quarantined {a['rows_quarantined']}")
+        splits[name] = {
+            "rows_in": a["rows_in"], "rows_written": written, "rows_quarantined": a["rows_quarantined"],
+            "quarantine_reasons": a.get("quarantine_reasons", {}),
+            "label_means": {lab: (sums.get(lab, 0.0) / written if written else None) for lab in plan.config.labels},
+            "files": [s["file"] for s in shards], "bytes": sum(s["bytes"] for s in shards)}
+    total_in = sum(s["rows_in"] for s in splits.values())
+    total_q = sum(s["rows_quarantined"] for s in splits.values())
+    schema = manifest.get("schema", {})
+    return {
+        "splits": splits, "rows_in": total_in, "rows_written": sum(s["rows_written"] for s in splits.values()),
+        "rows_quarantined": total_q, "quarantine_fraction": total_q / total_in if total_in else 0.0,
+        "max_quarantine_fraction": plan.config.max_quarantine_fraction,
+        "quarantine_files": [q["file"] for q in manifest["quarantine"]],
+        "train_rows_for_statistics": schema.get("train_rows"), "users": schema.get("users"),
+        "features": schema.get("features"), "schema_fingerprint": schema.get("fingerprint"),
+        "seconds": seconds, "rows_per_second": total_in / seconds if seconds > 0 else 0.0,
+        "runner": {"name": plan.config.runner.name, "num_workers": plan.config.runner.num_workers,
+                   "running_mode": plan.config.runner.running_mode},
+        "input": {"format": plan.config.input.format,
+                  "files": [rel for _, files in plan.sources for _, rel in files]},
+        "sample_size": SAMPLE_SIZE,
+    }
+
+
+def _check_quarantine(summary: Dict[str, Any], config: PreprocessConfig, tmp: str, out: str) -> None:
+    frac, limit = summary["quarantine_fraction"], config.max_quarantine_fraction
+    if frac <= limit:
+        return
+    kept = f"{out}.quarantine"
+    _remove(kept)
+    src = os.path.join(tmp, "quarantine")
+    _rename(src, kept)
+    reasons = collections.Counter()
+    for s in summary["splits"].values():
+        for field, rs in s["quarantine_reasons"].items():
+            for r, c in rs.items():
+                reasons[f"{field}: {r}"] += c
+    top = ", ".join(f"{k} ({v})" for k, v in reasons.most_common(5))
+    raise ValueError(
+        f"preprocess failed: {summary['rows_quarantined']} of {summary['rows_in']} rows "
+        f"({frac:.2%}) were quarantined, more than max_quarantine_fraction = {limit:.2%}. "
+        f"Most common: {top}. The quarantined rows are in {kept}/ (one JSON line per row with "
+        f"file, row_index, field and reason); no output was written to {out}.")
+
+
+# ---- filesystem helpers: local paths are renamed atomically; object stores are copied --------
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _make_dirs(path: str) -> None:
+    if _is_local(path):
+        os.makedirs(path)
+    else:
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.mkdirs(path)
+
+
+def _remove(path: str) -> None:
+    if _is_local(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def _rename(src: str, dst: str) -> None:
+    if _is_local(src):
+        if os.path.exists(src):
+            os.replace(src, dst)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    files = [m.path for r in FileSystems.match([src.rstrip("/") + "/**"]) for m in r.metadata_list]
+    FileSystems.rename(files, [dst.rstrip("/") + f[len(src.rstrip("/")):] for f in files])
+
+
+def _commit(tmp: str, out: str) -> None:
+    """Replace ``out`` by ``tmp``: two renames on a local filesystem, so ``out`` is always
+    either the complete old output or the complete new one (never a mix)."""
+    if not _is_local(out):
+        _remove(out)
+        _rename(tmp, out)
+        return
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    old = None
+    if os.path.exists(out):
+        old = f"{out}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
