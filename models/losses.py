@@ -6,6 +6,9 @@ focal  Focal loss (Lin et al., ICCV'17): -a_t (1 - p_t)^gamma log p_t, with
 rce    Reweighted cross-entropy (Wang et al., WSDM'21 "Denoising implicit
        feedback", TF4CTR ref. [33]): positives weighted by stop_grad(p)^beta so
        hard positives (likely noise) count less; negatives weight 1; beta = 0.25
+
+``twin_focus_loss`` (TF4CTR Eq. 7) is the auxiliary loss on two encoders' logits that
+the tf4ctr framework adds to the compiled loss in its ``train_step``.
 """
 from __future__ import annotations
 
@@ -69,3 +72,40 @@ def get_loss(name: str, **options) -> tf.keras.losses.Loss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}'; known: {sorted(LOSSES)}")
     return LOSSES[name](**options)
+
+
+def check_twin_focus_options(alpha: float, c: float, gamma: float) -> None:
+    """Eq. 7's ranges: alpha, c in [0, 1]; gamma >= 0."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"twin focus loss: alpha must be in [0, 1], got {alpha}")
+    if not 0.0 <= c <= 1.0:
+        raise ValueError(f"twin focus loss: c must be in [0, 1], got {c}")
+    if gamma < 0:
+        raise ValueError(f"twin focus loss: gamma must be >= 0, got {gamma}")
+
+
+def twin_focus_loss(y_true, z_simple, z_complex, alpha: float = 0.25, c: float = 0.8, gamma: float = 2.0,
+                    sample_weight=None):
+    """Twin Focus loss (TF4CTR Eq. 7) on the two encoders' logits z_s, z_c.
+
+    L_TF = alpha * L_simple + (1 - alpha) * L_complex with
+    L_simple = -mean((c + p_s)^gamma log p_s), L_complex = -mean((m - p_c)^gamma log p_c),
+    m = 2 - c, where p is the probability of the true class (as in L_ctr, Eq. 12).
+    Computed from logits (log p = log sigma(+-z)) so a saturated encoder keeps a finite,
+    non-zero gradient; the modulating factors are differentiated too (Eq. 14). The mean
+    is over the batch (Keras' SUM_OVER_BATCH_SIZE: sum(w * l) / N with sample weights).
+    """
+    check_twin_focus_options(alpha, c, gamma)
+    y = tf.cast(tf.reshape(y_true, [-1]), tf.float32)
+    sign = 2.0 * y - 1.0  # the true class's logit is sign * z
+
+    def log_p_true(z):
+        return tf.math.log_sigmoid(sign * tf.cast(tf.reshape(z, [-1]), tf.float32))
+
+    log_ps, log_pc = log_p_true(z_simple), log_p_true(z_complex)
+    simple = -tf.pow(c + tf.exp(log_ps), gamma) * log_ps
+    complex_ = -tf.pow((2.0 - c) - tf.exp(log_pc), gamma) * log_pc
+    per_sample = alpha * simple + (1.0 - alpha) * complex_
+    if sample_weight is not None:
+        per_sample = per_sample * tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+    return tf.reduce_sum(per_sample) / tf.cast(tf.maximum(tf.size(per_sample), 1), tf.float32)

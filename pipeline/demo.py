@@ -65,10 +65,8 @@ def run_demo(out: str, fast: bool = False) -> dict:
 
 
 def _export_step(run_dir, out):
-    try:
-        from serving.export import export_run, describe_export
-    except ImportError:  # the export package lands with the serving issue
-        return
+    from serving.export import describe_export, export_run
+
     _banner("5/5 export (SavedModel for TF Serving)")
     info = export_run(run_dir, os.path.join(out, "serving"))
     print(describe_export(info))

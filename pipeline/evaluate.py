@@ -28,12 +28,12 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     schema = Schema.load(cfg.data_dir)
     splits = list(splits or cfg.eval_splits)
     user_col = schema.user_column
-    item_col = item_column or ("ad_id" if "ad_id" in schema.meta else None)
+    item_col = item_column or ("ad_id" if "ad_id" in schema.meta or "ad_id" in schema.feature_names else None)
     extra = [c for c in (user_col, item_col) if c]
     train_cols = read_columns(cfg.data_dir, cfg.train_split, extra) if extra else {}
     results: Dict[str, dict] = {}
     for split in splits:
-        ds = make_dataset(cfg.data_dir, split, batch_size, shuffle=False, deterministic=True)
+        ds = make_dataset(cfg.data_dir, split, batch_size, shuffle=False, deterministic=True, labels=tasks)
         y, p, cols = predict_labels(model, ds, tasks, extra_columns=extra)
         by_task = {}
         for task in tasks:

@@ -19,6 +19,7 @@ numeric column reaches validation as a value instead of failing the whole file.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import io
@@ -101,31 +102,68 @@ class ReadUnit:
     row_offset: int = 0
 
 
-# ---- finding files ----------------------------------------------------------------
+# ---- finding and opening files (local paths directly, gs:// s3:// ... through Beam) -------
+_EXTENSIONS = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".tsv", ".txt"), "jsonl": (".jsonl", ".json", ".ndjson")}
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def open_binary(path: str):
+    """A binary file object for a local path or any filesystem Beam knows (gs://, s3://, hdfs://)."""
+    if not is_remote(path):
+        return open(path, "rb")
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def arrow_source(path: str):
+    """What pyarrow readers open: a local path as is (native I/O), else a Beam file object."""
+    return contextlib.nullcontext(path) if not is_remote(path) else open_binary(path)
+
+
 def list_files(path: str, fmt: str) -> List[str]:
     """The input files of ``path`` (a file, a directory or a glob), sorted by name.
 
     A directory yields its files with the format's extension (``.parquet``, ``.csv``,
     ``.jsonl`` / ``.json``), hidden and ``_``-prefixed files excluded.
     """
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        pattern = path if any(c in path for c in "*?[") else path.rstrip("/") + "/*"
+        found = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        files = [f for f in found if f == path or _is_data_file(f.rsplit("/", 1)[-1], fmt)]
+        return _nonempty(sorted(files), path, fmt)
     if os.path.isdir(path):
-        exts = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".tsv", ".txt"),
-                "jsonl": (".jsonl", ".json", ".ndjson")}[fmt]
-        files = [os.path.join(path, n) for n in os.listdir(path)
-                 if n.lower().endswith(exts) and not n.startswith((".", "_"))]
+        files = [os.path.join(path, n) for n in os.listdir(path) if _is_data_file(n, fmt)]
     elif os.path.isfile(path):
         files = [path]
     else:
         files = [p for p in glob.glob(path) if os.path.isfile(p)]
+    return _nonempty(sorted(os.path.abspath(f) for f in files), path, fmt)
+
+
+def _is_data_file(name: str, fmt: str) -> bool:
+    return name.lower().endswith(_EXTENSIONS[fmt]) and not name.startswith((".", "_"))
+
+
+def _nonempty(files: List[str], path: str, fmt: str) -> List[str]:
     if not files:
         raise RawInputError(f"no {fmt} input files match '{path}'")
-    return sorted(os.path.abspath(f) for f in files)
+    return files
 
 
 def relative_names(files: Sequence[str]) -> List[str]:
-    """Names relative to the files' common directory (their split/quarantine keys)."""
-    root = os.path.commonpath([os.path.dirname(f) for f in files])
-    return [os.path.relpath(f, root) for f in files]
+    """Names relative to the files' common directory (their split / quarantine keys)."""
+    dirs = [f.split("/")[:-1] for f in files]
+    common = 0
+    while all(len(d) > common and d[common] == dirs[0][common] for d in dirs):
+        common += 1
+    return ["/".join(f.split("/")[common:]) for f in files]
 
 
 def plan_units(path: str, file: str, fmt: str) -> List[ReadUnit]:
@@ -133,7 +171,8 @@ def plan_units(path: str, file: str, fmt: str) -> List[ReadUnit]:
     if fmt != "parquet":
         return [ReadUnit(path, file)]
     try:
-        meta = pq.ParquetFile(path).metadata
+        with arrow_source(path) as src:
+            meta = pq.ParquetFile(src).metadata
     except (OSError, pa.ArrowException) as exc:
         raise RawInputError(f"{path}: not a readable Parquet file: {exc}") from None
     units, offset = [], 0
@@ -165,13 +204,20 @@ def _missing_columns(unit: ReadUnit, have: Sequence[str], want: Sequence[str]) -
 
 
 def _read_parquet(unit, columns, list_columns, batch_size) -> Iterator[RawChunk]:
-    pf = pq.ParquetFile(unit.path)
-    _missing_columns(unit, pf.schema_arrow.names, columns)
-    offset = unit.row_offset
-    for batch in pf.iter_batches(batch_size=batch_size, row_groups=[unit.row_group],
-                                 columns=list(columns), use_threads=False):
-        yield _arrow_chunk(unit, offset, batch, list_columns)
-        offset += batch.num_rows
+    """Row-group batches; string columns are read as dictionaries (one Python str per distinct
+    value instead of one per row)."""
+    with arrow_source(unit.path) as src:
+        schema = pq.ParquetFile(src).schema
+    _missing_columns(unit, schema.to_arrow_schema().names, columns)
+    strings = [schema.column(i).path for i in range(len(schema))
+               if schema.column(i).physical_type == "BYTE_ARRAY" and schema.column(i).path.split(".")[0] in columns]
+    with arrow_source(unit.path) as src:
+        pf = pq.ParquetFile(src, read_dictionary=strings)
+        offset = unit.row_offset
+        for batch in pf.iter_batches(batch_size=batch_size, row_groups=[unit.row_group],
+                                     columns=list(columns), use_threads=False):
+            yield _arrow_chunk(unit, offset, batch, list_columns)
+            offset += batch.num_rows
 
 
 def _read_csv(unit, columns, list_columns, batch_size, delimiter, list_delimiter) -> Iterator[RawChunk]:
@@ -182,23 +228,24 @@ def _read_csv(unit, columns, list_columns, batch_size, delimiter, list_delimiter
                                    strings_can_be_null=True, quoted_strings_can_be_null=True)
     offset = 0
     try:
-        reader = pacsv.open_csv(unit.path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                convert_options=convert)
-        for block in reader:
-            for start in range(0, block.num_rows, batch_size):
-                batch = block.slice(start, batch_size)
-                for name in list_columns:
-                    i = batch.schema.get_field_index(name)
-                    batch = batch.set_column(i, name, pc.split_pattern(batch.column(i), list_delimiter))
-                yield _arrow_chunk(unit, offset, batch, list_columns)
-                offset += batch.num_rows
+        with arrow_source(unit.path) as src:
+            reader = pacsv.open_csv(src, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                                    convert_options=convert)
+            for block in reader:
+                for start in range(0, block.num_rows, batch_size):
+                    batch = block.slice(start, batch_size)
+                    for name in list_columns:
+                        i = batch.schema.get_field_index(name)
+                        batch = batch.set_column(i, name, pc.split_pattern(batch.column(i), list_delimiter))
+                    yield _arrow_chunk(unit, offset, batch, list_columns)
+                    offset += batch.num_rows
     except pa.ArrowInvalid as exc:
         raise RawInputError(f"{unit.path} (rows from {offset}): cannot read as CSV: {exc}") from None
 
 
 def _csv_header(path: str, delimiter: str) -> List[str]:
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         line = fh.readline().decode("utf-8").rstrip("\r\n")
     if not line:
         raise RawInputError(f"{path}: empty CSV file (a header row is required)")
@@ -212,7 +259,7 @@ def _read_jsonl(unit, columns, list_columns, batch_size) -> Iterator[RawChunk]:
     """JSON lines read with :mod:`json` (NaN / Infinity literals become real NaN / inf)."""
     rows: List[dict] = []
     offset = 0
-    with open(unit.path, encoding="utf-8") as fh:
+    with io.TextIOWrapper(open_binary(unit.path), encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -254,9 +301,15 @@ def _is_list_type(t) -> bool:
 def _arrow_scalar(arr: pa.Array):
     """(values, null mask) of a scalar Arrow array; int / bool nulls filled with 0."""
     t = arr.type
-    if pa.types.is_dictionary(t):
-        arr, t = arr.dictionary_decode(), t.value_type
     null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
+    if pa.types.is_dictionary(t):  # distinct values converted once, rows share them
+        words, _ = _arrow_scalar(arr.dictionary)
+        idx = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False) if arr.null_count \
+            else arr.indices.to_numpy(zero_copy_only=False)
+        values = words[idx] if len(words) else np.full(len(arr), None, dtype=object)
+        if arr.null_count and values.dtype == object:
+            values[null] = None
+        return values, null
     if pa.types.is_integer(t) or pa.types.is_boolean(t):
         if arr.null_count:
             arr = pc.fill_null(arr, pa.scalar(0 if pa.types.is_integer(t) else False, t))

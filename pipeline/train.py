@@ -87,19 +87,31 @@ class NanLossError(FloatingPointError):
 
 
 class NanGuard(tf.keras.callbacks.Callback):
-    """Stop at the first non-finite loss, saying which epoch, step and batch."""
+    """Stop at the first non-finite epoch loss, saying which epoch.
+
+    ``ParameterServerStrategy`` allows no batch-level callbacks, so this epoch-level
+    guard is what runs there; :class:`BatchNanGuard` checks every step elsewhere.
+    """
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _check(self, logs, where: str):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True
-            raise NanLossError(
-                f"loss became {loss} at epoch {self._epoch + 1}, step {batch + 1} "
-                f"(batch index {batch} of the epoch): lower the learning rate, set "
-                f"optimizer.clipnorm, or check the input statistics")
+            raise NanLossError(f"loss became {loss} at epoch {self._epoch + 1}{where}: lower the learning "
+                               f"rate, set optimizer.clipnorm, or check the input statistics")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, "")
+
+
+class BatchNanGuard(NanGuard):
+    """:class:`NanGuard` checked after every training step, naming the step and batch."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f", step {batch + 1} (batch index {batch} of the epoch)")
 
 
 class ExactValidation(tf.keras.callbacks.Callback):
@@ -210,13 +222,13 @@ def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False)
         ds = make_dataset(cfg.data_dir, cfg.train_split, _per_replica_batch(cfg, strategy, input_context),
                           shuffle=True, repeat=is_ps or cfg.steps_per_epoch is not None,
                           deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache,
-                          shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True)
+                          shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks)
         if input_context is not None:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         return _with_shard_policy(ds, cfg)
 
     valid_ds = make_dataset(cfg.data_dir, cfg.valid_split, cfg.eval_batch_size, shuffle=False,
-                            deterministic=True, cache=cfg.cache)
+                            deterministic=True, cache=cfg.cache, labels=tasks)
     sdict = model_schema(schema, feats)
     with strategy.scope():
         model = build_model(sdict, tasks, **dataclasses.asdict(cfg.model))
@@ -259,7 +271,7 @@ def _with_shard_policy(ds, cfg):
 
 def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, use_exact: bool):
     es = cfg.early_stopping
-    cbs: List[tf.keras.callbacks.Callback] = [NanGuard()]
+    cbs: List[tf.keras.callbacks.Callback] = [BatchNanGuard() if use_exact else NanGuard()]
     if use_exact:
         cbs.append(ExactValidation(valid_ds, tasks))
     monitor = es.monitor if use_exact else _keras_monitor(tasks)

@@ -78,7 +78,7 @@ class ValidatedChunk:
     ``quarantine`` holds one JSON-able record per bad row (with its own split code).
     """
 
-    key: Tuple[int, int, int]  # (source, file, chunk): a stable sort key
+    key: Tuple[int, int, int]  # (source, file, first row in file): a stable sort key
     file: str
     rows: np.ndarray  # int64: index in the file of each good row
     columns: Dict[str, Any]
@@ -128,13 +128,18 @@ def _as_numbers(values: np.ndarray, null: np.ndarray, probs: Problems, float32: 
 def _parse_numbers(values: np.ndarray, null: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Objects / strings -> float64; ``bad`` marks non-null values that are not numbers."""
     obj = values.astype(object)
+    inferred = pd.api.types.infer_dtype(obj, skipna=True)
     try:
         x = pd.to_numeric(pd.Series(obj), errors="coerce").to_numpy(np.float64, na_value=np.nan)
     except (TypeError, ValueError):  # lists / dicts in the column: go element by element
         x = np.array([_float_or_nan(v) for v in obj], dtype=np.float64)
-    is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in obj), bool, len(obj))
-    x[is_bool] = np.nan  # True is not a number in a numeric column
-    real_nan = np.fromiter((isinstance(v, (float, np.floating)) and v != v for v in obj), bool, len(obj))
+    if inferred in ("string", "integer", "floating", "mixed-integer-float", "empty"):
+        real_nan = pd.isna(obj) & ~null  # NaN objects (None is null)
+        is_bool = np.zeros(len(obj), bool)
+    else:  # booleans or other objects mixed in: look at each value
+        real_nan = np.fromiter((isinstance(v, (float, np.floating)) and v != v for v in obj), bool, len(obj))
+        is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in obj), bool, len(obj))
+        x[is_bool] = np.nan  # True is not a number in a numeric column
     bad = np.isnan(x) & ~null & ~real_nan
     return x, bad | (is_bool & ~null)
 
@@ -161,6 +166,13 @@ def _as_integers(values: np.ndarray, null: np.ndarray, probs: Problems) -> np.nd
         probs.add(~null, "wrong_type")
         return out
     obj = values.astype(object)
+    obj[null] = 0
+    try:  # fast path: every value an int or an integer string
+        if pd.api.types.infer_dtype(obj, skipna=True) in ("integer", "string"):
+            out[~null] = obj[~null].astype(np.int64)
+            return out
+    except (TypeError, ValueError, OverflowError):
+        pass
     done = null.copy()
     is_int = ~done & np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
                                   for v in obj), bool, len(obj))
@@ -215,7 +227,14 @@ def _as_keys(values: np.ndarray, null: np.ndarray, probs: Problems) -> np.ndarra
     if kind in "iubf":
         return _as_integers(values, null, probs)
     obj = values.astype(object)
+    if not null.any() and pd.api.types.infer_dtype(obj, skipna=False) == "string":
+        return obj  # the usual case: strings only, and a string is its own key
     obj[null] = None
+    if pd.api.types.infer_dtype(obj, skipna=True) in ("string", "empty"):
+        real_nan = pd.isna(obj) & ~null
+        probs.add(real_nan, "nan")
+        obj[null | real_nan] = ""
+        return obj
     real_nan = np.fromiter((isinstance(v, (float, np.floating)) and v != v for v in obj), bool, len(obj))
     probs.add(real_nan, "nan")
     is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in obj), bool, len(obj))
@@ -236,10 +255,15 @@ def _keys_to_int64(keys: np.ndarray) -> np.ndarray:
     """User / meta keys -> int64: integer keys as themselves, others FarmHash Fingerprint64."""
     if keys.dtype.kind == "i":
         return keys
-    s = pd.Series(keys.astype(object))
-    is_int = s.str.fullmatch(_INT_RE).to_numpy(bool, na_value=False)
     out = np.empty(len(keys), dtype=np.int64)
-    out[is_int] = s[is_int].str.strip().to_numpy(str).astype(np.int64)
+    # integer candidates first (a C parser), then the exact test on those only
+    cand = np.flatnonzero(pd.to_numeric(pd.Series(keys, dtype=object), errors="coerce").notna().to_numpy())
+    is_int = np.zeros(len(keys), bool)
+    if cand.size:
+        s = pd.Series(keys[cand].astype(object))
+        m = s.str.fullmatch(_INT_RE).to_numpy(bool, na_value=False)
+        out[cand[m]] = s[m].str.strip().to_numpy(str).astype(np.int64)
+        is_int[cand[m]] = True
     rest = np.flatnonzero(~is_int)
     out[rest] = np.fromiter((farmhash.fingerprint64(k) for k in keys[rest]), np.uint64,
                             len(rest)).view(np.int64)
@@ -283,6 +307,8 @@ def _list_elements(col: ListColumn, spec: FeatureSpec, probs_rows: Problems) -> 
             missing = vals == INT_MISSING
     else:
         vals = _as_numbers(col.values, col.null_values, sub, float32=spec.dtype == "float32")
+        if spec.dtype == "float32":  # the encoders round through float32 anyway: half the bytes
+            vals = vals.astype(np.float32)
         if spec.dtype == "int64":
             tmp = np.full(len(vals), INT_MISSING, np.int64)
             _integral_floats(vals, np.isnan(vals), sub, tmp, skip=_flagged(sub, len(vals)))
@@ -309,7 +335,10 @@ def list_rows(col: ListColumn) -> list:
     """A ListColumn as the per-row Python lists (None = missing) the encoders take."""
     flat = col.values.tolist()
     off = col.offsets.tolist()
-    return [None if miss else flat[a:b] for a, b, miss in zip(off[:-1], off[1:], col.null_rows.tolist())]
+    rows = [flat[a:b] for a, b in zip(off[:-1], off[1:])]
+    for i in np.flatnonzero(col.null_rows).tolist():
+        rows[i] = None
+    return rows
 
 
 def _take(col, idx: np.ndarray):
@@ -362,10 +391,10 @@ class Validator:
             raise ConfigError(f"raw column(s) {both} are read both as lists and as scalars")
         self.list_columns = sorted(list_cols)
         self.raw_columns = list(dict.fromkeys(c.column for c in checks))
-        ratios = np.array([float(v) for v in split.ratios.values()]) if split.method == "random" else None
-        if ratios is not None and (ratios.size == 0 or (ratios <= 0).any()):
-            raise ConfigError(f"split.ratios must be positive, got {split.ratios}")
-        self._cum = None if ratios is None else np.cumsum(ratios / ratios.sum())
+        self._cum = None
+        if split.method == "random":  # ratios are positive: checked by the job plan
+            ratios = np.array([float(v) for v in split.ratios.values()])
+            self._cum = np.cumsum(ratios / ratios.sum())
         self._split_seed = farmhash.fingerprint64(f"ctrflow-split:{split.seed}")
 
     # ---- split codes ---------------------------------------------------------------------
@@ -423,13 +452,14 @@ class Validator:
         bad = np.zeros(n, bool)
         for _, mask, _ in problems:
             bad |= mask
+        if not bad.any():
+            return ValidatedChunk(key, chunk.file, rows, canon, split_code, time, [], n)
         good = np.flatnonzero(~bad)
-        records = self._records(chunk, rows, bad, problems, split_code, time) if bad.any() else []
         return ValidatedChunk(
             key=key, file=chunk.file, rows=rows[good],
             columns={k: _take(v, good) for k, v in canon.items()},
             split_code=split_code[good], time=None if time is None else time[good],
-            quarantine=records, rows_in=n)
+            quarantine=self._records(chunk, rows, bad, problems, split_code, time), rows_in=n)
 
     def _feature(self, spec: FeatureSpec, values, null, probs: Problems):
         etype = spec.encoding.get("type")
@@ -445,6 +475,9 @@ class Validator:
             out = (_as_integers if spec.dtype == "int64" else _as_keys)(values, null, probs)
         else:
             out = _as_numbers(values, null, probs, float32=spec.dtype == "float32")
+            if spec.dtype == "float32":  # round as the encoders do, so statistics match encoding
+                with np.errstate(over="ignore"):
+                    out = out.astype(np.float32).astype(np.float64)
             if spec.dtype == "int64":
                 tmp = np.full(len(out), INT_MISSING, np.int64)
                 _integral_floats(out, np.isnan(out), probs, tmp, skip=_flagged(probs, len(out)))

@@ -1,0 +1,136 @@
+"""tf.data reader for the encoded TFRecords written by ``ctrflow preprocess``.
+
+``make_dataset`` yields ``(inputs, labels)``: ``inputs`` maps every selected model
+feature to an int64 / float32 ``[batch, width]`` tensor (width from ``schema.json``)
+and every meta column (user key, user group, source, weights, pass-through
+columns) to a ``[batch, 1]`` tensor; ``labels`` maps each task to float32
+``[batch, 1]``.
+
+Order of operations (the pitfalls of DESIGN.md §6 avoided): shard files are listed
+with a stable sort and shuffled per epoch, read with a parallel interleave, single
+*examples* are shuffled through a buffer BEFORE batching (so every batch mixes
+rows from many files), the batch is parsed with ONE vectorised
+``tf.io.parse_example`` call, and batches are prefetched (AUTOTUNE). With
+``deterministic=True`` every stage keeps its order and all shuffles use fixed
+seeds derived from ``seed``: two datasets built alike yield identical batches.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from features.schema import Schema, SchemaError
+
+AUTOTUNE = tf.data.AUTOTUNE
+_DTYPES = {"int64": tf.int64, "float32": tf.float32}
+
+
+def _schema(data_dir: str, schema: Union[Schema, dict, None]) -> Schema:
+    if schema is None:
+        return Schema.load(data_dir)
+    return Schema.from_dict(schema) if isinstance(schema, dict) else schema
+
+
+def split_files(data_dir: str, split: str) -> List[str]:
+    """The split's shard files, sorted by name; SchemaError naming the directory if none."""
+    pattern = os.path.join(data_dir, split, "part-*.tfrecord.gz")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        splits = sorted(d for d in tf.io.gfile.listdir(data_dir) if tf.io.gfile.isdir(os.path.join(data_dir, d))) \
+            if tf.io.gfile.isdir(data_dir) else []
+        raise SchemaError(f"no TFRecord shards match '{pattern}' (split '{split}'; {data_dir} holds {splits})")
+    return files
+
+
+def parse_spec(schema: Schema, features: Optional[Sequence[str]] = None,
+               labels: Optional[Sequence[str]] = None, meta: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """``tf.io.parse_example`` spec: features ``[width]``, meta and labels ``[1]``."""
+    features = list(schema.feature_names if features is None else features)
+    labels = list(schema.labels if labels is None else labels)
+    meta = list(schema.meta if meta is None else meta)
+    schema.check_names(features=features, labels=labels, what="dataset request")
+    unknown = [m for m in meta if m not in schema.meta]
+    if unknown:
+        raise SchemaError(f"the schema has no meta column(s) {unknown} (it has {sorted(schema.meta)})")
+    spec: Dict[str, object] = {}
+    for name in features:
+        f = schema.feature(name)
+        spec[name] = tf.io.FixedLenFeature([f.width], _DTYPES[f.encoded_dtype])
+    for name in meta:
+        spec[name] = tf.io.FixedLenFeature([1], _DTYPES[schema.meta[name]])
+    for name in labels:
+        spec[name] = tf.io.FixedLenFeature([1], tf.float32)
+    return spec
+
+
+def make_dataset(data_dir: str, split: str, batch_size: int, schema: Union[Schema, dict, None] = None,
+                 shuffle: bool = True, repeat: bool = False, deterministic: bool = False, seed: int = 0,
+                 cache: bool = False, features: Optional[Sequence[str]] = None,
+                 labels: Optional[Sequence[str]] = None, drop_remainder: bool = False,
+                 shuffle_buffer: int = 100_000, cycle_length: int = 8) -> tf.data.Dataset:
+    """Batches ``(inputs, labels)`` of ``split`` under ``data_dir`` (see the module docstring).
+
+    cache: keep the serialized records in memory after the first pass (shuffling still
+    changes every epoch). shuffle_buffer: examples held by the pre-batch shuffle.
+    cycle_length: shard files read concurrently.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    schema = _schema(data_dir, schema)
+    labels = list(schema.labels if labels is None else labels)
+    spec = parse_spec(schema, features, labels)
+    files = split_files(data_dir, split)
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                       cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
+                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        return ({k: v for k, v in parsed.items() if k not in labels},
+                {k: parsed[k] for k in labels})
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    ds = ds.with_options(options)
+    return ds.prefetch(AUTOTUNE)
+
+
+def read_columns(data_dir: str, split: str, columns: Sequence[str], schema: Union[Schema, dict, None] = None,
+                 batch_size: int = 65536) -> Dict[str, np.ndarray]:
+    """Every row of ``split`` for ``columns`` (features, labels or meta), in file order, as
+    numpy: ``[n]`` for one-value columns, ``[n, width]`` otherwise."""
+    schema = _schema(data_dir, schema)
+    feats = [c for c in columns if c in schema.feature_names]
+    labs = [c for c in columns if c in schema.labels]
+    meta = [c for c in columns if c in schema.meta]
+    unknown = [c for c in columns if c not in feats + labs + meta]
+    if unknown:
+        raise SchemaError(f"read_columns: {unknown} are neither features, labels nor meta columns of "
+                          f"the schema in {data_dir}")
+    spec = parse_spec(schema, feats, labs, meta)
+    ds = tf.data.TFRecordDataset(split_files(data_dir, split), compression_type="GZIP")
+    ds = ds.batch(batch_size).map(lambda s: tf.io.parse_example(s, spec)).prefetch(AUTOTUNE)
+    parts: Dict[str, list] = {c: [] for c in columns}
+    for batch in ds:
+        for c in columns:
+            parts[c].append(batch[c].numpy())
+    out = {}
+    for c in columns:
+        arr = np.concatenate(parts[c]) if parts[c] else np.zeros((0, 1))
+        out[c] = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
+    return out

@@ -1,0 +1,215 @@
+"""The serving graph: raw request features -> the Beam job's encodings -> the model -> probabilities.
+
+:class:`ServingModule` is the ``tf.Module`` that ``serving.export`` saves. It has two
+signatures, both returning one probability per task (``{task: [batch] float32}``):
+
+* ``serving_default`` (:data:`RAW_SIGNATURE`) takes raw feature values as a request
+  carries them, keyed by raw column (:func:`raw_inputs`): scalars ``[batch]``,
+  behaviour sequences ``[batch, length]`` (any length: right-padded with the missing
+  marker, the encoder keeps the last ``max_len`` real elements), dense vectors
+  ``[batch, dim]``. Missing values are the markers of :mod:`features.encoders`:
+  ``""`` for strings, NaN for floats, :data:`~features.encoders.INT_MISSING` for
+  int64. The feature encoders (:func:`features.encoders.make_tf_encoder`, parity-tested
+  against the Beam job's numpy encoder) run in the graph, so unknown categories map
+  to OOV and missing optional values take the schema default exactly as in training.
+  A required feature whose value is missing in any row fails the request with an
+  assertion naming the feature and the rows.
+* ``encoded`` (:data:`ENCODED_SIGNATURE`) takes the already-encoded features keyed by
+  feature name, ``[batch, width]`` in the schema's encoded dtype (what the TFRecords
+  hold), for callers that run the Beam encoding themselves.
+
+Only what serving needs is saved: the model is called with ``training=False``, only
+the task outputs of its ``{task: prob}`` dict are served (extra outputs are dropped),
+and only the variables the two traced signatures read are tracked (discriminators,
+auxiliary towers and other train-step-only weights are not exported). The encoders
+are tracked, so vocabulary files are copied into the SavedModel's ``assets/`` and the
+export works without the data directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from features.encoders import INT_MISSING, make_tf_encoder
+from features.schema import Feature, Schema, SchemaError
+
+RAW_SIGNATURE = "serving_default"
+ENCODED_SIGNATURE = "encoded"
+RAW_DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
+MISSING = {"string": "", "int64": int(INT_MISSING), "float32": math.nan}
+_LIST_TYPES = ("sequence_vocab", "sequence_float")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+    """One input of the raw signature: a raw column and the features encoded from it.
+
+    shape: ``scalar`` ([batch]), ``list`` ([batch, any length], a behaviour sequence)
+    or ``vector`` ([batch, width], a dense feature).
+    """
+
+    name: str
+    dtype: str
+    shape: str
+    width: Optional[int]
+    required: bool
+    features: Tuple[str, ...]
+    defaults: Tuple[Any, ...] = ()
+
+    @property
+    def missing(self):
+        """The value that marks this input missing in a request."""
+        return MISSING[self.dtype]
+
+    def tensor_spec(self) -> tf.TensorSpec:
+        dims = {"scalar": [None], "list": [None, None], "vector": [None, self.width]}[self.shape]
+        return tf.TensorSpec(dims, RAW_DTYPES[self.dtype], name=self.name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RawInput":
+        d = dict(d)
+        return cls(**{**d, "features": tuple(d["features"]), "defaults": tuple(d.get("defaults", ()))})
+
+
+def _shape_of(f: Feature) -> Tuple[str, Optional[int]]:
+    etype = f.encoding["type"]
+    if etype in _LIST_TYPES:
+        return "list", None
+    if etype == "dense":
+        return "vector", f.width
+    return "scalar", None
+
+
+def raw_inputs(schema_dict: dict) -> List[RawInput]:
+    """The raw signature's inputs, one per raw column (features sharing a column share it)."""
+    schema = Schema.from_dict(schema_dict)
+    by_col: Dict[str, List[Feature]] = {}
+    for f in schema.features:
+        by_col.setdefault(f.raw_column, []).append(f)
+    out = []
+    for col, feats in by_col.items():
+        shapes = {_shape_of(f) for f in feats}
+        dtypes = {f.dtype for f in feats}
+        if len(shapes) > 1 or len(dtypes) > 1:
+            raise SchemaError(f"raw column '{col}' feeds features {[f.name for f in feats]} with different "
+                              f"dtypes {sorted(dtypes)} or shapes {sorted(map(str, shapes))}: one request key "
+                              "cannot carry both")
+        (shape, width), = shapes
+        if feats[0].dtype not in RAW_DTYPES:
+            raise SchemaError(f"feature '{feats[0].name}': raw dtype '{feats[0].dtype}' not in {sorted(RAW_DTYPES)}")
+        out.append(RawInput(name=col, dtype=feats[0].dtype, shape=shape, width=width,
+                            required=any(f.required for f in feats), features=tuple(f.name for f in feats),
+                            defaults=tuple(f.default for f in feats)))
+    return out
+
+
+def encoded_specs(schema_dict: dict) -> Dict[str, tf.TensorSpec]:
+    """The encoded signature's inputs: {feature: TensorSpec([None, width], encoded dtype)}."""
+    return {f.name: tf.TensorSpec([None, f.width], tf.int64 if f.is_integer else tf.float32, name=f.name)
+            for f in Schema.from_dict(schema_dict).features}
+
+
+def missing_mask(x: tf.Tensor, dtype: str) -> tf.Tensor:
+    """Per-row missing flags of a raw input: scalars [batch]; lists / vectors are missing
+    when every element is the marker (or the row is empty)."""
+    if dtype == "string":
+        m = tf.equal(x, "")
+    elif dtype == "float32":
+        m = tf.math.is_nan(x)
+    else:
+        m = tf.equal(x, tf.constant(INT_MISSING, tf.int64))
+    return tf.reduce_all(m, axis=1) if x.shape.rank == 2 else m
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Plain (untracked) metadata of a :class:`ServingModule`."""
+
+    tasks: Tuple[str, ...]
+    inputs: Tuple[RawInput, ...]
+    features: Tuple[Feature, ...]
+
+
+class ServingModule(tf.Module):
+    """The exported object: feature encoders, the model's serving variables, two signatures.
+
+    ``example`` (raw tensors keyed like the raw signature) is run eagerly once before
+    tracing, so a model whose weights were restored lazily (``load_weights`` before it
+    was built) creates and restores its variables outside the traced functions.
+    """
+
+    def __init__(self, model: tf.keras.Model, schema_dict: dict, tasks: Sequence[str], data_dir: str,
+                 example: Mapping[str, tf.Tensor]):
+        super().__init__(name="ctrflow_serving")
+        schema = Schema.from_dict(schema_dict)
+        self._plan = _Plan(tuple(tasks), tuple(raw_inputs(schema_dict)), tuple(schema.features))
+        self.encoders = {f.name: make_tf_encoder(f, data_dir) for f in schema.features}
+        self._model_fn = lambda encoded: model(encoded, training=False)  # untracked: only read variables are kept
+        self._predict_encoded(self._encode(dict(example)))  # builds (and restores) the model eagerly
+        raw_spec = {r.name: r.tensor_spec() for r in self._plan.inputs}
+        self.serve_raw = tf.function(self._serve_raw, input_signature=[raw_spec])
+        self.serve_encoded = tf.function(self._predict_encoded, input_signature=[encoded_specs(schema_dict)])
+        concrete = [self.serve_raw.get_concrete_function(), self.serve_encoded.get_concrete_function()]
+        seen, kept = set(), []
+        for fn in concrete:
+            for v in fn.variables:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    kept.append(v)
+        self.model_variables = kept
+
+    def signatures(self) -> Dict[str, Any]:
+        """{signature name: concrete function} for ``tf.saved_model.save``."""
+        return {RAW_SIGNATURE: self.serve_raw.get_concrete_function(),
+                ENCODED_SIGNATURE: self.serve_encoded.get_concrete_function()}
+
+    def _serve_raw(self, raw):
+        return self._predict_encoded(self._encode(raw))
+
+    def _encode(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """Raw tensors -> encoded features, after asserting equal batch sizes and that
+        every required feature is present in every row."""
+        checks = _same_batch(raw, [r.name for r in self._plan.inputs])
+        for r in self._plan.inputs:
+            if r.required:
+                missing = missing_mask(raw[r.name], r.dtype)
+                # no quotes: TF escapes them when it prints the assertion's data
+                checks.append(tf.debugging.Assert(
+                    tf.logical_not(tf.reduce_any(missing)),
+                    [f"required feature {', '.join(r.features)} has no value in the request "
+                     f"(raw input {r.name}); rows:", tf.where(missing)[:, 0]], summarize=20))
+        by_name = {f.name: f for f in self._plan.features}
+        with tf.control_dependencies(checks):
+            return {name: tf.identity(enc(raw[by_name[name].raw_column])) for name, enc in self.encoders.items()}
+
+    def _predict_encoded(self, encoded):
+        out = self._model_fn(encoded)
+        missing = [t for t in self._plan.tasks if t not in out]
+        if missing:
+            raise ValueError(f"the model's outputs {sorted(out)} lack the task(s) {missing}")
+        return {t: tf.reshape(tf.cast(out[t], tf.float32), [-1]) for t in self._plan.tasks}
+
+
+def _same_batch(tensors: Mapping[str, tf.Tensor], names: Sequence[str]) -> list:
+    """Assertions that every input has the batch size of the first one (naming the odd one)."""
+    first = names[0]
+    batch = tf.shape(tensors[first], out_type=tf.int64)[0]
+    return [tf.debugging.assert_equal(tf.shape(tensors[n], out_type=tf.int64)[0], batch,
+                                      message=f"raw input {n} has another batch size than raw input {first}")
+            for n in names[1:]]
+
+
+def signature_keys(fn) -> Dict[str, Tuple[str, tf.TensorSpec]]:
+    """{request key: (Python keyword, TensorSpec)} of a loaded signature function.
+
+    Request keys are the SignatureDef's input names (what TF Serving matches); calling
+    the function in process needs the keyword TF derived from them (``a.b`` -> ``a_b``).
+    """
+    return {spec.name: (kw, spec) for kw, spec in fn.structured_input_signature[1].items()}
+

@@ -1,0 +1,160 @@
+"""The training driver: convergence, run directory, reproducibility, resume, errors, strategies."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.strategy import free_port
+from pipeline.train import NanLossError, train
+from train_helpers import REPO, train_config
+
+
+def _history(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_converges_writes_run_dir_and_is_reproducible(sim_data, tmp_path):
+    a = train(train_config(sim_data, tmp_path, run_name="a"))
+    b = train(train_config(sim_data, tmp_path, run_name="b"))
+    run_dir = a["run_dir"]
+    for name in ("config.yaml", "run.json", "model.json", "history.csv", "done.json", "weights", "checkpoints",
+                 "tensorboard"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    assert not os.path.exists(os.path.join(run_dir, "backup")), "backup is removed once the run is complete"
+    info = json.load(open(os.path.join(run_dir, "run.json")))
+    assert len(info["schema_fingerprint"]) == 16 and info["git_commit"]
+    hist = a["history"]
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert max(hist["val_auc"]) > 0.6, hist["val_auc"]
+    # same config and seed -> the same numbers
+    np.testing.assert_allclose(a["history"]["val_auc"], b["history"]["val_auc"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a["history"]["loss"], b["history"]["loss"], rtol=1e-6)
+
+
+def test_evaluate_writes_metrics_and_report(sim_data, tmp_path):
+    from pipeline.evaluate import evaluate_run
+
+    run_dir = train(train_config(sim_data, tmp_path, epochs=1))["run_dir"]
+    results = evaluate_run(run_dir, splits=["test", "random"])
+    overall = results["test"]["click"]["overall"]
+    for key in ("auc", "gauc", "logloss", "ece", "GP-LT", "GP-Head", "GAP"):
+        assert overall[key] is not None and np.isfinite(overall[key]), key
+    assert set(results["test"]["click"]["slices"]["activity"]) == {"G1", "G2", "G3", "G4", "G5"}
+    saved = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert saved["test"]["click"]["overall"]["auc"] == pytest.approx(overall["auc"])
+    assert os.path.exists(os.path.join(run_dir, "report.md"))
+    assert os.path.exists(os.path.join(run_dir, "eval_test", "reliability_click.png"))
+
+
+def test_config_errors_name_what_is_wrong(sim_data, tmp_path):
+    with pytest.raises(Exception, match="no_such_feature"):
+        train(train_config(sim_data, tmp_path, features=["user_id", "no_such_feature"]))
+    with pytest.raises(Exception, match="no_such_task"):
+        train(train_config(sim_data, tmp_path, tasks=["no_such_task"]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(train_config(str(tmp_path / "missing"), tmp_path))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data_dir": sim_data, "epoch": 3}))
+    from pipeline.config import load_config
+    from pipeline.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="epoch"):
+        load_config(TrainConfig, str(bad))
+
+
+def test_nan_loss_stops_naming_the_step(sim_data, tmp_path):
+    cfg = train_config(sim_data, tmp_path, **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e30})
+    with pytest.raises(NanLossError, match=r"epoch 1, step \d+"):
+        train(cfg)
+
+
+def _write_config(tmp_path, sim_data, name, **overrides):
+    from pipeline.config import to_dict
+
+    cfg = to_dict(train_config(sim_data, tmp_path / "runs", run_name=name, **overrides))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _ctrflow(args, env=None, **kw):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped(sim_data, tmp_path):
+    config = _write_config(tmp_path, sim_data, "resume", epochs=4, steps_per_epoch=150,
+                           **{"early_stopping.patience": 10})
+    run_dir = tmp_path / "runs" / "resume"
+    proc = _ctrflow(["train", "--config", config])
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (run_dir / "history.csv").exists() and len(_history(run_dir)) >= 1:
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epochs_before = [int(r["epoch"]) for r in _history(run_dir)]
+    assert epochs_before and epochs_before[-1] < 3, "the kill must land before the last epoch"
+    assert not (run_dir / "done.json").exists()
+    out, _ = _ctrflow(["train", "--config", config]).communicate(timeout=600)
+    assert (run_dir / "done.json").exists(), out
+    assert json.load(open(run_dir / "run.json"))["resumed"] is True
+    epochs = [int(r["epoch"]) for r in _history(run_dir)]
+    # the resumed run continues after the last finished epoch instead of starting again at 0
+    assert epochs == list(range(4)), epochs
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_two_processes_converges_like_single(sim_data, tmp_path):
+    single = train(train_config(sim_data, tmp_path, run_name="single", epochs=2))
+    config = _write_config(tmp_path, sim_data, "mwms", epochs=2, **{"strategy.name": "multi_worker_mirrored"})
+    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
+    procs = [_ctrflow(["train", "--config", config],
+                      env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                    "task": {"type": "worker", "index": i}})})
+             for i in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    done = json.load(open(tmp_path / "runs" / "mwms" / "done.json"))
+    mw_auc = done["history"]["val_auc"][-1]
+    assert mw_auc > 0.6 and abs(mw_auc - single["history"]["val_auc"][-1]) < 0.03, (mw_auc, single["history"])
+
+
+@pytest.mark.slow
+def test_parameter_server_in_process_cluster_trains(sim_data, tmp_path):
+    config = _write_config(tmp_path, sim_data, "ps", epochs=2, steps_per_epoch=30,
+                           **{"strategy.name": "parameter_server",
+                              "strategy.in_process": {"workers": 2, "ps": 1}})
+    out, _ = _ctrflow(["train", "--config", config]).communicate(timeout=900)
+    done_path = tmp_path / "runs" / "ps" / "done.json"
+    assert done_path.exists(), out
+    hist = json.load(open(done_path))["history"]
+    assert hist["loss"][-1] < hist["loss"][0] and hist["val_auc"][-1] > 0.55, hist
+
+
+@pytest.mark.slow
+def test_compare_grid_reports_mean_std_and_p_values(sim_data, tmp_path):
+    from pipeline.compare import CompareConfig, run_compare
+
+    base = _write_config(tmp_path, sim_data, "base", epochs=1)
+    cfg = CompareConfig(base_config=base, out_dir=str(tmp_path / "grid"), seeds=[1, 2], baseline="dnn",
+                        methods={"dnn": {"model.backbone": "dnn"},
+                                 "deepfm": {"model.backbone": "deepfm"}})
+    out = run_compare(cfg, verbose=0)
+    assert len(out["results"]["dnn"]) == 2 and len(out["results"]["deepfm"]) == 2
+    table = out["table"]
+    assert "±" in table and "**" in table and "p=" in table
+    assert os.path.exists(out["report"])
