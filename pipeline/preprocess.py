@@ -1,14 +1,17 @@
 """``ctrflow preprocess``: the Apache Beam job raw files -> encoded TFRecords + schema.
 
-    read units (Parquet row groups / text files)
-      -> read chunks + validate   (one element = up to ``batch_size`` rows; bad rows -> quarantine)
-      -> [time split: cut points from a merged sample of the time column]
-      -> train statistics per chunk -> merged by CombineFns (counts, sample, moments, user counts)
-      -> build Features (vocabularies) once -> side input
-      -> encode chunks (NumpyEncoder) -> tf.train.Example bytes -> TFRecord frames, gzip
-      -> group by (split, shard) -> shard files
-      -> quarantine/*.jsonl, schema.json, vocab/*.txt, stats.json
+    input files -> read units (Parquet row groups / text files)
+      [time split] read the time column -> bottom-k sample -> cut points (side input)
+      read + validate -> train statistics per chunk -> merged by CombineFns
+                      -> build Features (vocabularies) + head users once -> payload (side input)
+      read + validate -> encode (NumpyEncoder) -> tf.train.Example bytes -> gzip TFRecord members
+                      -> group by (split, shard) -> shard files; quarantine lines; accounting
+      -> schema.json, vocab/*.txt, quarantine/*.jsonl, stats.json
 
+Each step that needs rows reads its units itself (a chunk = up to ``batch_size`` rows
+of numpy columns, validated with masks): reading again is cheaper than sending every
+row through the runner, so only small partials and compressed shard members move
+between steps.
 No step handles single rows: rows travel as numpy column chunks, the Examples of a
 chunk are serialized at once with numpy (the protobuf wire format is written
 directly; the tests hold it equal to ``tf.train.Example``), and each chunk's rows
@@ -434,29 +437,37 @@ def _plan_file(task, fmt):
     return [(s, f, u) for u in plan_units(path, rel, fmt)]
 
 
-class ReadValidate:
-    """Read unit -> ("chunk", validated chunk) plus the per-chunk partials of ``emit``:
-    "time" (time sample of a main-input chunk) and "stats" (train statistics, when the
-    split needs no time cut points)."""
+def read_chunks(item, plan: JobPlan) -> Iterable[ValidatedChunk]:
+    """A read unit's validated chunks."""
+    s, f, unit = item
+    cfg, v = plan.config, plan.validator
+    fixed = plan.sources[s][0]
+    for raw in read_unit(unit, cfg.input.format, v.raw_columns, v.list_columns,
+                         cfg.batch_size, cfg.input.csv_delimiter, cfg.input.list_delimiter):
+        yield v.validate(raw, (s, f, raw.row_offset), fixed)
 
-    def __init__(self, plan: JobPlan, emit: Sequence[str] = ("chunk", "time", "stats")):
-        self.plan, self.emit = plan, set(emit)
 
-    def __call__(self, item) -> Iterable[tuple]:
-        s, f, unit = item
-        plan, cfg = self.plan, self.plan.config
-        fixed = plan.sources[s][0]
-        v = plan.validator
-        for raw in read_unit(unit, cfg.input.format, v.raw_columns, v.list_columns,
-                             cfg.batch_size, cfg.input.csv_delimiter, cfg.input.list_delimiter):
-            chunk = v.validate(raw, (s, f, raw.row_offset), fixed)
-            if "chunk" in self.emit:
-                yield ("chunk", chunk)
-            if "time" in self.emit and plan.by_time and fixed is None:
-                yield ("time", _bottom_k(_sample_priority(chunk.file, chunk.rows), chunk.time, SAMPLE_SIZE))
-            if "stats" in self.emit and not plan.by_time:
-                yield ("stats", chunk_train_stats(chunk, chunk.split_code == plan.train_index, plan.needs,
-                                                  plan.list_features))
+def time_samples(item, plan: JobPlan) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
+    """Bottom-k samples of the valid times of a main-input read unit (only the time column
+    is read: the cut points are quantiles over every row that has a time)."""
+    s, _, unit = item
+    if plan.sources[s][0] is not None:
+        return
+    cfg = plan.config
+    for raw in read_unit(unit, cfg.input.format, [cfg.split.time_column], [], cfg.batch_size,
+                         cfg.input.csv_delimiter, cfg.input.list_delimiter):
+        t = plan.validator.times(raw)
+        ok = ~np.isnan(t)
+        rows = raw.row_offset + np.flatnonzero(ok)
+        yield _bottom_k(_sample_priority(raw.file, rows), t[ok], SAMPLE_SIZE)
+
+
+def train_stats(item, plan: JobPlan, cuts=None) -> Iterable[TrainStats]:
+    """Train statistics of a read unit, per chunk (extra inputs never feed statistics)."""
+    if plan.sources[item[0]][0] is None:
+        for chunk in read_chunks(item, plan):
+            train = _assign(chunk.split_code, chunk.time, cuts) == plan.train_index
+            yield chunk_train_stats(chunk, train, plan.needs, plan.list_features)
 
 
 def _assign(codes: np.ndarray, times: Optional[np.ndarray], cuts: Optional[np.ndarray]) -> np.ndarray:
@@ -631,8 +642,10 @@ def make_schema(cfg: PreprocessConfig, features: List[Feature], plan: JobPlan, n
                "split_method": cfg.split.method})
 
 
-class EncodeChunk(beam.DoFn):
-    """Validated chunk -> gzip TFRecord members per (split, shard) + quarantine + accounting."""
+class EncodeUnit(beam.DoFn):
+    """Read unit -> per chunk: gzip TFRecord members per (split, shard), quarantine lines and
+    accounting. The unit is read (again) here rather than receiving validated chunks from an
+    earlier step: re-reading costs less than moving every row through the runner."""
 
     def __init__(self, plan: JobPlan):
         super().__init__()
@@ -657,7 +670,11 @@ class EncodeChunk(beam.DoFn):
             self._state = (encoders, ExampleEncoder(cols), payload["head_users"], schema)
         return self._state
 
-    def process(self, chunk: ValidatedChunk, payload, cuts=None) -> Iterable[tuple]:
+    def process(self, item, payload, cuts=None) -> Iterable[tuple]:
+        for chunk in read_chunks(item, self.plan):
+            yield from self.encode_chunk(chunk, payload, cuts)
+
+    def encode_chunk(self, chunk: ValidatedChunk, payload, cuts=None) -> Iterable[tuple]:
         encoders, example, head, schema = self._setup(payload)
         names, n_sh = self.plan.splits, self.plan.config.num_shards
         split = _assign(chunk.split_code, chunk.time, cuts)
@@ -888,35 +905,30 @@ _CUTS_FILE, _PAYLOAD_FILE = "_cuts.pkl", "_payload.pkl"
 def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=None, payload=None):
     """Add the job's transforms to Beam pipeline ``p`` (outputs under ``root``).
 
+    Every step that needs rows reads its read units itself (time sample, train statistics,
+    encoding); only small partials and compressed shard members travel between steps.
     One pipeline by default: the time cut points and the Features reach later steps as
-    side inputs. With ``until`` / ``cuts`` / ``payload`` the same transforms run as
-    passes (see :data:`RUNNERS_WITHOUT_SIDE_INPUTS`): a pass stops after writing its
-    result, and the next pass gets it as a constant instead of a side input.
+    side inputs. With ``until`` / ``cuts`` / ``payload`` the same transforms run as passes
+    (see :data:`RUNNERS_WITHOUT_SIDE_INPUTS`): a pass stops after writing its result, and
+    the next pass gets it as a constant instead of a side input.
     """
     from apache_beam.pvalue import AsSingleton
 
     cfg = plan.config
     single = until == PASS_ENCODE and payload is None and (cuts is None or not plan.by_time)
-    emit = {PASS_CUTS: ["time"], PASS_STATS: ["chunk", "stats"], PASS_ENCODE: ["chunk", "time", "stats"]}[until]
-    if payload is not None:
-        emit = ["chunk"]
     units = (p | "Files" >> beam.Create(plan.tasks())
              | "PlanUnits" >> beam.FlatMap(_plan_file, cfg.input.format)
              | "SpreadUnits" >> beam.Reshuffle())
-    read = units | "ReadValidate" >> beam.FlatMap(ReadValidate(plan, emit))
-    chunks = read | "Chunks" >> beam.FlatMap(_kind("chunk"))
     if plan.by_time and cuts is None:
-        cuts_pc = (_merge(read | "TimeSamples" >> beam.FlatMap(_kind("time")), "MergeTimeSample", SampleFn(), single)
+        cuts_pc = (_merge(units | "TimeSamples" >> beam.FlatMap(time_samples, plan), "MergeTimeSample",
+                          SampleFn(), single)
                    | "CutPoints" >> beam.Map(time_cuts, cfg.split.ratios))
         if until == PASS_CUTS:
             _ = cuts_pc | "SaveCuts" >> beam.Map(_write_pickle, os.path.join(root, _CUTS_FILE))
             return
         cuts = AsSingleton(cuts_pc)
     if payload is None:
-        if plan.by_time:
-            partials = chunks | "TrainStats" >> beam.Map(_time_train_stats, plan, cuts)
-        else:
-            partials = read | "TrainStatsPartials" >> beam.FlatMap(_kind("stats"))
+        partials = units | "TrainStats" >> beam.FlatMap(train_stats, plan, cuts)
         payload_pc = (_merge(partials, "MergeTrainStats", TrainStatsFn(), single)
                       | "BuildFeatures" >> beam.Map(build_payload, plan))
         if until == PASS_STATS:
@@ -926,7 +938,7 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
     else:
         payload_pc = p | "Payload" >> beam.Create([payload])
         payload_arg = payload
-    encoded = chunks | "Encode" >> beam.ParDo(EncodeChunk(plan), payload_arg, cuts)
+    encoded = units | "Encode" >> beam.ParDo(EncodeUnit(plan), payload_arg, cuts)
     n_sh = cfg.num_shards
     all_groups = p | "AllShards" >> beam.Create([(g, None) for g in range(len(plan.splits) * n_sh)])
     shards = ((encoded | "Shards" >> beam.FlatMap(_kind("shard")), all_groups) | "WithEmpty" >> beam.Flatten()
@@ -944,11 +956,6 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
     _ = ((shards, quarantine, accounting, schema_done) | "Outputs" >> beam.Flatten()
          | "Collect" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
          | "Manifest" >> beam.Map(write_manifest, root))
-
-
-def _time_train_stats(chunk: ValidatedChunk, plan: JobPlan, cuts) -> TrainStats:
-    train = _assign(chunk.split_code, chunk.time, cuts) == plan.train_index
-    return chunk_train_stats(chunk, train, plan.needs, plan.list_features)
 
 
 # =============================================================================================

@@ -96,6 +96,9 @@ def _in_process_cluster(workers: int = 2, ps: int = 1):
             "ps": [f"localhost:{p}" for p in ports[workers:]]}
     cluster = tf.train.ClusterSpec(spec)
     cfg = tf.compat.v1.ConfigProto()
+    # each worker server needs a thread per concurrent step plus one, or the in-process
+    # cluster deadlocks on machines with fewer cores than workers + 1
+    cfg.inter_op_parallelism_threads = max(os.cpu_count() or 1, workers + 1)
     for job, n in (("worker", workers), ("ps", ps)):
         for i in range(n):
             tf.distribute.Server(cluster, job_name=job, task_index=i, protocol="grpc", config=cfg, start=True)

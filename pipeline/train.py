@@ -245,8 +245,11 @@ def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False)
     if is_ps and steps is None:
         raise ConfigError("strategy parameter_server needs steps_per_epoch (the input repeats)")
     t0 = time.time()
-    history = model.fit(x, epochs=cfg.epochs, steps_per_epoch=steps,
-                        validation_data=valid_ds if is_ps else None,
+    validation = {}
+    if is_ps:  # PS workers need an endless validation input and a step count (Keras AUC is used there)
+        validation = {"validation_data": valid_ds.repeat(),
+                      "validation_steps": sum(1 for _ in valid_ds)}
+    history = model.fit(x, epochs=cfg.epochs, steps_per_epoch=steps, **validation,
                         callbacks=callbacks, verbose=cfg.verbose if is_chief() else 0)
     seconds = time.time() - t0
     summary = {"run_dir": run_dir, "epochs_run": len(history.history.get("loss", [])),

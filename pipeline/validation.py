@@ -403,6 +403,11 @@ class Validator:
         u = uniform_hash(self._split_seed ^ farmhash.fingerprint64(file), rows)
         return np.minimum(np.searchsorted(self._cum, u, side="right"), len(self._cum) - 1).astype(np.int16)
 
+    def times(self, chunk: RawChunk) -> np.ndarray:
+        """The time split's column of a raw chunk as float64, NaN where missing or unparseable."""
+        column = self.config.split.time_column
+        return _as_time(chunk.columns[column], chunk.nulls[column], Problems())
+
     # ---- validation ------------------------------------------------------------------------
     def validate(self, chunk: RawChunk, key: Tuple[int, int, int], fixed_split: Optional[int] = None
                  ) -> ValidatedChunk:

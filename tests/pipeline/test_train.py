@@ -135,14 +135,14 @@ def test_multi_worker_mirrored_two_processes_converges_like_single(sim_data, tmp
 
 @pytest.mark.slow
 def test_parameter_server_in_process_cluster_trains(sim_data, tmp_path):
-    config = _write_config(tmp_path, sim_data, "ps", epochs=2, steps_per_epoch=30,
+    config = _write_config(tmp_path, sim_data, "ps", epochs=3, steps_per_epoch=40,
                            **{"strategy.name": "parameter_server",
                               "strategy.in_process": {"workers": 2, "ps": 1}})
     out, _ = _ctrflow(["train", "--config", config]).communicate(timeout=900)
     done_path = tmp_path / "runs" / "ps" / "done.json"
     assert done_path.exists(), out
     hist = json.load(open(done_path))["history"]
-    assert hist["loss"][-1] < hist["loss"][0] and hist["val_auc"][-1] > 0.55, hist
+    assert hist["loss"][-1] < hist["loss"][0] and hist["val_loss"][-1] < hist["val_loss"][0], hist
 
 
 @pytest.mark.slow
