@@ -79,6 +79,7 @@ class Backbone(tf.keras.layers.Layer):
     registered_name = "backbone"
     defaults: Dict[str, Any] = {}
     branch_names: Optional[Tuple[str, str]] = None
+    uses_linear = False  # reads EmbeddedFields.linear (the first-order terms)
 
     def __init__(self, num_fields: int, embedding_dim: int, name=None, trainable=True, dtype=None, **options):
         unknown = sorted(set(options) - set(self.defaults))
@@ -147,8 +148,11 @@ class Backbone(tf.keras.layers.Layer):
         if emb.fields.shape[1] != self.num_fields:
             raise ValueError(f"backbone '{self.registered_name}' was built for {self.num_fields} fields, "
                              f"got field embeddings of shape {emb.fields.shape}")
+        if self.uses_linear and emb.linear is None:
+            raise ValueError(f"backbone '{self.registered_name}' needs first-order terms: build the "
+                             f"FeatureEmbedding with linear=True")
         dt = self.compute_dtype
-        return EmbeddedFields(tf.cast(emb.fields, dt), tf.cast(emb.linear, dt))
+        return EmbeddedFields(tf.cast(emb.fields, dt), tf.cast(emb.linear, dt) if self.uses_linear else None)
 
     def get_config(self):
         return {**super().get_config(), "num_fields": self.num_fields, "embedding_dim": self.embedding_dim,
@@ -160,6 +164,8 @@ class Backbone(tf.keras.layers.Layer):
 class LR(Backbone):
     """Logistic regression on the first-order terms: logit = b + sum_i w_i; repr = the terms."""
 
+    uses_linear = True
+
     def _build_layers(self):
         self.first_order = L.FirstOrder(name="first_order")
 
@@ -169,6 +175,8 @@ class LR(Backbone):
 
 class _PairwiseBackbone(Backbone):
     """logit = b + sum_i w_i + sum over d of a pairwise interaction vector (the repr)."""
+
+    uses_linear = True
 
     def _interaction(self) -> tf.keras.layers.Layer:
         raise NotImplementedError
@@ -325,6 +333,8 @@ class WideDeep(_WithDNN):
     """Wide & Deep (Cheng et al., DLRS'16, Eq. 3): LR on the first-order terms + DNN, logits summed.
     (The wide part has no hand-made cross-product features: the schema carries none.)"""
 
+    uses_linear = True
+
     branch_names = ("wide", "dnn")
 
     def _build_explicit(self):
@@ -337,6 +347,8 @@ class WideDeep(_WithDNN):
 @register_backbone("deepfm")
 class DeepFM(_WithDNN):
     """DeepFM (Guo et al., IJCAI'17, Eq. 1-3): FM (first order + pairwise) + DNN, logits summed."""
+
+    uses_linear = True
 
     branch_names = ("fm", "dnn")
 
@@ -352,6 +364,8 @@ class DeepFM(_WithDNN):
 @register_backbone("xdeepfm")
 class XDeepFM(_WithDNN):
     """xDeepFM (Lian et al., KDD'18, Eq. 9): linear + CIN + DNN, logits summed."""
+
+    uses_linear = True
 
     defaults = {**DNN_DEFAULTS, "cin_layer_sizes": (200, 200, 200), "cin_split_half": True,
                 "cin_activation": None}

@@ -20,7 +20,7 @@ from models.embedding import FeatureEmbedding, plan_fields
 from models.layers import plain
 
 _EMBEDDING_OPTIONS = sorted(set(inspect.signature(FeatureEmbedding.__init__).parameters)
-                            - {"self", "schema_dict", "embedding_dim", "name", "kw"})
+                            - {"self", "schema_dict", "embedding_dim", "linear", "name", "kw"})
 
 
 @tf.keras.utils.register_keras_serializable("ctrflow")
@@ -43,8 +43,10 @@ class CTRModel(tf.keras.Model):
         self.backbone_name, self.embedding_dim = backbone, int(embedding_dim)
         self.backbone_options, self.embedding_options = dict(backbone_options or {}), embedding_options
         num_fields = len(plan_fields(schema_dict, embedding_options.get("features")))
-        width = backbone_class(backbone).input_embedding_dim(num_fields, self.embedding_dim)
-        self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, name="embedding", **embedding_options)
+        cls = backbone_class(backbone)
+        width = cls.input_embedding_dim(num_fields, self.embedding_dim)
+        self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
+                                          name="embedding", **embedding_options)
         self.backbone = get_backbone(backbone, num_fields, self.embedding_dim,
                                      **self.backbone_options)
         self.heads = {}

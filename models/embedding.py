@@ -19,6 +19,8 @@ sequence_float     not a field (a later module, e.g. TIM, reads it directly)
 
 The first-order term of a field is the same construction with a width-1 table (w_id,
 w * value, a 1-unit projection): the linear part of LR / FM / WideDeep / DeepFM / FwFM.
+``linear=False`` builds none of it (``EmbeddedFields.linear`` is None) for backbones
+that do not read it: no unused weights, no wasted lookups in the hot path.
 
 Ids follow the schema contract: 0 = padding/missing, 1 = OOV, table size
 ``feature.num_ids``; ids outside ``[0, num_ids)`` are looked up as OOV (a serving-time
@@ -47,7 +49,7 @@ from features.schema import OOV_ID, PAD_ID, Feature, Schema, SchemaError
 from models.layers import plain
 
 EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear"])
-EmbeddedFields.__doc__ = "fields [B, F, d] (compute dtype) and first-order terms linear [B, F]."
+EmbeddedFields.__doc__ = "fields [B, F, d] (compute dtype) and first-order terms linear [B, F] (or None)."
 
 # encoding type -> how its fields are built (None: not an embedding field)
 ENCODING_FIELD_KINDS = {
@@ -139,7 +141,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     def __init__(self, schema_dict: dict, embedding_dim: int = 16, dims: Optional[Dict[str, int]] = None,
                  features: Optional[List[str]] = None, num_tables: int = 1, l2_reg: float = 0.0,
                  pooling: Optional[Dict[str, str]] = None, initializer_stddev: float = 0.01,
-                 name=None, **kw):
+                 linear: bool = True, name=None, **kw):
         super().__init__(name=name, **kw)
         self.schema_dict = schema_dict
         self.schema = Schema.from_dict(schema_dict)
@@ -154,6 +156,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
             raise ValueError(f"num_tables must be >= 1, got {num_tables}")
         self.l2_reg = float(l2_reg)
         self.initializer_stddev = float(initializer_stddev)
+        self.linear = bool(linear)
         self.dims = {k: int(v) for k, v in (dims or {}).items()}
         self.pooling = dict(pooling or {})
         self._check_overrides()
@@ -211,15 +214,17 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 w: Dict[str, object] = {}
                 if kind == "project":
                     w["project"] = tf.keras.layers.Dense(self.embedding_dim, name=f"{prefix}_project")
-                    w["linear"] = tf.keras.layers.Dense(1, use_bias=False, name=f"{prefix}_linear")
                     w["project"].build((None, f.width))
-                    w["linear"].build((None, f.width))
+                    if self.linear:
+                        w["linear"] = tf.keras.layers.Dense(1, use_bias=False, name=f"{prefix}_linear")
+                        w["linear"].build((None, f.width))
                 else:
                     rows = 1 if kind == "scale" else f.num_ids
                     w["embedding"] = self.add_weight(name=f"{prefix}_embedding", shape=(rows, dim),
                                                      initializer=self._initializer())
-                    w["linear"] = self.add_weight(name=f"{prefix}_linear", shape=(rows, 1),
-                                                  initializer="zeros")
+                    if self.linear:
+                        w["linear"] = self.add_weight(name=f"{prefix}_linear", shape=(rows, 1),
+                                                      initializer="zeros")
                     if dim != self.embedding_dim:
                         w["to_dim"] = tf.keras.layers.Dense(self.embedding_dim, use_bias=False,
                                                             name=f"{prefix}_to_dim")
@@ -247,7 +252,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
             batch = tf.cast(tf.shape(fields[0])[0], tf.float32)
             self.add_loss(self.l2_reg * tf.add_n([tf.reduce_sum(tf.square(tf.cast(r, tf.float32)))
                                                   for r in looked_up]) / batch)
-        return EmbeddedFields(tf.stack(fields, axis=1), tf.concat(linear, axis=1))
+        return EmbeddedFields(tf.stack(fields, axis=1), tf.concat(linear, axis=1) if self.linear else None)
 
     def sequence_embeddings(self, inputs: dict, name: str, table: int = 0) -> Tuple[tf.Tensor, tf.Tensor]:
         """Un-pooled rows [B, L, d] of an integer sequence / multi-valued feature and its
@@ -274,12 +279,13 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         return x
 
     def _rows(self, name: str, ids: tf.Tensor, w: dict) -> tf.Tensor:
-        """Embedding rows [B, W, dim] and first-order weights [B, W] of integer ids [B, W];
-        out-of-range ids read as OOV."""
+        """Embedding rows [B, W, dim] and first-order weights [B, W] (None without ``linear``)
+        of integer ids [B, W]; out-of-range ids read as OOV."""
         num_ids = self.schema.feature(name).num_ids
         ids = tf.cast(ids, tf.int64)
         ids = tf.where((ids < 0) | (ids >= num_ids), tf.constant(OOV_ID, tf.int64), ids)
-        return tf.gather(w["embedding"], ids), tf.gather(w["linear"], ids)[..., 0]
+        lin = tf.gather(w["linear"], ids)[..., 0] if self.linear else None
+        return tf.gather(w["embedding"], ids), lin
 
     def _to_dim(self, rows: tf.Tensor, w: dict) -> tf.Tensor:
         rows = tf.cast(rows, self.compute_dtype)
@@ -289,30 +295,36 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         """[(field [B, d], linear [B, 1]), ...] of one feature, one pair per field."""
         kind = self._feature_kind(name)
         cdt = self.compute_dtype
+        lin_on = self.linear
         if kind == "project":
             x = tf.cast(x, cdt)
-            return [(w["project"](x), w["linear"](x))]
+            return [(w["project"](x), w["linear"](x) if lin_on else None)]
         if kind == "scale":  # identity: value * v, value * w
             x = tf.cast(x, cdt)
-            return [(self._to_dim(x * tf.cast(w["embedding"], cdt), w), x * tf.cast(w["linear"][0], cdt))]
-        rows, lin = self._rows(name, x, w)  # [B, W, dim], [B, W]
+            return [(self._to_dim(x * tf.cast(w["embedding"], cdt), w),
+                     x * tf.cast(w["linear"][0], cdt) if lin_on else None)]
+        rows, lin = self._rows(name, x, w)  # [B, W, dim], [B, W] or None
         looked_up.append(rows)
-        rows, lin = tf.cast(rows, cdt), tf.cast(lin, cdt)
+        rows = tf.cast(rows, cdt)
+        lin = tf.cast(lin, cdt) if lin_on else None
         if kind == "pooled":
             mask = tf.cast(tf.not_equal(x, PAD_ID), cdt)  # [B, W]
             emb = tf.reduce_sum(rows * mask[..., None], axis=1)
-            lin = tf.reduce_sum(lin * mask, axis=1, keepdims=True)
+            lin = tf.reduce_sum(lin * mask, axis=1, keepdims=True) if lin_on else None
             if self.pooling.get(name, "mean") == "mean":
                 count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-                emb, lin = emb / count, lin / count
+                emb = emb / count
+                lin = lin / count if lin_on else None
             return [(self._to_dim(emb, w), lin)]
         out = []  # lookup (one column) and mnse (Eq. 2: sum over each system's columns)
         for spec in (s for s in self.specs if s.feature == name):
             emb = tf.reduce_sum(rows[:, spec.start:spec.stop], axis=1)
-            out.append((self._to_dim(emb, w), tf.reduce_sum(lin[:, spec.start:spec.stop], axis=1, keepdims=True)))
+            first = tf.reduce_sum(lin[:, spec.start:spec.stop], axis=1, keepdims=True) if lin_on else None
+            out.append((self._to_dim(emb, w), first))
         return out
 
     def get_config(self):
         return {**super().get_config(), "schema_dict": plain(self.schema_dict), "embedding_dim": self.embedding_dim,
                 "dims": plain(self.dims), "features": plain(self.features), "num_tables": self.num_tables,
-                "l2_reg": self.l2_reg, "pooling": plain(self.pooling), "initializer_stddev": self.initializer_stddev}
+                "l2_reg": self.l2_reg, "pooling": plain(self.pooling), "initializer_stddev": self.initializer_stddev,
+                "linear": self.linear}

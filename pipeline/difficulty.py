@@ -18,6 +18,8 @@ encoders' logits, ``grad_norm_zs`` / ``grad_norm_zc`` (logged by the tf4ctr fram
     grad_norms.png           the per-batch curves over the run (Fig. 5)
 
 A resumed run (BackupAndRestore) keeps the records of the epochs before the one it resumes.
+:func:`compare_runs` draws several runs' analyses side by side (DualMLP vs TF4CTR, Fig. 10;
+L_ctr + L_TF vs L_ctr alone, Fig. 5).
 """
 from __future__ import annotations
 
@@ -120,7 +122,10 @@ class SampleDifficulty(tf.keras.callbacks.Callback):
         if any(len(epoch) for epoch in self.grad_norms["grad_norm_zs"]):
             with open(os.path.join(self.out_dir, "grad_norms.json"), "w") as fh:
                 json.dump(self.grad_norms, fh)
-            plot_grad_norms(os.path.join(self.out_dir, "grad_norms.png"), self.grad_norms)
+            plot_grad_norms(os.path.join(self.out_dir, "grad_norms.png"),
+                            {"simple encoder z_s": self.grad_norms["grad_norm_zs"],
+                             "complex encoder z_c": self.grad_norms["grad_norm_zc"]},
+                            "mean per-sample gradient norm reaching each encoder's logit")
 
 
 def _save(fig: Figure, path: str) -> None:
@@ -146,22 +151,73 @@ def plot_difficulty(path: str, records: Sequence[dict], title: str) -> None:
     _save(fig, path)
 
 
-def plot_grad_norms(path: str, grad_norms: Dict[str, List[List[float]]]) -> None:
-    """Per-batch |dl/dz_s| and |dl/dz_c| over the run, epoch boundaries dashed (Fig. 5)."""
+def plot_grad_norms(path: str, series: Dict[str, List[List[float]]], title: str) -> None:
+    """Per-batch curves (one per series: its values per epoch) over the run, epoch
+    boundaries dashed (Fig. 5)."""
     fig = Figure(figsize=(8, 4))
     ax = fig.add_subplot()
-    for key, label in zip(GRAD_KEYS, ("simple encoder z_s", "complex encoder z_c")):
-        values = [v for epoch in grad_norms[key] for v in epoch]
+    for label, epochs in series.items():
+        values = [v for epoch in epochs for v in epoch]
         ax.plot(np.arange(1, len(values) + 1), values, label=label, lw=1)
     boundary = 0
-    for epoch in grad_norms[GRAD_KEYS[0]][:-1]:
+    for epoch in next(iter(series.values()))[:-1]:
         boundary += len(epoch)
         ax.axvline(boundary + 0.5, ls="--", color="grey", lw=0.8)
-    ax.set(title="mean per-sample gradient norm reaching each encoder's logit", xlabel="training batch",
-           ylabel="mean |dl/dz|")
+    ax.set(title=title, xlabel="training batch", ylabel="mean |dl/dz|")
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
+
+
+def plot_difficulty_comparison(path: str, runs: Dict[str, Sequence[dict]], title: str) -> None:
+    """Several runs' per-epoch counts of one split: a panel per (class, category), a line
+    per run (Fig. 10's DualMLP vs TF4CTR)."""
+    fig = Figure(figsize=(12, 6))
+    axes = fig.subplots(2, 3)
+    for row, cls in enumerate(("positive", "negative")):
+        for col, cat in enumerate(CATEGORIES):
+            ax = axes[row][col]
+            for name, records in runs.items():
+                ax.plot([r["epoch"] for r in records], [r[cls][cat] for r in records], marker="o", label=name)
+            ax.set(title=f"{cls}: {cat.replace('_', ' ')}", xlabel="epoch", ylabel="samples")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def compare_runs(run_dirs: Dict[str, str], out_dir: str) -> List[str]:
+    """Side-by-side plots of several runs' analyses (``{label: run_dir}``):
+    ``difficulty_<split>.png`` for every split they share and ``grad_norms.png`` of the
+    runs that logged grad norms. Returns the files written."""
+    analyses = {}
+    for name, run_dir in run_dirs.items():
+        path = os.path.join(run_dir, "analysis", "difficulty.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"run '{run_dir}' has no {path}: train it with the difficulty analysis")
+        with open(path) as fh:
+            analyses[name] = json.load(fh)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    common = set.intersection(*(set(a) - {"task", "thresholds"} for a in analyses.values()))
+    for split in sorted(common):
+        path = os.path.join(out_dir, f"difficulty_{split}.png")
+        task = next(iter(analyses.values()))["task"]
+        plot_difficulty_comparison(path, {n: a[split] for n, a in analyses.items()},
+                                   f"{task} on '{split}': samples by difficulty per epoch")
+        written.append(path)
+    series = {}
+    for name, run_dir in run_dirs.items():
+        path = os.path.join(run_dir, "analysis", "grad_norms.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                norms = json.load(fh)
+            series.update({f"{name}: {label}": norms[k] for k, label in zip(GRAD_KEYS, ("z_s", "z_c"))})
+    if series:
+        path = os.path.join(out_dir, "grad_norms.png")
+        plot_grad_norms(path, series, "mean per-sample gradient norm reaching each encoder's logit")
+        written.append(path)
+    return written
 
 
 def analysis_callbacks(cfg, run_dir: str, tasks: List[str]) -> List[tf.keras.callbacks.Callback]:

@@ -351,11 +351,13 @@ def _json_chunk(unit: ReadUnit, offset: int, rows: List[dict], columns, list_col
 
 
 def _python_scalars(vals: list):
-    """Typed numpy + null mask: int64 when every value is an int, float64 when every
-    value is a number, else an object array (validation parses it)."""
+    """Typed numpy + null mask: bool / int64 / float64 when every value is a bool / an int /
+    a number, else an object array (validation parses it)."""
     null = np.fromiter((v is None for v in vals), dtype=bool, count=len(vals))
     present = [v for v in vals if v is not None]
     kinds = {type(v) for v in present}
+    if kinds == {bool}:
+        return np.array([bool(v) for v in vals], dtype=bool), null
     if kinds and kinds <= {int} and all(-(1 << 63) <= v < (1 << 63) for v in present):
         return np.array([0 if v is None else v for v in vals], dtype=np.int64), null
     if kinds and kinds <= {int, float}:

@@ -12,7 +12,8 @@ word in a numeric column, 3.5 in an int64 column, a non-list in a list column),
 of sequence_float / dense lists included, whereas *null* list elements are just
 dropped), ``not_binary`` (label not 0 or 1), ``wrong_length`` (dense list length !=
 ``dim``), ``negative_weight``, ``bad_source`` (not ad / rec / 1 / 0),
-``unknown_split`` (given split name not in ``split.ratios``).
+``unknown_split`` (given split name not in ``split.ratios``); the job adds
+``encode_error`` for a value an encoder rejects despite validation.
 
 Canonical columns handed to the encoders (good rows only):
 
@@ -20,10 +21,11 @@ Canonical columns handed to the encoders (good rows only):
   int64 likewise when the raw column holds integers, else the keys of
   :func:`features.encoders.categorical_keys` (object, ``""`` = missing) — the same
   keys the vocabularies count; bools become 0 / 1;
-* numeric -> float64 with NaN for missing;
-* sequences / dense -> :class:`pipeline.raw_io.ListColumn` of canonical elements with
-  null elements dropped;
-* labels -> float32; meta -> int64 / float32 (see :data:`META_DTYPES`).
+* numeric -> float64 with NaN for missing, rounded through float32 for float32
+  features (as the encoders round), so train statistics match what is encoded;
+* sequences / dense -> :class:`pipeline.raw_io.ListColumn` of canonical elements
+  (float32 for float32 features), null elements dropped (dense: kept as NaN -> 0.0);
+* labels -> float32; meta -> int64 / float32 (extra meta dtypes: :data:`META_DTYPES`).
 
 Meta columns: ``user_key`` = the raw user id when it is an integer (or an integer
 string), else FarmHash Fingerprint64 of its UTF-8 key as int64; ``source`` = 1 for
@@ -49,8 +51,6 @@ USER_KEY = "user_key"
 USER_GROUP = "user_group"
 SOURCE = "source"
 META_DTYPES = ("int64", "float32", "string")
-REASONS = ("missing_required", "wrong_type", "nan", "inf", "not_binary", "wrong_length",
-           "negative_weight", "bad_source", "unknown_split", "encode_error")
 SPLIT_BY_TIME = -2  # split code of a row whose split the time cut points decide
 UNASSIGNED = -1  # split code of a row whose split cannot be known (bad split column)
 
@@ -85,7 +85,6 @@ class ValidatedChunk:
     split_code: np.ndarray  # int16 per good row (>= 0 split index, SPLIT_BY_TIME, UNASSIGNED)
     time: Optional[np.ndarray]  # float64 per good row (time split only)
     quarantine: List[dict]
-    rows_in: int
 
     @property
     def num_rows(self) -> int:
@@ -251,6 +250,11 @@ def _as_keys(values: np.ndarray, null: np.ndarray, probs: Problems) -> np.ndarra
     return keys
 
 
+def _missing_keys(keys: np.ndarray) -> np.ndarray:
+    """Missing entries of canonical keys: "" (object keys) or INT_MISSING (int64 keys)."""
+    return keys == "" if keys.dtype == object else keys == INT_MISSING
+
+
 def _keys_to_int64(keys: np.ndarray) -> np.ndarray:
     """User / meta keys -> int64: integer keys as themselves, others FarmHash Fingerprint64."""
     if keys.dtype.kind == "i":
@@ -301,17 +305,14 @@ def _list_elements(col: ListColumn, spec: FeatureSpec, probs_rows: Problems) -> 
     sub = Problems()
     if etype == "sequence_vocab":
         vals = (_as_integers if spec.dtype == "int64" else _as_keys)(col.values, col.null_values, sub)
-        if vals.dtype == object:
-            missing = vals == ""
-        else:
-            missing = vals == INT_MISSING
+        missing = _missing_keys(vals)
     else:
         vals = _as_numbers(col.values, col.null_values, sub, float32=spec.dtype == "float32")
         if spec.dtype == "float32":  # the encoders round through float32 anyway: half the bytes
             vals = vals.astype(np.float32)
-        if spec.dtype == "int64":
-            tmp = np.full(len(vals), INT_MISSING, np.int64)
-            _integral_floats(vals, np.isnan(vals), sub, tmp, skip=_flagged(sub, len(vals)))
+        if spec.dtype == "int64":  # flags non-integral values
+            _integral_floats(vals, np.isnan(vals), sub, np.full(len(vals), INT_MISSING, np.int64),
+                             skip=_flagged(sub, len(vals)))
         missing = col.null_values
     row_of = np.repeat(np.arange(n), col.lengths)
     for mask, reason in sub.items:  # element problems -> row problems
@@ -438,7 +439,7 @@ class Validator:
                 canon[check.out] = np.nan_to_num(x).astype(np.float32)
             elif check.kind == "user":
                 keys = _as_keys(values, null, probs)
-                probs.add(null, "missing_required")
+                probs.add(null | _missing_keys(keys), "missing_required")
                 canon[check.out] = _keys_to_int64(keys)
             elif check.kind == "source":
                 canon[check.out] = _as_source(values, null, probs)
@@ -458,13 +459,13 @@ class Validator:
         for _, mask, _ in problems:
             bad |= mask
         if not bad.any():
-            return ValidatedChunk(key, chunk.file, rows, canon, split_code, time, [], n)
+            return ValidatedChunk(key, chunk.file, rows, canon, split_code, time, [])
         good = np.flatnonzero(~bad)
         return ValidatedChunk(
             key=key, file=chunk.file, rows=rows[good],
             columns={k: _take(v, good) for k, v in canon.items()},
             split_code=split_code[good], time=None if time is None else time[good],
-            quarantine=self._records(chunk, rows, bad, problems, split_code, time), rows_in=n)
+            quarantine=self._records(chunk, rows, bad, problems, split_code, time))
 
     def _feature(self, spec: FeatureSpec, values, null, probs: Problems):
         etype = spec.encoding.get("type")
@@ -478,14 +479,16 @@ class Validator:
             return col
         if etype in ("vocab", "hash"):
             out = (_as_integers if spec.dtype == "int64" else _as_keys)(values, null, probs)
-        else:
-            out = _as_numbers(values, null, probs, float32=spec.dtype == "float32")
-            if spec.dtype == "float32":  # round as the encoders do, so statistics match encoding
-                with np.errstate(over="ignore"):
-                    out = out.astype(np.float32).astype(np.float64)
-            if spec.dtype == "int64":
-                tmp = np.full(len(out), INT_MISSING, np.int64)
-                _integral_floats(out, np.isnan(out), probs, tmp, skip=_flagged(probs, len(out)))
+            if spec.required:  # an empty string is a missing key (as the encoders see it)
+                probs.add(null | _missing_keys(out), "missing_required")
+            return out
+        out = _as_numbers(values, null, probs, float32=spec.dtype == "float32")
+        if spec.dtype == "float32":  # round as the encoders do, so statistics match encoding
+            with np.errstate(over="ignore"):
+                out = out.astype(np.float32).astype(np.float64)
+        if spec.dtype == "int64":  # flags non-integral values
+            _integral_floats(out, np.isnan(out), probs, np.full(len(out), INT_MISSING, np.int64),
+                             skip=_flagged(probs, len(out)))
         if spec.required:
             probs.add(null, "missing_required")
         return out

@@ -199,3 +199,27 @@ def test_config_round_trip():
     clone(batch())
     clone.set_weights(layer.get_weights())
     np.testing.assert_array_equal(clone(batch(), table=1).fields.numpy(), out.fields.numpy())
+
+
+def test_linear_false_builds_no_first_order_weights_and_same_fields():
+    with_linear = FeatureEmbedding(schema(), embedding_dim=4)
+    without = FeatureEmbedding(schema(), embedding_dim=4, linear=False)
+    a, b = with_linear(batch()), without(batch())
+    assert b.linear is None
+    assert not [w for w in without.weights if "linear" in w.name]
+    assert len(without.weights) < len(with_linear.weights)
+    # the field rows are the same construction: copy the shared weights and compare
+    shared = {w.name.split("/", 1)[1]: w for w in with_linear.weights if "linear" not in w.name}
+    for w in without.weights:
+        w.assign(shared[w.name.split("/", 1)[1]])
+    np.testing.assert_allclose(without(batch()).fields.numpy(), a.fields.numpy(), atol=1e-7)
+
+
+def test_ctr_model_builds_first_order_terms_only_for_backbones_that_read_them():
+    from models.ctr_model import CTRModel
+
+    dnn = CTRModel(schema(), ["click"], backbone="dnn", backbone_options={"dnn_units": [8]}, embedding_dim=4)
+    fm = CTRModel(schema(), ["click"], backbone="fm", embedding_dim=4)
+    dnn(batch()), fm(batch())
+    assert not [w for w in dnn.weights if "_linear" in w.name]
+    assert [w for w in fm.weights if "_linear" in w.name]

@@ -11,7 +11,7 @@ import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 from models.factory import build_model
-from pipeline.difficulty import SampleDifficulty, analysis_callbacks, difficulty_counts
+from pipeline.difficulty import SampleDifficulty, analysis_callbacks, compare_runs, difficulty_counts
 from pipeline.train import ModelConfig, TrainConfig, predict_labels
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "models"))
@@ -65,6 +65,12 @@ def test_callback_writes_counts_and_grad_norms(tmp_path):
     assert [len(e) for e in norms["grad_norm_zs"]] == [4, 4] and [len(e) for e in norms["grad_norm_zc"]] == [4, 4]
     assert all(v > 0 for e in norms["grad_norm_zs"] for v in e)
     assert (out / "grad_norms.png").stat().st_size > 0
+    # side by side with another run (here: itself), as for DualMLP vs TF4CTR
+    written = compare_runs({"a": str(tmp_path), "b": str(tmp_path)}, str(tmp_path / "cmp"))
+    assert sorted(os.path.basename(w) for w in written) == ["difficulty_test.png", "difficulty_valid.png",
+                                                            "grad_norms.png"]
+    with pytest.raises(FileNotFoundError, match="difficulty analysis"):
+        compare_runs({"a": str(tmp_path / "cmp")}, str(tmp_path / "cmp2"))
 
 
 def test_resumed_run_keeps_earlier_epochs(tmp_path):
