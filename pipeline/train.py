@@ -76,6 +76,7 @@ class TrainConfig:
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
     mixed_precision: bool = False
     jit_compile: bool = False
+    steps_per_execution: int = 1  # training steps per tf.function call (less Python overhead)
     train_split: str = "train"
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
@@ -235,8 +236,8 @@ def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False)
         model.compile(optimizer=make_optimizer(cfg.optimizer), loss=make_losses(cfg, tasks),
                       metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
                       jit_compile=cfg.jit_compile,
-                      steps_per_execution=1)
-    callbacks = _callbacks(cfg, run_dir, valid_ds, tasks, use_exact=not is_ps)
+                      steps_per_execution=cfg.steps_per_execution)
+    callbacks = _callbacks(cfg, run_dir, valid_ds, tasks, is_ps=is_ps)
     if is_ps:
         x = tf.keras.utils.experimental.DatasetCreator(train_ds)
     else:
@@ -272,9 +273,10 @@ def _with_shard_policy(ds, cfg):
     return ds.with_options(options)
 
 
-def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, use_exact: bool):
+def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool):
     es = cfg.early_stopping
-    cbs: List[tf.keras.callbacks.Callback] = [BatchNanGuard() if use_exact else NanGuard()]
+    cbs: List[tf.keras.callbacks.Callback] = [NanGuard() if is_ps else BatchNanGuard()]
+    use_exact = not is_ps  # exact validation predicts in-process; PS workers validate with Keras' AUC
     if use_exact:
         cbs.append(ExactValidation(valid_ds, tasks))
     monitor = es.monitor if use_exact else _keras_monitor(tasks)
