@@ -10,6 +10,7 @@
         tensorboard/     TensorBoard logs
         history.csv      per-epoch training log
         done.json        written last: the run completed
+        workers/<task>/  logs of the non-chief workers of a multi-worker run
         metrics.json, report.md, *.png   from ``ctrflow evaluate``
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 
 from features.schema import Schema
 from pipeline.config import ConfigError
+from pipeline.strategy import is_chief, task_name
 
 
 def git_commit() -> str:
@@ -44,6 +46,8 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     """Create (or reopen, to resume) the run directory and record what defines the run."""
     name = cfg.run_name or f"{config_name}-seed{cfg.seed}"
     run_dir = os.path.abspath(os.path.join(cfg.runs_dir, name))
+    if not is_chief():  # other workers of a multi-worker run keep their logs apart from the chief's
+        run_dir = os.path.join(run_dir, "workers", task_name())
     if os.path.exists(os.path.join(run_dir, "done.json")):
         if not overwrite:
             raise ConfigError(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")

@@ -66,12 +66,23 @@ def auto_shard_policy(cfg: StrategyConfig):
             "auto": tf.data.experimental.AutoShardPolicy.AUTO}[cfg.shard_policy]
 
 
+def _tf_config() -> Dict[str, Any]:
+    return json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+
+
 def is_chief() -> bool:
-    """True unless TF_CONFIG names this process a non-chief worker (index > 0)."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    task = tf_config.get("task", {})
-    return task.get("type", "worker") in ("worker", "chief") and (
-        task.get("type") == "chief" or task.get("index", 0) == 0)
+    """This process writes the run's outputs: the ``chief`` task, else worker 0, else alone."""
+    cfg = _tf_config()
+    task = cfg.get("task", {})
+    if "chief" in cfg.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and task.get("index", 0) == 0
+
+
+def task_name() -> str:
+    """``<type>-<index>`` of this process in a TF_CONFIG cluster (``worker-0`` alone)."""
+    task = _tf_config().get("task", {})
+    return f"{task.get('type', 'worker')}-{task.get('index', 0)}"
 
 
 _IN_PROCESS: Dict[Any, Any] = {}
