@@ -73,7 +73,13 @@ def export_numpy(data: str, path: str) -> None:
     np.savez(path, **arrays)
 
 
-def measure_ctrflow(data: str, model_name: str, xla: bool) -> dict:
+def _cpu() -> float:
+    """CPU seconds of this process: a load-independent cost (the machine may be shared)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -84,6 +90,7 @@ def measure_ctrflow(data: str, model_name: str, xla: bool) -> dict:
     from pipeline.train import predict_labels
 
     tf.keras.utils.set_random_seed(1)
+    tf.keras.mixed_precision.set_global_policy(precision)
     schema = Schema.load(data)
     options = {"dnn_units": UNITS}
     model = build_model(schema.to_dict(), ["click"], backbone=model_name, backbone_options=options,
@@ -91,25 +98,26 @@ def measure_ctrflow(data: str, model_name: str, xla: bool) -> dict:
     model.compile(tf.keras.optimizers.Adam(LR), loss={"click": "binary_crossentropy"}, jit_compile=xla)
     train = make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=1, labels=["click"])
     n_train = sum(int(b[1]["click"].shape[0]) for b in train)
-    times = []
+    times, cpu = [], []
     for _ in range(EPOCHS):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         model.fit(train, epochs=1, verbose=0)
         times.append(time.perf_counter() - t0)
+        cpu.append(_cpu() - c0)
     test = make_dataset(data, "test", BATCH, shuffle=False, cache=True, labels=["click"])
     predict_labels(model, test, ["click"])  # warm-up trace
     t0 = time.perf_counter()
     y, p = predict_labels(model, test, ["click"])
     pred_s = time.perf_counter() - t0
     return {"train_examples_per_s": n_train / float(np.mean(times[1:])), "first_epoch_s": times[0],
+            "train_cpu_us_per_example": float(np.mean(cpu[1:])) / n_train * 1e6,
             "predict_examples_per_s": len(y["click"]) / pred_s, "test_auc": M.auc(y["click"], p["click"]),
             "train_rows": n_train}
 
 
 def _worker(args) -> None:
-    result = {"library": args.library, "model": args.model, "xla": bool(args.xla)}
-    if args.library == "ctrflow":
-        result.update(measure_ctrflow(args.data, args.model, bool(args.xla)))
+    result = {"library": "ctrflow", "model": args.model, "xla": bool(args.xla), "precision": args.precision}
+    result.update(measure_ctrflow(args.data, args.model, bool(args.xla), args.precision))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -129,9 +137,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--deepctr-python", default=None, help="python of a virtualenv with deepctr==0.9.4")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--library", default="ctrflow", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--xla", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -140,9 +148,9 @@ def main() -> None:
     data = prepare_data(args.work, args.rows)
     results = []
     for model in args.models:
-        for xla in (0, 1):
-            results.append(_run([sys.executable, __file__, "--worker", "--library", "ctrflow", "--model", model,
-                                 "--xla", str(xla), "--data", data]))
+        for xla, precision in ((0, "float32"), (1, "float32"), (0, "mixed_bfloat16")):
+            results.append(_run([sys.executable, __file__, "--worker", "--model", model, "--xla", str(xla),
+                                 "--precision", precision, "--data", data]))
             print(json.dumps(results[-1]), flush=True)
     if args.deepctr_python:
         npz = os.path.join(args.work, "arrays.npz")
@@ -159,17 +167,19 @@ def main() -> None:
 
 
 def _table(results) -> None:
-    print("\n| library | model | XLA | train ex/s | predict ex/s | test AUC | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| library | model | XLA | precision | train ex/s | train CPU us/ex | predict ex/s | test AUC | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['library']} | {r['model']} | {'on' if r['xla'] else 'off'} | "
-              f"{r['train_examples_per_s']:,.0f} | {r['predict_examples_per_s']:,.0f} | "
-              f"{r['test_auc']:.4f} | {r['peak_rss_mb']:.0f} |")
-    base = {r["model"]: r["train_examples_per_s"] for r in results if r["library"] == "deepctr"}
+        print(f"| {r['library']} | {r['model']} | {'on' if r['xla'] else 'off'} | {r.get('precision', 'float32')} | "
+              f"{r['train_examples_per_s']:,.0f} | {r['train_cpu_us_per_example']:.1f} | "
+              f"{r['predict_examples_per_s']:,.0f} | {r['test_auc']:.4f} | {r['peak_rss_mb']:.0f} |")
+    base = {r["model"]: r for r in results if r["library"] == "deepctr"}
     for r in results:
-        if r["library"] == "ctrflow" and r["model"] in base:
-            print(f"ctrflow/{r['model']} XLA {'on' if r['xla'] else 'off'}: "
-                  f"{r['train_examples_per_s'] / base[r['model']]:.2f}x DeepCTR")
+        b = base.get(r["model"])
+        if r["library"] == "ctrflow" and b:
+            print(f"ctrflow/{r['model']} XLA {'on' if r['xla'] else 'off'} {r['precision']}: "
+                  f"{r['train_examples_per_s'] / b['train_examples_per_s']:.2f}x DeepCTR wall, "
+                  f"{b['train_cpu_us_per_example'] / r['train_cpu_us_per_example']:.2f}x DeepCTR per CPU-second")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ from pipeline.data import make_dataset
 from pipeline.strategy import StrategyConfig, auto_shard_policy, is_chief, make_strategy
 
 
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
 @dataclasses.dataclass
 class ModelConfig:
     backbone: str = "dcnv2"
@@ -74,13 +77,17 @@ class TrainConfig:
     cache: bool = True
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
-    mixed_precision: bool = False
+    precision: str = "float32"  # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, CPUs with AVX512-BF16/AMX)
     jit_compile: bool = False
     steps_per_execution: int = 1  # training steps per tf.function call (less Python overhead)
     train_split: str = "train"
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
     verbose: int = 1
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision '{self.precision}' not in {PRECISIONS}")
 
 
 class NanLossError(FloatingPointError):
@@ -214,8 +221,7 @@ def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False)
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if cfg.mixed_precision:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    tf.keras.mixed_precision.set_global_policy(cfg.precision)
     strategy = make_strategy(cfg.strategy)
     is_ps = cfg.strategy.name == "parameter_server"
 
