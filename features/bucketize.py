@@ -29,12 +29,14 @@ Methods:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import numpy as np
-import tensorflow as tf
 
 from features.schema import PAD_ID
+
+if TYPE_CHECKING:  # TF is imported lazily where it is used (serving): Beam workers never load it
+    import tensorflow as tf
 
 METHODS = ("quantile", "boundaries", "log2sq")
 FIRST_ID = 2
@@ -105,6 +107,8 @@ def bucket_ids(x: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
 
 def tf_bucket_ids(x: tf.Tensor, boundaries: np.ndarray) -> tf.Tensor:
     """TF twin of :func:`bucket_ids` for a float64 tensor [n]."""
+    import tensorflow as tf
+
     b = tf.constant(boundaries, tf.float64)
     ids = tf.searchsorted(b, x, side="right", out_type=tf.int64) + FIRST_ID
     return tf.where(tf.math.is_nan(x), tf.constant(PAD_ID, tf.int64), ids)

@@ -4,7 +4,8 @@ One feature spec + train statistics -> a resolved :class:`features.schema.Featur
 (``build_feature``); the Feature alone (+ the vocabulary files under ``out_dir``)
 reproduces the encoding in two twins held equal by parity tests:
 :class:`NumpyEncoder` (vectorised, for the Beam job) and :func:`make_tf_encoder`
-(TF ops and lookup tables, for the SavedModel serving graph).
+(TF ops and lookup tables, for the SavedModel serving graph). TensorFlow is
+imported by the TF twin only, on first use: the Beam workers never load it.
 
 Encoding types (ids: 0 = missing / padding, 1 = OOV, real values from 2):
 
@@ -27,6 +28,12 @@ Encoding types (ids: 0 = missing / padding, 1 = OOV, real values from 2):
 * ``dense`` — a list of exactly ``dim`` numbers -> [n, dim] float32; a missing list
   is zeros and NaN elements are 0.0.
 
+List inputs. A batch of lists is either one Python list (or array, or None) per row,
+or the flat form :class:`FlatLists` (flat element array + row offsets, as Arrow
+stores a list column), which the Beam job passes straight from its reader and
+validation; both give the same encoding (parity tests hold them equal), but the flat
+form is encoded without any per-row Python object.
+
 Raw values and missing values. Categorical values are compared as keys: strings
 as they are, integers (and integral floats) as their decimal string. Missing is
 None / NaN / ``""`` (what a TF string tensor carries) and, for integer inputs, the
@@ -46,17 +53,21 @@ the wrong length are padded / cut).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from features import bucketize, hashing, mnse, vocab
 from features.schema import PAD_ID, Feature
+
+if TYPE_CHECKING:  # TF is imported lazily, by the TF encoder only: Beam workers never load it
+    import tensorflow as tf
 
 ENCODING_TYPES = ("vocab", "hash", "bucketize", "mnse", "identity", "sequence_vocab", "sequence_float", "dense")
 INT_MISSING = np.iinfo(np.int64).min
@@ -202,8 +213,61 @@ def _parses(v) -> bool:
         return False
 
 
+@dataclasses.dataclass
+class FlatLists:
+    """A batch of lists in flat form: row ``i`` holds ``values[offsets[i]:offsets[i+1]]``.
+
+    values:      flat elements, a typed numpy array (object, str, int64, float...)
+    offsets:     int64 [n + 1], non-decreasing
+    null_rows:   bool [n]: the whole list is missing (elements it spans are ignored)
+    null_values: bool [len(values)] or None: a missing element (a None in a Python list)
+    not_list:    bool [n] or None: a raw value that is not a list (an encode error)
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    null_rows: np.ndarray
+    null_values: Optional[np.ndarray] = None
+    not_list: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _lists(values, name: str) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray]:
+    """A batch of lists, per row or :class:`FlatLists` -> (flat elements of the present rows,
+    missing-element mask or None, row lengths, missing-row mask)."""
+    if not isinstance(values, FlatLists):
+        flat, lengths, missing_rows = _split_lists(values, name)
+        return flat, None, lengths, missing_rows
+    if values.not_list is not None and values.not_list.any():
+        raise EncodeError(name, "expected a list of values per row", np.flatnonzero(values.not_list))
+    offsets = np.asarray(values.offsets, dtype=np.int64)
+    missing_rows = np.asarray(values.null_rows, dtype=bool)
+    lengths = np.diff(offsets)
+    flat = np.asarray(values.values)[offsets[0]:offsets[-1]]
+    null = None if values.null_values is None else np.asarray(values.null_values, bool)[offsets[0]:offsets[-1]]
+    if lengths[missing_rows].any():  # Arrow may keep elements under a null list: drop them
+        keep = np.repeat(~missing_rows, lengths)
+        flat, null = flat[keep], None if null is None else null[keep]
+        lengths = np.where(missing_rows, 0, lengths)
+    return flat, null, lengths, missing_rows
+
+
+def _element_rows(exc: EncodeError, lengths: np.ndarray) -> EncodeError:
+    """An error naming flat list elements -> the same error naming their rows."""
+    if not exc.rows:
+        return exc
+    rows = np.repeat(np.arange(len(lengths)), lengths)[np.asarray(exc.rows, dtype=np.int64)]
+    return EncodeError(exc.feature, exc.reason, np.unique(rows))
+
+
 def _split_lists(values, name: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A batch of lists -> (flat elements, row lengths, missing-row mask)."""
+    """Per-row lists -> (flat elements, row lengths, missing-row mask)."""
     rows = values if isinstance(values, (list, tuple)) else list(values)
     missing = np.fromiter((not hasattr(v, "__len__") and bool(pd.isna(v)) for v in rows),
                           dtype=bool, count=len(rows))
@@ -230,11 +294,19 @@ def _pack_last(rows: np.ndarray, vals: np.ndarray, n: int, max_len: int, dtype) 
 
 
 def count_values(spec, values) -> Dict[str, int]:
-    """Counts of the non-missing keys in a batch (list elements for sequence_vocab):
-    the per-batch part of the ``counts`` statistic, to be summed by the Beam job."""
+    """Counts of the non-missing keys in a batch (list elements for sequence_vocab, per-row
+    lists or :class:`FlatLists`): the per-batch part of the ``counts`` statistic, to be
+    summed by the Beam job."""
+    null = None
     if spec.encoding.get("type") == "sequence_vocab":
-        values = _split_lists(values, spec.name)[0]
-    keys, missing = categorical_keys(values, spec.name)
+        values, null, lengths, _ = _lists(values, spec.name)
+        try:
+            keys, missing = categorical_keys(values, spec.name)
+        except EncodeError as exc:
+            raise _element_rows(exc, lengths) from None
+        missing = missing if null is None else missing | null
+    else:
+        keys, missing = categorical_keys(values, spec.name)
     counts = pd.Series(keys[~missing], dtype=object).value_counts(sort=False)
     return {k: int(c) for k, c in counts.items()}
 
@@ -505,31 +577,46 @@ class NumpyEncoder:
             if self.type == "bucketize":
                 return bucketize.bucket_ids(x, self._boundaries)[:, None]
             return mnse.mnse_ids(x, enc)
-        flat, lengths, missing_rows = _split_lists(values, f.name)
+        return self._encode_lists(values)
+
+    def _encode_lists(self, values) -> np.ndarray:
+        """sequence_vocab / sequence_float / dense over per-row lists or :class:`FlatLists`:
+        one pass over the flat elements, whatever the form."""
+        f, enc = self.feature, self.feature.encoding
+        flat, null, lengths, missing_rows = _lists(values, f.name)
         self._missing_required(missing_rows)
         n = len(lengths)
-        rows = np.repeat(np.arange(n), lengths)
         if self.type == "dense":
             bad = np.flatnonzero(~missing_rows & (lengths != enc["dim"]))
             if bad.size:
                 raise EncodeError(f.name, f"dense lists must hold exactly {enc['dim']} values", bad)
+        try:
+            if self.type == "sequence_vocab":
+                keys, missing = categorical_keys(flat, f.name)
+            else:
+                x = numeric_values(flat, f.dtype, f.name)
+                missing = np.isnan(x)
+        except EncodeError as exc:
+            raise _element_rows(exc, lengths) from None
+        if null is not None:
+            missing |= null
+        if self.type == "dense":  # missing elements are 0.0
             out = np.zeros((n, enc["dim"]), dtype=np.float32)
-            x = numeric_values(flat, f.dtype, f.name)
-            out[~missing_rows] = np.where(np.isnan(x), 0.0, x).reshape(-1, enc["dim"])
+            out[~missing_rows] = np.where(missing, 0.0, x).reshape(-1, enc["dim"])
             return out
         if self.type == "sequence_vocab":
-            keys, missing = categorical_keys(flat, f.name)
             vals, dtype = self._vocab.lookup(keys[~missing]), np.int64
         else:  # sequence_float
-            x = numeric_values(flat, f.dtype, f.name)
-            missing = np.isnan(x)
             vals, dtype = x[~missing], np.float32
+        rows = np.repeat(np.arange(n), lengths)
         return _pack_last(rows[~missing], vals, n, enc["max_len"], dtype)
 
 
 # ---- TF encoder ----------------------------------------------------------------
 def _tf_keys(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """TF twin of :func:`categorical_keys`: (string keys, missing mask)."""
+    import tensorflow as tf
+
     if x.dtype == tf.string:
         return x, tf.equal(x, "")
     if x.dtype.is_floating:
@@ -543,6 +630,8 @@ def _tf_keys(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
 
 def _tf_numbers(x: tf.Tensor, dtype: str) -> tf.Tensor:
     """TF twin of :func:`numeric_values`: float64 with NaN for missing."""
+    import tensorflow as tf
+
     if x.dtype.is_integer or x.dtype == tf.bool:
         missing = tf.equal(tf.cast(x, tf.int64), INT_MISSING) if x.dtype.is_integer else tf.zeros_like(x)
         nan = tf.constant(np.nan, tf.float64)
@@ -558,72 +647,88 @@ def _tf_module_name(name: str) -> str:
     return "encode_" + re.sub(r"\W", "_", name)
 
 
-class TFEncoder(tf.Module):
-    """Raw tensor -> [batch, width] encoded tensor inside a TF graph (see module docstring).
+@functools.lru_cache(maxsize=None)
+def _tf_encoder_class() -> type:
+    """:class:`TFEncoder`, defined on first use so that importing this module (as every Beam
+    worker does) does not import TensorFlow."""
+    import tensorflow as tf
 
-    A ``tf.Module`` so the vocabulary table and its file are tracked (saved as a
-    SavedModel asset) when the encoder is attached to an exported module.
-    """
+    class TFEncoder(tf.Module):
+        """Raw tensor -> [batch, width] encoded tensor inside a TF graph (see module docstring).
 
-    def __init__(self, feature: Feature, data_dir: str):
-        super().__init__(name=_tf_module_name(feature.name))
-        self.feature = feature
-        self.type = feature.encoding["type"]
-        if self.type in _VOCAB_TYPES:
-            size = len(_load_vocab(feature, data_dir))
-            self._table = vocab.tf_vocab_table(os.path.join(data_dir, feature.encoding["vocab_file"]), size)
-        if self.type == "bucketize":
-            self._boundaries = bucketize.resolve_boundaries(feature.encoding)
+        A ``tf.Module`` so the vocabulary table and its file are tracked (saved as a
+        SavedModel asset) when the encoder is attached to an exported module.
+        """
 
-    def _ids(self, keys: tf.Tensor) -> tf.Tensor:
-        if self.type == "hash":
-            return hashing.tf_hash_ids(keys, self.feature.encoding["num_buckets"])
-        return vocab.tf_vocab_lookup(self._table, keys)
+        def __init__(self, feature: Feature, data_dir: str):
+            super().__init__(name=_tf_module_name(feature.name))
+            self.feature = feature
+            self.type = feature.encoding["type"]
+            if self.type in _VOCAB_TYPES:
+                size = len(_load_vocab(feature, data_dir))
+                self._table = vocab.tf_vocab_table(os.path.join(data_dir, feature.encoding["vocab_file"]), size)
+            if self.type == "bucketize":
+                self._boundaries = bucketize.resolve_boundaries(feature.encoding)
 
-    def __call__(self, x):
-        f, enc = self.feature, self.feature.encoding
-        if self.type in _LISTS:
-            return self._encode_lists(x if isinstance(x, tf.RaggedTensor) else tf.convert_to_tensor(x))
-        x = tf.reshape(tf.convert_to_tensor(x), [-1])
-        if self.type in _CATEGORICAL:
-            keys, missing = _tf_keys(x)
+        def _ids(self, keys: tf.Tensor) -> tf.Tensor:
+            if self.type == "hash":
+                return hashing.tf_hash_ids(keys, self.feature.encoding["num_buckets"])
+            return vocab.tf_vocab_lookup(self._table, keys)
+
+        def __call__(self, x):
+            f, enc = self.feature, self.feature.encoding
+            if self.type in _LISTS:
+                return self._encode_lists(x if isinstance(x, tf.RaggedTensor) else tf.convert_to_tensor(x))
+            x = tf.reshape(tf.convert_to_tensor(x), [-1])
+            if self.type in _CATEGORICAL:
+                keys, missing = _tf_keys(x)
+                if f.default is not None:
+                    keys = tf.where(missing, _key_of(f.default), keys)
+                    missing = tf.zeros_like(missing)
+                return tf.where(missing, tf.constant(PAD_ID, tf.int64), self._ids(keys))[:, None]
+            v = _tf_numbers(x, f.dtype)
+            nan = tf.math.is_nan(v)
+            if self.type == "identity":
+                v = tf.where(nan, tf.constant(_identity_fill(enc, f.default), tf.float64), v)
+                if enc["standardize"]:
+                    v = (v - enc["mean"]) / enc["std"]
+                return tf.cast(v, tf.float32)[:, None]
             if f.default is not None:
-                keys = tf.where(missing, _key_of(f.default), keys)
-                missing = tf.zeros_like(missing)
-            return tf.where(missing, tf.constant(PAD_ID, tf.int64), self._ids(keys))[:, None]
-        v = _tf_numbers(x, f.dtype)
-        nan = tf.math.is_nan(v)
-        if self.type == "identity":
-            v = tf.where(nan, tf.constant(_identity_fill(enc, f.default), tf.float64), v)
-            if enc["standardize"]:
-                v = (v - enc["mean"]) / enc["std"]
-            return tf.cast(v, tf.float32)[:, None]
-        if f.default is not None:
-            v = tf.where(nan, tf.constant(float(f.default), tf.float64), v)
-        if self.type == "bucketize":
-            return bucketize.tf_bucket_ids(v, self._boundaries)[:, None]
-        return mnse.tf_mnse_ids(v, enc)
+                v = tf.where(nan, tf.constant(float(f.default), tf.float64), v)
+            if self.type == "bucketize":
+                return bucketize.tf_bucket_ids(v, self._boundaries)[:, None]
+            return mnse.tf_mnse_ids(v, enc)
 
-    def _encode_lists(self, x) -> tf.Tensor:
-        f, enc = self.feature, self.feature.encoding
-        if self.type == "dense":
-            if isinstance(x, tf.RaggedTensor):
-                x = x.to_tensor(default_value=tf.constant(np.nan, x.dtype) if x.dtype.is_floating
-                                else INT_MISSING, shape=[None, enc["dim"]])
-            v = _tf_numbers(tf.reshape(x, [-1, enc["dim"]]), f.dtype)
-            return tf.cast(tf.where(tf.math.is_nan(v), tf.zeros_like(v), v), tf.float32)
-        rt = x if isinstance(x, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(x)
-        flat = rt.flat_values
-        if self.type == "sequence_vocab":
-            keys, missing = _tf_keys(flat)
-            vals, pad = self._ids(keys), tf.constant(PAD_ID, tf.int64)
-        else:  # sequence_float
-            v = _tf_numbers(flat, f.dtype)
-            missing, vals, pad = tf.math.is_nan(v), tf.cast(v, tf.float32), tf.constant(0.0, tf.float32)
-        kept = tf.ragged.boolean_mask(rt.with_flat_values(vals), rt.with_flat_values(~missing))
-        return kept[:, -enc["max_len"]:].to_tensor(default_value=pad, shape=[None, enc["max_len"]])
+        def _encode_lists(self, x) -> tf.Tensor:
+            f, enc = self.feature, self.feature.encoding
+            if self.type == "dense":
+                if isinstance(x, tf.RaggedTensor):
+                    x = x.to_tensor(default_value=tf.constant(np.nan, x.dtype) if x.dtype.is_floating
+                                    else INT_MISSING, shape=[None, enc["dim"]])
+                v = _tf_numbers(tf.reshape(x, [-1, enc["dim"]]), f.dtype)
+                return tf.cast(tf.where(tf.math.is_nan(v), tf.zeros_like(v), v), tf.float32)
+            rt = x if isinstance(x, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(x)
+            flat = rt.flat_values
+            if self.type == "sequence_vocab":
+                keys, missing = _tf_keys(flat)
+                vals, pad = self._ids(keys), tf.constant(PAD_ID, tf.int64)
+            else:  # sequence_float
+                v = _tf_numbers(flat, f.dtype)
+                missing, vals, pad = tf.math.is_nan(v), tf.cast(v, tf.float32), tf.constant(0.0, tf.float32)
+            kept = tf.ragged.boolean_mask(rt.with_flat_values(vals), rt.with_flat_values(~missing))
+            return kept[:, -enc["max_len"]:].to_tensor(default_value=pad, shape=[None, enc["max_len"]])
+
+    TFEncoder.__qualname__ = "TFEncoder"
+    return TFEncoder
 
 
-def make_tf_encoder(feature: Feature, data_dir: str) -> TFEncoder:
+def __getattr__(name: str):
+    """``encoders.TFEncoder`` resolves (importing TensorFlow) only when it is asked for."""
+    if name == "TFEncoder":
+        return _tf_encoder_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_tf_encoder(feature: Feature, data_dir: str) -> tf.Module:
     """The TF twin of :class:`NumpyEncoder` (equal outputs on the same inputs)."""
-    return TFEncoder(feature, data_dir)
+    return _tf_encoder_class()(feature, data_dir)

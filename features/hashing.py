@@ -12,9 +12,13 @@ Beam workers.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import farmhash
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:  # TF is imported lazily where it is used (serving): Beam workers never load it
+    import tensorflow as tf
 
 
 def hash_ids(keys: np.ndarray, num_buckets: int) -> np.ndarray:
@@ -24,4 +28,6 @@ def hash_ids(keys: np.ndarray, num_buckets: int) -> np.ndarray:
 
 
 def tf_hash_ids(keys: tf.Tensor, num_buckets: int) -> tf.Tensor:
+    import tensorflow as tf
+
     return tf.strings.to_hash_bucket_fast(keys, num_buckets) + 1

@@ -33,12 +33,14 @@ concatenation of per-system sums.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 
 from features.schema import PAD_ID
+
+if TYPE_CHECKING:  # TF is imported lazily where it is used (serving): Beam workers never load it
+    import tensorflow as tf
 
 DEFAULT_BASES = (2, 3, 10)
 FIRST_ID = 2
@@ -141,6 +143,8 @@ def mnse_ids(x: np.ndarray, encoding: Dict[str, Any]) -> np.ndarray:
 
 def tf_mnse_ids(x: tf.Tensor, encoding: Dict[str, Any]) -> tf.Tensor:
     """TF twin of :func:`mnse_ids` for a float64 tensor [n]."""
+    import tensorflow as tf
+
     bases, digits, offsets, sign_offset = _layout(encoding)
     missing = tf.math.is_nan(x)
     mag = tf.floor(tf.abs(tf.where(missing, tf.zeros_like(x), x)) * float(encoding["scale"]))

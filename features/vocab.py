@@ -17,13 +17,15 @@ Semantics (``encoding: {type: vocab}`` and the element look-up of ``sequence_voc
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from features.schema import OOV_ID
+
+if TYPE_CHECKING:  # TF is imported lazily where it is used (serving): Beam workers never load it
+    import tensorflow as tf
 
 FIRST_ID = 2  # ids below are padding (0) and OOV (1)
 
@@ -65,6 +67,8 @@ class VocabLookup:
 
 def tf_vocab_table(path: str, size: int) -> tf.lookup.StaticHashTable:
     """A TF table key -> line number built from the vocabulary file (an asset when saved)."""
+    import tensorflow as tf
+
     if size == 0:  # TF initialises no table from an empty file or empty tensors: hold only
         # the key "", which encoders mask as missing before any look-up
         init = tf.lookup.KeyValueTensorInitializer(tf.constant([""]), tf.constant([-1], tf.int64))
@@ -76,5 +80,7 @@ def tf_vocab_table(path: str, size: int) -> tf.lookup.StaticHashTable:
 
 
 def tf_vocab_lookup(table: tf.lookup.StaticHashTable, keys: tf.Tensor) -> tf.Tensor:
+    import tensorflow as tf
+
     pos = table.lookup(keys)
     return tf.where(pos < 0, tf.constant(OOV_ID, tf.int64), pos + FIRST_ID)

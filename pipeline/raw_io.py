@@ -33,6 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features.encoders import FlatLists
+
 CSV_BLOCK_BYTES = 1 << 22  # pyarrow's streaming CSV reader block size
 
 
@@ -40,22 +42,11 @@ class RawInputError(ValueError):
     """A raw input that cannot be read as configured (names the file)."""
 
 
-@dataclasses.dataclass
-class ListColumn:
-    """A ragged column: row ``i`` holds ``values[offsets[i]:offsets[i+1]]``."""
-
-    values: np.ndarray  # flat elements (typed numpy)
-    offsets: np.ndarray  # int64 [n + 1], offsets[0] == 0
-    null_rows: np.ndarray  # bool [n]: the whole list is missing
-    null_values: np.ndarray  # bool [len(values)]: a missing element
-    not_list: Optional[np.ndarray] = None  # bool [n]: a JSON value that is not a list
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+class ListColumn(FlatLists):
+    """A ragged column: row ``i`` holds ``values[offsets[i]:offsets[i+1]]`` (typed numpy
+    elements, ``offsets[0] == 0``), with ``null_values`` always set and ``not_list``
+    marking JSON values that are not lists. The encoders take it as it is (the flat form
+    of :class:`features.encoders.FlatLists`), so no step builds per-row Python lists."""
 
     def take(self, rows: np.ndarray) -> "ListColumn":
         """The rows ``rows`` (int indices, in that order) as a new ListColumn."""

@@ -228,7 +228,8 @@ def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False)
     def train_ds(input_context=None):
         ds = make_dataset(cfg.data_dir, cfg.train_split, _per_replica_batch(cfg, strategy, input_context),
                           shuffle=True, repeat=is_ps or cfg.steps_per_epoch is not None,
-                          deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache,
+                          # PS workers build their input inside a tf.function: streaming reader only
+                          deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache and not is_ps,
                           shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks)
         if input_context is not None:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

@@ -332,16 +332,6 @@ def _list_elements(col: ListColumn, spec: FeatureSpec, probs_rows: Problems) -> 
     return ListColumn(vals[keep], offsets, col.null_rows.copy(), np.zeros(int(keep.sum()), bool))
 
 
-def list_rows(col: ListColumn) -> list:
-    """A ListColumn as the per-row Python lists (None = missing) the encoders take."""
-    flat = col.values.tolist()
-    off = col.offsets.tolist()
-    rows = [flat[a:b] for a, b in zip(off[:-1], off[1:])]
-    for i in np.flatnonzero(col.null_rows).tolist():
-        rows[i] = None
-    return rows
-
-
 def _take(col, idx: np.ndarray):
     return col.take(idx) if isinstance(col, ListColumn) else col[idx]
 
