@@ -25,6 +25,7 @@ setup(
         "matplotlib",
         "scipy",
         "pyfarmhash==0.5.1",
+        "google-crc32c==1.9.0",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "scikit-learn"]},
     entry_points={"console_scripts": ["ctrflow=pipeline.cli:main"]},
