@@ -87,7 +87,7 @@ def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str) -> di
     from models.factory import build_model
     from pipeline import metrics as M
     from pipeline.data import make_dataset
-    from pipeline.train import predict_labels
+    from pipeline.predict import predict_labels
 
     tf.keras.utils.set_random_seed(1)
     tf.keras.mixed_precision.set_global_policy(precision)

@@ -32,6 +32,8 @@ import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.predict import predict_labels
+
 THRESHOLDS = (0.3, 0.6)
 CATEGORIES = ("well_classified", "poorly_classified", "misclassified")
 GRAD_KEYS = ("grad_norm_zs", "grad_norm_zc")
@@ -99,8 +101,6 @@ class SampleDifficulty(tf.keras.callbacks.Callback):
                 self._batch[k].append(float(logs[k]))
 
     def on_epoch_end(self, epoch, logs=None):
-        from pipeline.train import predict_labels  # here: pipeline.train imports this module
-
         for split, ds in self.splits.items():
             y, p = predict_labels(self.model, ds, [self.task])
             self.records[split].append({"epoch": epoch + 1, **difficulty_counts(y[self.task], p[self.task],

@@ -17,7 +17,7 @@ from features.schema import Schema
 from pipeline import metrics as M
 from pipeline import report, runs
 from pipeline.data import make_dataset, read_columns
-from pipeline.train import predict_labels
+from pipeline.predict import predict_labels
 
 
 def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: Optional[str] = None,

@@ -24,6 +24,8 @@ from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError
 from pipeline.data import make_dataset
+from pipeline.predict import predict_labels
+from pipeline.difficulty import analysis_callbacks
 from pipeline.strategy import StrategyConfig, auto_shard_policy, is_chief, make_strategy
 
 
@@ -83,6 +85,7 @@ class TrainConfig:
     train_split: str = "train"
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
+    analysis: List[str] = dataclasses.field(default_factory=list)  # e.g. [difficulty] (on by default for tf4ctr)
     verbose: int = 1
 
     def __post_init__(self):
@@ -145,34 +148,6 @@ class ExactValidation(tf.keras.callbacks.Callback):
             logs[f"val_{task}_logloss"] = ll
             if i == 0:
                 logs["val_auc"], logs["val_logloss"] = auc, ll
-
-
-def predict_labels(model, dataset, tasks, extra_columns=()):
-    """Run ``model`` over ``dataset`` once; return (labels, predictions[, columns]) as numpy."""
-    ys = {t: [] for t in tasks}
-    ps = {t: [] for t in tasks}
-    cols = {c: [] for c in extra_columns}
-    predict = _predict_fn(model)
-    for inputs, labels in dataset:
-        out = predict(inputs)
-        for t in tasks:
-            ys[t].append(labels[t].numpy().reshape(-1))
-            ps[t].append(out[t].numpy().reshape(-1))
-        for c in extra_columns:
-            cols[c].append(inputs[c].numpy().reshape(-1))
-    y = {t: np.concatenate(v) for t, v in ys.items()}
-    p = {t: np.concatenate(v).astype(np.float64) for t, v in ps.items()}
-    if extra_columns:
-        return y, p, {c: np.concatenate(v) for c, v in cols.items()}
-    return y, p
-
-
-def _predict_fn(model):
-    fn = getattr(model, "_ctrflow_predict_fn", None)
-    if fn is None:
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        model._ctrflow_predict_fn = fn
-    return fn
 
 
 def make_optimizer(cfg: OptimizerConfig) -> tf.keras.optimizers.Optimizer:
@@ -296,6 +271,8 @@ def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool):
         tf.keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
     ]
+    if not is_ps:
+        cbs += analysis_callbacks(cfg, run_dir, tasks)
     return cbs
 
 

@@ -1,8 +1,8 @@
 """Sample-difficulty analysis (TF4CTR Sec. IV-D, Fig. 10) and grad-norm collection (Fig. 5)."""
+import dataclasses
 import json
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from models.factory import build_model
 from pipeline.difficulty import SampleDifficulty, analysis_callbacks, compare_runs, difficulty_counts
-from pipeline.train import ModelConfig, TrainConfig, predict_labels
+from pipeline.predict import predict_labels
+from pipeline.train import ModelConfig, TrainConfig
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "models"))
 from test_tf4ctr import toy_data, toy_schema  # noqa: E402
@@ -100,8 +101,7 @@ def test_analysis_callbacks_selection(tmp_path, monkeypatch):
     assert list(cb.splits) == ["valid", "test", "random"] and made == ["valid", "test", "random"]
     assert cb.out_dir == str(tmp_path / "run" / "analysis")
     # a baseline asks for it with an `analysis` option
-    baseline = types.SimpleNamespace(**vars(cfg), analysis=["difficulty"])
-    baseline.model = ModelConfig(backbone="dualmlp")
+    baseline = dataclasses.replace(cfg, analysis=["difficulty"], model=ModelConfig(backbone="dualmlp"))
     assert len(analysis_callbacks(baseline, str(tmp_path), ["click"])) == 1
     baseline.analysis = ["saliency"]
     with pytest.raises(ValueError, match="unknown analysis"):
@@ -123,7 +123,7 @@ def test_on_the_simulator_data(sim_data, tmp_path):
     model = build_model(model_schema(schema, feats), tasks, **{k: getattr(cfg.model, k) for k in vars(cfg.model)})
     model.compile(optimizer=tf.keras.optimizers.Adam(0.003), loss={"click": "binary_crossentropy"})
     callbacks = analysis_callbacks(cfg, str(tmp_path / "run"), tasks)
-    model.fit(make_dataset(sim_data, "train", 512, shuffle=False), epochs=2, callbacks=callbacks, verbose=0)
+    model.fit(make_dataset(sim_data, "train", 512, shuffle=False, labels=tasks), epochs=2, callbacks=callbacks, verbose=0)
     saved = json.loads((tmp_path / "run" / "analysis" / "difficulty.json").read_text())
     for split in ("valid", "test", "random"):
         assert len(saved[split]) == 2

@@ -1,0 +1,33 @@
+"""Predictions of a model over a dataset, as numpy, in inference mode (``training=False``)."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def predict_labels(model, dataset, tasks, extra_columns=()):
+    """Run ``model`` over ``dataset`` once; return (labels, predictions[, columns]) as numpy."""
+    ys = {t: [] for t in tasks}
+    ps = {t: [] for t in tasks}
+    cols = {c: [] for c in extra_columns}
+    predict = _predict_fn(model)
+    for inputs, labels in dataset:
+        out = predict(inputs)
+        for t in tasks:
+            ys[t].append(labels[t].numpy().reshape(-1))
+            ps[t].append(out[t].numpy().reshape(-1))
+        for c in extra_columns:
+            cols[c].append(inputs[c].numpy().reshape(-1))
+    y = {t: np.concatenate(v) for t, v in ys.items()}
+    p = {t: np.concatenate(v).astype(np.float64) for t, v in ps.items()}
+    if extra_columns:
+        return y, p, {c: np.concatenate(v) for c, v in cols.items()}
+    return y, p
+
+
+def _predict_fn(model):
+    fn = getattr(model, "_ctrflow_predict_fn", None)
+    if fn is None:
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._ctrflow_predict_fn = fn
+    return fn
