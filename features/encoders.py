@@ -156,6 +156,8 @@ def categorical_keys(values, name: str = "") -> Tuple[np.ndarray, np.ndarray]:
         bad = ~nan & ~((np.abs(arr) < 2.0 ** 63) & (arr == np.floor(arr)))  # int64-representable
         keys = np.where(nan | bad, 0, arr).astype(np.int64).astype(str).astype(object)
         keys[nan] = ""
+    elif pd.api.types.infer_dtype(arr, skipna=False) == "string":  # strings only: each is its key
+        keys = arr.astype(object)
     else:
         keys = np.empty(len(arr), dtype=object)
         nan = pd.isna(arr)

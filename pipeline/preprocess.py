@@ -59,6 +59,7 @@ from pipeline.validation import (SOURCE, SPLIT_BY_TIME, USER_GROUP, USER_KEY, Va
 SAMPLE_SIZE = 100_000  # rows kept by the bottom-k sample behind quantiles and time cut points
 UNASSIGNED_SPLIT = "unassigned"  # accounting / quarantine name of rows without a known split
 MANIFEST = "_manifest.json"
+PARTS_DIR = "_parts"  # encoded units' gzip members, until the shard writers concatenate them
 
 
 # =============================================================================================
@@ -69,11 +70,15 @@ _VARINT_LIMITS = np.array([1 << (7 * j) for j in range(1, 10)], dtype=np.uint64)
 
 def _varint_lengths(v: np.ndarray) -> np.ndarray:
     """Bytes of the protobuf varint of each uint64 in ``v`` (1..10)."""
+    if v.size and v.max() < 0x80:  # the usual ids: one byte each
+        return np.ones(v.shape, dtype=np.int64)
     return np.searchsorted(_VARINT_LIMITS, v, side="right").astype(np.int64) + 1
 
 
 def _varint_matrix(v: np.ndarray, lens: np.ndarray, width: int) -> np.ndarray:
     """Varint bytes of uint64 ``v`` (any shape) as ``v.shape + (width,)`` (padding past each length)."""
+    if width == 1:  # every value < 128 is its own byte
+        return v.astype(np.uint8)[..., None]
     j = np.arange(width, dtype=np.uint64)
     out = ((v[..., None] >> (np.uint64(7) * j)) & np.uint64(0x7F)).astype(np.uint8)
     out |= ((np.arange(width) < lens[..., None] - 1) * 0x80).astype(np.uint8)
@@ -370,11 +375,11 @@ def chunk_train_stats(chunk: ValidatedChunk, train_mask: np.ndarray, needs: Dict
         return st
     prio = _sample_priority(chunk.file, chunk.rows[idx])
     for name, need in needs.items():
+        if not need:
+            continue
         col = chunk.columns[name]
-        if name in list_features:
-            col = col.take(idx)
-            if "counts" in need:
-                st.counts[name] = [_count_keys(col.values)]
+        if name in list_features:  # counts only (the plan checks it), over the train rows' elements
+            st.counts[name] = [_count_keys(col.values[np.repeat(train_mask, col.lengths)])]
             continue
         vals = col[idx]
         if "counts" in need:
@@ -679,11 +684,14 @@ def make_schema(cfg: PreprocessConfig, features: List[Feature], plan: JobPlan, n
 class EncodeUnit(beam.DoFn):
     """Read unit -> per chunk: gzip TFRecord members per (split, shard), quarantine lines and
     accounting. The unit is read (again) here rather than receiving validated chunks from an
-    earlier step: re-reading costs less than moving every row through the runner."""
+    earlier step: re-reading costs less than moving every row through the runner. For the
+    same reason the unit's members are written to one part file under ``<root>/_parts`` and
+    only (file, offset, size) references travel to the shard writers."""
 
-    def __init__(self, plan: JobPlan):
+    def __init__(self, plan: JobPlan, root: str):
         super().__init__()
         self.plan = plan
+        self.parts = os.path.join(root, PARTS_DIR)
         self._state = None  # (encoders, example encoder, head users, schema), built once per worker
 
     def _setup(self, payload):
@@ -705,8 +713,23 @@ class EncodeUnit(beam.DoFn):
         return self._state
 
     def process(self, item, payload, cuts=None) -> Iterable[tuple]:
-        for chunk in read_chunks(item, self.plan):
-            yield from self.encode_chunk(chunk, payload, cuts)
+        s, f, unit = item  # a retried unit writes a new part file: only one attempt's references survive
+        path = os.path.join(self.parts, f"{s}-{f}-{unit.row_group or 0}-{uuid.uuid4().hex[:12]}.gz")
+        out, offset = None, 0
+        try:
+            for chunk in read_chunks(item, self.plan):
+                for kind, value in self.encode_chunk(chunk, payload, cuts):
+                    if kind == "shard":
+                        group, (key, rows, member) = value
+                        if out is None:
+                            out = _create(path)
+                        out.write(member)
+                        value = (group, (key, rows, (path, offset, len(member))))
+                        offset += len(member)
+                    yield kind, value
+        finally:
+            if out is not None:
+                out.close()
 
     def encode_chunk(self, chunk: ValidatedChunk, payload, cuts=None) -> Iterable[tuple]:
         encoders, example, head, schema = self._setup(payload)
@@ -818,25 +841,56 @@ def shard_path(root: str, split: str, shard: int, num_shards: int) -> str:
     return os.path.join(root, split, f"part-{shard:05d}-of-{num_shards:05d}.tfrecord.gz")
 
 
+def _create(path: str):
+    """A new binary file at ``path`` through Beam's FileSystems (local, gs://, ...)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def _write_bytes(path: str, chunks: Iterable[bytes]) -> int:
     """Write ``chunks`` as they are to ``path`` through Beam's FileSystems (local, gs://, ...)."""
-    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     parent = os.path.dirname(path)
     if not FileSystems.exists(parent):
-        FileSystems.mkdirs(parent)
+        try:
+            FileSystems.mkdirs(parent)
+        except OSError:  # writers of the same split run at once: one of them made it first
+            if not FileSystems.exists(parent):
+                raise
     size = 0
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+    with _create(path) as fh:
         for c in chunks:
             fh.write(c)
             size += len(c)
     return size
 
 
+def _read_ranges(refs: Iterable[Tuple[str, int, int]]) -> Iterable[bytes]:
+    """The bytes of (file, offset, size) references in order, keeping one file open at a time."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    fh, current = None, None
+    try:
+        for path, offset, size in refs:
+            if path != current:
+                if fh is not None:
+                    fh.close()
+                fh, current = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), path
+            fh.seek(offset)
+            yield fh.read(size)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
 class WriteShard:
-    """(split * num_shards + shard, [(chunk key, rows, gzip member)]) -> one shard file whose
-    members are concatenated in chunk-key order (so the bytes do not depend on the runner)."""
+    """(split * num_shards + shard, [(chunk key, rows, (part file, offset, size))]) -> one shard
+    file whose gzip members are concatenated in chunk-key order (so the bytes do not depend on
+    the runner)."""
 
     def __init__(self, root: str, splits: List[str], num_shards: int):
         self.root, self.splits, self.num_shards = root, splits, num_shards
@@ -846,7 +900,7 @@ class WriteShard:
         parts = sorted((p for p in parts if p is not None), key=lambda p: p[0])
         split, shard = self.splits[group // self.num_shards], group % self.num_shards
         path = shard_path(self.root, split, shard, self.num_shards)
-        size = _write_bytes(path, [m for _, _, m in parts])
+        size = _write_bytes(path, _read_ranges(ref for _, _, ref in parts))
         return ("shard_done", {"split": split, "shard": shard, "rows": sum(p[1] for p in parts),
                                "bytes": size, "file": os.path.relpath(path, self.root)})
 
@@ -972,7 +1026,7 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
     else:
         payload_pc = p | "Payload" >> beam.Create([payload])
         payload_arg = payload
-    encoded = units | "Encode" >> beam.ParDo(EncodeUnit(plan), payload_arg, cuts)
+    encoded = units | "Encode" >> beam.ParDo(EncodeUnit(plan, root), payload_arg, cuts)
     n_sh = cfg.num_shards
     all_groups = p | "AllShards" >> beam.Create([(g, None) for g in range(len(plan.splits) * n_sh)])
     shards = ((encoded | "Shards" >> beam.FlatMap(_kind("shard")), all_groups) | "WithEmpty" >> beam.Flatten()
@@ -1037,6 +1091,7 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True) -> Dict[str,
         f"({config.runner.num_workers} workers{', in passes' if passes else ''})")
     try:
         _make_dirs(tmp)
+        _make_dirs(os.path.join(tmp, PARTS_DIR))
         if passes:
             cuts = None
             if plan.by_time:
@@ -1052,6 +1107,7 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True) -> Dict[str,
             _run(config, lambda p: build_pipeline(p, plan, tmp, cuts=cuts, payload=payload))
         else:
             _run(config, lambda p: build_pipeline(p, plan, tmp))
+        _remove(os.path.join(tmp, PARTS_DIR))  # the shards hold every member now
         seconds = time.time() - t0
         summary = _summarize(plan, tmp, seconds)
         _check_quarantine(summary, config, tmp, out)

@@ -255,10 +255,25 @@ def _missing_keys(keys: np.ndarray) -> np.ndarray:
     return keys == "" if keys.dtype == object else keys == INT_MISSING
 
 
+def _per_distinct(fn, values: np.ndarray) -> np.ndarray:
+    """``fn`` (an array function) over the distinct strings of ``values``, spread back to every
+    row. Raw string columns are dictionary-encoded (few distinct values per chunk, e.g. one
+    user's impressions are consecutive), so per-value Python work runs once per distinct value.
+    Only string columns take this path: distinct is by ``==``, which merges 1, 1.0 and True."""
+    if values.dtype != object or pd.api.types.infer_dtype(values, skipna=False) != "string":
+        return fn(values)
+    codes, distinct = pd.factorize(values)
+    return fn(np.asarray(distinct, dtype=object))[codes]
+
+
 def _keys_to_int64(keys: np.ndarray) -> np.ndarray:
     """User / meta keys -> int64: integer keys as themselves, others FarmHash Fingerprint64."""
     if keys.dtype.kind == "i":
         return keys
+    return _per_distinct(_string_keys_to_int64, keys)
+
+
+def _string_keys_to_int64(keys: np.ndarray) -> np.ndarray:
     out = np.empty(len(keys), dtype=np.int64)
     # integer candidates first (a C parser), then the exact test on those only
     cand = np.flatnonzero(pd.to_numeric(pd.Series(keys, dtype=object), errors="coerce").notna().to_numpy())
@@ -537,11 +552,17 @@ def uniform_hash(seed: int, rows: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def _as_source(values, null, probs: Problems) -> np.ndarray:
+def _source_codes(values: np.ndarray) -> np.ndarray:
+    """1 for ad, 0 for rec, -1 for anything else (compared as stripped lower-case text)."""
     text = pd.Series(values.astype(object)).astype(str).str.strip().str.lower().to_numpy(object)
     out = np.full(len(text), -1, np.int64)
     out[np.isin(text, ["ad", "1", "1.0", "true"])] = 1
     out[np.isin(text, ["rec", "0", "0.0", "false"])] = 0
+    return out
+
+
+def _as_source(values, null, probs: Problems) -> np.ndarray:
+    out = _per_distinct(_source_codes, values)
     probs.add(null, "missing_required")
     probs.add(~null & (out < 0), "bad_source")
     return out

@@ -17,7 +17,7 @@ from features.encoders import NumpyEncoder
 from features.schema import OOV_ID, Schema
 from pipeline.config import ConfigError, from_dict, load_config
 from pipeline.data import read_columns
-from pipeline.preprocess import ExampleEncoder, run_preprocess
+from pipeline.preprocess import ExampleEncoder, gzip_member, run_preprocess, tfrecord_frames
 from pipeline.preprocess_config import PreprocessConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,6 +172,40 @@ def test_example_encoder_is_the_tf_example_wire_format():
         np.testing.assert_array_equal(parsed[name].numpy(), np.asarray(arrays[name]).reshape(n, width))
 
 
+@pytest.mark.parametrize("level", [1, 6])
+def test_tfrecord_frames_and_gzip_equal_tf_record_writer(tmp_path, level):
+    """Frames (length, masked CRC-32C of it, data, masked CRC-32C of the data) and the gzip
+    member are byte for byte what TF's TFRecordWriter writes, so no worker needs TensorFlow."""
+    rng = np.random.default_rng(level)
+    lengths = np.concatenate([[0, 1, 127, 128, 300, 70_000], rng.integers(0, 2000, 300)])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    buf = rng.integers(0, 256, offsets[-1], dtype=np.uint8)
+    buf[: offsets[-1] // 2] %= 4  # compressible half: deflate emits matches as well as literals
+    records = [buf[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
+    frames, starts = tfrecord_frames(buf, offsets)
+    for compression, path in [("", tmp_path / "plain.tfrecord"), ("GZIP", tmp_path / "gz.tfrecord.gz")]:
+        options = tf.io.TFRecordOptions(compression_type=compression, compression_level=level if compression else None)
+        with tf.io.TFRecordWriter(str(path), options) as w:
+            for r in records:
+                w.write(r)
+    assert frames == (tmp_path / "plain.tfrecord").read_bytes()
+    assert starts.tolist() == (offsets + 16 * np.arange(len(offsets))).tolist()
+    assert gzip_member(frames, level) == (tmp_path / "gz.tfrecord.gz").read_bytes()
+    # a slice of the frames (one shard's rows of a chunk) is a valid stream on its own
+    part = tmp_path / "part.tfrecord.gz"
+    part.write_bytes(gzip_member(memoryview(frames)[starts[3]:starts[9]], level) + gzip_member(b"", level))
+    assert list(tf.data.TFRecordDataset(str(part), "GZIP").as_numpy_iterator()) == records[3:9]
+
+
+def test_the_job_imports_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.preprocess, pipeline.validation, pipeline.raw_io; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ---- end to end ----------------------------------------------------------------------------
 def test_encoded_values_equal_numpy_encoder(parquet_run, rows):
     out, summary = parquet_run
@@ -205,6 +239,7 @@ def test_encoded_values_equal_numpy_encoder(parquet_run, rows):
         assert s["rows_in"] == s["rows_written"] + s["rows_quarantined"] == (rows.fold == split).sum()
         assert s["label_means"]["click"] == pytest.approx(raw.click.mean())
     assert summary["rows_quarantined"] == 0
+    assert "_parts" not in os.listdir(out)  # encoded units' part files are gone once shards are written
     assert sorted(os.listdir(os.path.join(out, "train"))) == ["part-00000-of-00002.tfrecord.gz",
                                                              "part-00001-of-00002.tfrecord.gz"]
     stats = json.load(open(os.path.join(out, "stats.json")))
@@ -316,8 +351,9 @@ def test_rerun_replaces_the_output_and_a_failed_run_keeps_it(rows, tmp_path):
     out = tmp_path / "out"
     run_preprocess(config(str(tmp_path / "raw"), str(out)), progress=False)
     (out / "stale.txt").write_text("from the first run")
-    run_preprocess(config(str(tmp_path / "raw"), str(out), num_shards=3), progress=False)
+    run_preprocess(config(str(tmp_path / "raw"), str(out), num_shards=3, compression_level=9), progress=False)
     assert not (out / "stale.txt").exists()
+    assert sorted(np.concatenate([d["row_id"] for d in decoded(str(out)).values()])) == list(range(len(rows)))
     assert sorted(os.listdir(out / "train")) == [f"part-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
     before = output_files(str(out))
     # standardizing a column without any value fails inside the pipeline (while building features)
@@ -382,6 +418,8 @@ def test_config_errors_name_the_problem(rows, tmp_path):
                               features=FEATURES + [{"name": "campaign", "kind": "categorical", "dtype": "string",
                                                     "role": "ad", "encoding": {"type": "vocab"}}]),
                        progress=False)
+    with pytest.raises(ConfigError, match="compression_level"):
+        run_preprocess(config(str(tmp_path / "raw"), str(tmp_path / "o"), compression_level=10), progress=False)
     with pytest.raises(ConfigError, match="share_vocab_with"):
         bad = [dict(f, encoding={"type": "sequence_vocab", "max_len": 2, "share_vocab_with": "nope"})
                if f["name"] == "hist" else f for f in FEATURES]
