@@ -134,11 +134,19 @@ class _Rows:
         """(concatenated row bytes, offsets [n + 1])."""
         n = self.n
         widths = [len(d) if isinstance(d, bytes) else d.shape[1] for d, _ in self.pieces]
-        data = np.empty((n, sum(widths)), dtype=np.uint8)
+        template = np.zeros(sum(widths), dtype=np.uint8)  # the constant pieces, copied to all rows at once
+        col = 0
+        for (d, _), w in zip(self.pieces, widths):
+            if isinstance(d, bytes):
+                template[col:col + w] = np.frombuffer(d, np.uint8)
+            col += w
+        data = np.empty((n, len(template)), dtype=np.uint8)
+        data[:] = template
         mask = None if all(m is None for _, m in self.pieces) else np.ones(data.shape, dtype=bool)
         col = 0
         for (d, m), w in zip(self.pieces, widths):
-            data[:, col:col + w] = np.frombuffer(d, np.uint8) if isinstance(d, bytes) else d
+            if not isinstance(d, bytes):
+                data[:, col:col + w] = d
             if m is not None:
                 mask[:, col:col + w] = m
             col += w
