@@ -295,6 +295,22 @@ def _pack_last(rows: np.ndarray, vals: np.ndarray, n: int, max_len: int, dtype) 
     return out
 
 
+def compute_stats(spec, values) -> Dict[str, object]:
+    """The train statistics :func:`build_feature` needs, computed in memory from one column
+    of raw values (the Beam job computes the same with combiners over chunks): for fitting
+    features on a DataFrame in notebooks, tests and benchmarks."""
+    need, stats = analyzers_needed(spec), {}
+    if "counts" in need:
+        stats["counts"] = count_values(spec, values)
+    if need & {"quantiles", "moments"}:
+        x = numeric_values(values, spec.dtype)
+        x = x[np.isfinite(x)]
+        stats["quantiles"] = np.sort(x)
+        stats["moments"] = {"count": x.size, "mean": float(x.mean()) if x.size else 0.0,
+                            "var": float(x.var()) if x.size else 0.0}
+    return stats
+
+
 def count_values(spec, values) -> Dict[str, int]:
     """Counts of the non-missing keys in a batch (list elements for sequence_vocab, per-row
     lists or :class:`FlatLists`): the per-batch part of the ``counts`` statistic, to be

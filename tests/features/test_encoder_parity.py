@@ -105,19 +105,6 @@ SEQ_EVAL = {
 }
 
 
-def _stats(spec, data):
-    """What the Beam job computes on the train split (via the encoders' own canonical forms)."""
-    need, stats = E.analyzers_needed(spec), {}
-    if "counts" in need:
-        stats["counts"] = E.count_values(spec, data)
-    if need & {"quantiles", "moments"}:
-        x = E.numeric_values(data, spec.dtype)
-        x = x[np.isfinite(x)]
-        stats["quantiles"] = np.sort(x)
-        stats["moments"] = {"count": x.size, "mean": float(x.mean()), "var": float(x.var())}
-    return stats
-
-
 def _train(kind):
     if kind.startswith("seq") or kind == "dense":
         return SEQ_EVAL[kind][: N // 2]
@@ -130,7 +117,7 @@ def built(tmp_path_factory):
     kinds = {s.name: k for s, k in SPECS}
     feats = {}
     for spec in E.sort_for_build([s for s, _ in SPECS]):
-        feats[spec.name] = E.build_feature(spec, _stats(spec, _train(kinds[spec.name])), out)
+        feats[spec.name] = E.build_feature(spec, E.compute_stats(spec, _train(kinds[spec.name])), out)
     return out, feats, kinds
 
 

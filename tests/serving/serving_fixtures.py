@@ -76,18 +76,6 @@ def train_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     })
 
 
-def _stats(spec, values):
-    need, stats = E.analyzers_needed(spec), {}
-    if "counts" in need:
-        stats["counts"] = E.count_values(spec, values)
-    if need & {"quantiles", "moments"}:
-        x = E.numeric_values(values, spec.dtype)
-        x = x[np.isfinite(x)]
-        stats["quantiles"] = np.sort(x)
-        stats["moments"] = {"count": x.size, "mean": float(x.mean()), "var": float(x.var())}
-    return stats
-
-
 def fit_features(root: str, specs=SPECS) -> tuple:
     """Write a raw train frame under ``root``, fit the features on it -> (data_dir, schema_dict)."""
     raw_path = os.path.join(root, "raw.parquet")
@@ -99,7 +87,7 @@ def fit_features(root: str, specs=SPECS) -> tuple:
     for spec in E.sort_for_build(list(specs)):
         col = frame[spec.source or spec.name]
         values = [list(v) for v in col] if spec.kind in ("sequence", "dense") else col
-        feats[spec.name] = E.build_feature(spec, _stats(spec, values), data_dir)
+        feats[spec.name] = E.build_feature(spec, E.compute_stats(spec, values), data_dir)
     schema = Schema(features=[feats[s.name] for s in specs], labels=list(TASKS))
     schema.save(os.path.join(data_dir, "schema.json"))
     return data_dir, schema.to_dict()
