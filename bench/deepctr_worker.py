@@ -2,7 +2,8 @@
 
 Same data (encoded ids from ctrflow's TFRecords), embedding 16, MLP [400, 400, 400],
 batch 4096, Adam 1e-3. DCNv2 is DeepCTR's ``DCN`` with the matrix (DCN-M) cross.
-Prints one ``RESULT {json}`` line.
+Evaluated like ctrflow's side (valid and test AUC after every epoch, summarised by
+``epoch_stats.epoch_summary``). Prints one ``RESULT {json}`` line.
 """
 import argparse
 import json
@@ -15,15 +16,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from deepctr.feature_column import SparseFeat, get_feature_names  # noqa: E402
 from deepctr.models import DCN, WDL, DeepFM  # noqa: E402
+from epoch_stats import cpu_seconds, epoch_summary  # noqa: E402  (bench/ is the script directory)
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 NAMES = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category", "brand",
          "ad_id"]
-
-
-def _cpu():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def build(model, columns):
@@ -42,34 +39,34 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--npz", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     d = np.load(args.npz)
     sizes = d["vocab_sizes"]
     columns = [SparseFeat(n, vocabulary_size=int(s), embedding_dim=16) for n, s in zip(NAMES, sizes)]
-    x_train = {n: d[f"train/{n}"].reshape(-1) for n in get_feature_names(columns)}
-    x_test = {n: d[f"test/{n}"].reshape(-1) for n in get_feature_names(columns)}
-    y_train, y_test = d["train/click"].reshape(-1), d["test/click"].reshape(-1)
-    tf.keras.utils.set_random_seed(1)
+    x = {s: {n: d[f"{s}/{n}"].reshape(-1) for n in get_feature_names(columns)} for s in ("train", "valid", "test")}
+    y = {s: d[f"{s}/click"].reshape(-1) for s in ("train", "valid", "test")}
+    tf.keras.utils.set_random_seed(args.seed)
     model = build(args.model, columns)
     model.compile(tf.keras.optimizers.Adam(1e-3), "binary_crossentropy")
-    times, cpu = [], []
+    epoch_s, epoch_cpu, auc = [], [], {"valid": [], "test": []}
     for _ in range(args.epochs):
-        t0, c0 = time.perf_counter(), _cpu()
-        model.fit(x_train, y_train, batch_size=4096, epochs=1, verbose=0, shuffle=True)
-        times.append(time.perf_counter() - t0)
-        cpu.append(_cpu() - c0)
-    model.predict(x_test, batch_size=4096, verbose=0)
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        model.fit(x["train"], y["train"], batch_size=4096, epochs=1, verbose=0, shuffle=True)
+        epoch_s.append(time.perf_counter() - t0)
+        epoch_cpu.append(cpu_seconds() - c0)
+        for split in auc:
+            p = model.predict(x[split], batch_size=4096, verbose=0).reshape(-1)
+            auc[split].append(float(roc_auc_score(y[split], p)))
     t0 = time.perf_counter()
-    p = model.predict(x_test, batch_size=4096, verbose=0).reshape(-1)
+    model.predict(x["test"], batch_size=4096, verbose=0)
     pred_s = time.perf_counter() - t0
-    print("RESULT " + json.dumps({
-        "library": "deepctr", "model": args.model, "xla": False,
-        "train_examples_per_s": len(y_train) / float(np.mean(times[1:])), "first_epoch_s": times[0],
-        "train_cpu_us_per_example": float(np.mean(cpu[1:])) / len(y_train) * 1e6,
-        "predict_examples_per_s": len(y_test) / pred_s, "test_auc": float(roc_auc_score(y_test, p)),
-        "train_rows": int(len(y_train)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
-        flush=True)
+    result = {"library": "deepctr", "model": args.model, "xla": False, "precision": "float32", "seed": args.seed,
+              **epoch_summary(epoch_s, epoch_cpu, len(y["train"]), auc["valid"], auc["test"]),
+              "predict_examples_per_s": len(y["test"]) / pred_s,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,29 @@
-"""Training and inference throughput of DNN, DeepFM and DCNv2: ctrflow vs DeepCTR.
+"""Training and inference throughput of DNN, DeepFM and DCNv2: ctrflow vs DeepCTR, at equal AUC.
 
 Same data (the simulator's ads log, 10 categorical fields), same configuration
 (embedding 16, MLP [400, 400, 400], batch 4096, Adam 1e-3), same machine, one
 process per measurement (so peak memory is per configuration). ctrflow reads the
-gzip TFRecords through its tf.data reader; DeepCTR (installed in a scratch
-virtualenv, never a project dependency) gets the same encoded ids as numpy arrays.
+gzip TFRecords through its tf.data reader (``cache: true``); DeepCTR (installed in a
+scratch virtualenv, never a project dependency) gets the same encoded ids as numpy.
 
     python bench/train_throughput.py                      # simulate + preprocess 300k rows, then measure
-    python bench/train_throughput.py --deepctr-python /tmp/deepctr_venv/bin/python
+    python bench/train_throughput.py --deepctr-python /tmp/deepctr_venv/bin/python --seeds 1 2 3
 
-Prints one JSON document and a table. Examples/s are measured on the epochs after
-the first (tracing and XLA compilation excluded).
+Throughput: examples/s of each epoch after the first (tracing and XLA compilation
+excluded); the table gives the median and the best epoch (this workplace's 2 vCPUs
+switch between a fast and a ~1.6x slower state from one epoch to the next, for both
+libraries alike, so the median over several epochs and seeds is the comparable number).
+AUC: test AUC at the epoch of best validation AUC (early stopping, as ``ctrflow train``
+does; these ID-only models overfit after 1-2 epochs, so the last epoch's AUC would
+measure overfitting speed, not the model). With several seeds the ratio table adds a
+paired t-test of ctrflow's AUC against DeepCTR's.
+
+The JSON also holds this machine's matmul ceiling (GFLOP/s of a [4096, 400] x [400, 400]
+float32 and bfloat16 product) and the DNN's multiply-adds per example, so the float32
+bound on training examples/s (3 matmuls per layer: forward, and two for the backward
+pass) can be compared with what both libraries reach.
+
+Prints one JSON document and markdown tables.
 """
 from __future__ import annotations
 
@@ -18,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,11 +40,14 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from epoch_stats import cpu_seconds, epoch_summary  # noqa: E402  (bench/ is the script directory)
 
 CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category",
                "brand", "ad_id"]
 MODELS = ("dnn", "deepfm", "dcnv2")
-BATCH, EPOCHS, EMB, UNITS, LR = 4096, 3, 16, [400, 400, 400], 1e-3
+SPLITS = ("train", "valid", "test")
+CONFIGS = ((0, "float32"), (1, "float32"), (0, "mixed_bfloat16"))  # (XLA, precision)
+BATCH, EPOCHS, EMB, UNITS, LR = 4096, 5, 16, [400, 400, 400], 1e-3
 
 
 def prepare_data(out: str, rows: int) -> str:
@@ -56,31 +73,22 @@ def prepare_data(out: str, rows: int) -> str:
 
 
 def export_numpy(data: str, path: str) -> None:
-    """The encoded ids and labels of train and test as one npz (DeepCTR's input)."""
+    """The encoded ids and labels of every split as one npz (DeepCTR's input)."""
     import numpy as np
 
+    from features.schema import Schema
     from pipeline.data import read_columns
 
     arrays = {}
-    for split in ("train", "test"):
-        cols = read_columns(data, split, CATEGORICAL + ["click"])
-        for k, v in cols.items():
+    for split in SPLITS:
+        for k, v in read_columns(data, split, CATEGORICAL + ["click"]).items():
             arrays[f"{split}/{k}"] = v
-    from features.schema import Schema
-
     schema = Schema.load(data)
     arrays["vocab_sizes"] = np.array([schema.feature(n).num_ids for n in CATEGORICAL])
     np.savez(path, **arrays)
 
 
-def _cpu() -> float:
-    """CPU seconds of this process: a load-independent cost (the machine may be shared)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str) -> dict:
-    import numpy as np
+def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, epochs: int) -> dict:
     import tensorflow as tf
 
     from features.schema import Schema
@@ -89,36 +97,65 @@ def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str) -> di
     from pipeline.data import make_dataset
     from pipeline.predict import predict_labels
 
-    tf.keras.utils.set_random_seed(1)
+    tf.keras.utils.set_random_seed(seed)
     tf.keras.mixed_precision.set_global_policy(precision)
     schema = Schema.load(data)
-    options = {"dnn_units": UNITS}
-    model = build_model(schema.to_dict(), ["click"], backbone=model_name, backbone_options=options,
+    model = build_model(schema.to_dict(), ["click"], backbone=model_name, backbone_options={"dnn_units": UNITS},
                         embedding_dim=EMB)
     model.compile(tf.keras.optimizers.Adam(LR), loss={"click": "binary_crossentropy"}, jit_compile=xla)
-    train = make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=1, labels=["click"])
-    n_train = sum(int(b[1]["click"].shape[0]) for b in train)
-    times, cpu = [], []
-    for _ in range(EPOCHS):
-        t0, c0 = time.perf_counter(), _cpu()
+    train = make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=seed, labels=["click"])
+    evals = {s: make_dataset(data, s, BATCH, shuffle=False, cache=True, labels=["click"]) for s in ("valid", "test")}
+    rows = sum(int(b[1]["click"].shape[0]) for b in train)
+    epoch_s, epoch_cpu, auc = [], [], {"valid": [], "test": []}
+    for _ in range(epochs):
+        t0, c0 = time.perf_counter(), cpu_seconds()
         model.fit(train, epochs=1, verbose=0)
-        times.append(time.perf_counter() - t0)
-        cpu.append(_cpu() - c0)
-    test = make_dataset(data, "test", BATCH, shuffle=False, cache=True, labels=["click"])
-    predict_labels(model, test, ["click"])  # warm-up trace
+        epoch_s.append(time.perf_counter() - t0)
+        epoch_cpu.append(cpu_seconds() - c0)
+        for split, ds in evals.items():
+            y, p = predict_labels(model, ds, ["click"])
+            auc[split].append(M.auc(y["click"], p["click"]))
     t0 = time.perf_counter()
-    y, p = predict_labels(model, test, ["click"])
-    pred_s = time.perf_counter() - t0
-    return {"train_examples_per_s": n_train / float(np.mean(times[1:])), "first_epoch_s": times[0],
-            "train_cpu_us_per_example": float(np.mean(cpu[1:])) / n_train * 1e6,
-            "predict_examples_per_s": len(y["click"]) / pred_s, "test_auc": M.auc(y["click"], p["click"]),
-            "train_rows": n_train}
+    y, _ = predict_labels(model, evals["test"], ["click"])
+    out = epoch_summary(epoch_s, epoch_cpu, rows, auc["valid"], auc["test"])
+    out["predict_examples_per_s"] = len(y["click"]) / (time.perf_counter() - t0)
+    return out
+
+
+def matmul_ceiling() -> dict:
+    """GFLOP/s of the DNN's hidden-layer product on this machine, float32 and bfloat16."""
+    import tensorflow as tf
+
+    out = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        a = tf.cast(tf.random.normal([BATCH, UNITS[0]]), dtype)
+        w = tf.cast(tf.random.normal([UNITS[0], UNITS[0]]) * 0.05, dtype)
+        chain = tf.function(lambda a, w: tf.foldl(lambda x, _: tf.matmul(x, w), tf.range(20), a))
+        chain(a, w).numpy()
+        best = min(_timed(lambda: chain(a, w).numpy()) for _ in range(5))
+        out[f"{dtype.name}_gflops"] = 20 * 2 * BATCH * UNITS[0] * UNITS[0] / best / 1e9
+    macs = len(CATEGORICAL) * EMB * UNITS[0] + sum(a * b for a, b in zip(UNITS, UNITS[1:])) + UNITS[-1]
+    out["dnn_macs_per_example"] = macs
+    # training = forward + 2 backward products per layer = 3 * 2 * macs FLOPs per example
+    out["dnn_float32_bound_examples_per_s"] = out["float32_gflops"] * 1e9 / (6 * macs)
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _worker(args) -> None:
-    result = {"library": "ctrflow", "model": args.model, "xla": bool(args.xla), "precision": args.precision}
-    result.update(measure_ctrflow(args.data, args.model, bool(args.xla), args.precision))
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.model == "ceiling":
+        result = {"library": "machine", **matmul_ceiling()}
+    else:
+        result = {"library": "ctrflow", "model": args.model, "xla": bool(args.xla), "precision": args.precision,
+                  "seed": args.seed}
+        result.update(measure_ctrflow(args.data, args.model, bool(args.xla), args.precision, args.seed,
+                                      args.epochs))
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -135,51 +172,86 @@ def main() -> None:
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ctrflow_bench_train"))
     ap.add_argument("--rows", type=int, default=300_000)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1])
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--deepctr-python", default=None, help="python of a virtualenv with deepctr==0.9.4")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--xla", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return _worker(args)
 
     data = prepare_data(args.work, args.rows)
+    machine = _run([sys.executable, __file__, "--worker", "--model", "ceiling"])
+    print(json.dumps(machine), flush=True)
+    npz = os.path.join(args.work, "arrays.npz")
+    if args.deepctr_python and not os.path.exists(npz):
+        export_numpy(data, npz)
     results = []
-    for model in args.models:
-        for xla, precision in ((0, "float32"), (1, "float32"), (0, "mixed_bfloat16")):
-            results.append(_run([sys.executable, __file__, "--worker", "--model", model, "--xla", str(xla),
-                                 "--precision", precision, "--data", data]))
-            print(json.dumps(results[-1]), flush=True)
-    if args.deepctr_python:
-        npz = os.path.join(args.work, "arrays.npz")
-        if not os.path.exists(npz):
-            export_numpy(data, npz)
+    for seed in args.seeds:  # seeds outermost: a slow spell of the machine hits every configuration alike
         for model in args.models:
-            results.append(_run([args.deepctr_python, os.path.join(REPO, "bench", "deepctr_worker.py"),
-                                 "--npz", npz, "--model", model, "--epochs", str(EPOCHS)],
-                                env={"TF_USE_LEGACY_KERAS": "1"}))
-            print(json.dumps(results[-1]), flush=True)
+            for xla, precision in CONFIGS:
+                results.append(_run([sys.executable, __file__, "--worker", "--model", model, "--xla", str(xla),
+                                     "--precision", precision, "--seed", str(seed), "--epochs", str(args.epochs),
+                                     "--data", data]))
+                print(json.dumps(results[-1]), flush=True)
+            if args.deepctr_python:
+                results.append(_run([args.deepctr_python, os.path.join(REPO, "bench", "deepctr_worker.py"),
+                                     "--npz", npz, "--model", model, "--epochs", str(args.epochs),
+                                     "--seed", str(seed)], env={"TF_USE_LEGACY_KERAS": "1"}))
+                print(json.dumps(results[-1]), flush=True)
     print(json.dumps({"benchmark": "train_throughput", "batch": BATCH, "embedding": EMB, "mlp": UNITS,
-                      "results": results}, indent=2))
-    _table(results)
+                      "epochs": args.epochs, "seeds": args.seeds, "machine": machine, "results": results},
+                     indent=2))
+    print(tables(results, machine))
 
 
-def _table(results) -> None:
-    print("\n| library | model | XLA | precision | train ex/s | train CPU us/ex | predict ex/s | test AUC | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def _key(r) -> tuple:
+    return r["library"], r["model"], bool(r["xla"]), r.get("precision", "float32")
+
+
+def tables(results, machine) -> str:
+    """Markdown: one row per configuration (medians over seeds), then ratios to DeepCTR."""
+    groups: dict = {}
     for r in results:
-        print(f"| {r['library']} | {r['model']} | {'on' if r['xla'] else 'off'} | {r.get('precision', 'float32')} | "
-              f"{r['train_examples_per_s']:,.0f} | {r['train_cpu_us_per_example']:.1f} | "
-              f"{r['predict_examples_per_s']:,.0f} | {r['test_auc']:.4f} | {r['peak_rss_mb']:.0f} |")
-    base = {r["model"]: r for r in results if r["library"] == "deepctr"}
-    for r in results:
-        b = base.get(r["model"])
-        if r["library"] == "ctrflow" and b:
-            print(f"ctrflow/{r['model']} XLA {'on' if r['xla'] else 'off'} {r['precision']}: "
-                  f"{r['train_examples_per_s'] / b['train_examples_per_s']:.2f}x DeepCTR wall, "
-                  f"{b['train_cpu_us_per_example'] / r['train_cpu_us_per_example']:.2f}x DeepCTR per CPU-second")
+        groups.setdefault(_key(r), []).append(r)
+    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+    lines = [f"Matmul ceiling here: float32 {machine['float32_gflops']:.0f} GFLOP/s, bfloat16 "
+             f"{machine['bfloat16_gflops']:.0f} GFLOP/s; DNN training bound in float32: "
+             f"{machine['dnn_float32_bound_examples_per_s']:,.0f} examples/s.", "",
+             "| library | model | XLA | precision | train ex/s (median) | best epoch ex/s | train CPU us/ex | "
+             "predict ex/s | test AUC (mean) | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (lib, model, xla, prec), rs in groups.items():
+        auc = statistics.mean(r["test_auc"] for r in rs)
+        lines.append(f"| {lib} | {model} | {'on' if xla else 'off'} | {prec} | "
+                     f"{statistics.median(x for r in rs for x in r['epoch_examples_per_s']):,.0f} | "
+                     f"{max(r['train_examples_per_s_best'] for r in rs):,.0f} | "
+                     f"{med(rs, 'train_cpu_us_per_example'):.1f} | {med(rs, 'predict_examples_per_s'):,.0f} | "
+                     f"{auc:.4f} | {med(rs, 'peak_rss_mb'):.0f} |")
+    lines += ["", "| ctrflow configuration | train speed / DeepCTR | AUC - DeepCTR's (paired p) |", "|---|---|---|"]
+    for (lib, model, xla, prec), rs in groups.items():
+        base = groups.get(("deepctr", model, False, "float32"))
+        if lib != "ctrflow" or not base:
+            continue
+        speed = (statistics.median(x for r in rs for x in r["epoch_examples_per_s"])
+                 / statistics.median(x for r in base for x in r["epoch_examples_per_s"]))
+        lines.append(f"| {model} XLA {'on' if xla else 'off'} {prec} | {speed:.2f}x | {_auc_delta(rs, base)} |")
+    return "\n".join(lines)
+
+
+def _auc_delta(rs, base) -> str:
+    by_seed = {r["seed"]: r["test_auc"] for r in base}
+    pairs = [(r["test_auc"], by_seed[r["seed"]]) for r in rs if r["seed"] in by_seed]
+    delta = statistics.mean(a - b for a, b in pairs)
+    if len(pairs) < 2:
+        return f"{delta:+.4f}"
+    from scipy.stats import ttest_rel
+
+    return f"{delta:+.4f} (p={ttest_rel([a for a, _ in pairs], [b for _, b in pairs]).pvalue:.2g})"
 
 
 if __name__ == "__main__":

@@ -67,6 +67,11 @@ def _float32(out: BackboneOutput) -> BackboneOutput:
     return BackboneOutput(tf.cast(out.repr, tf.float32), tf.cast(out.logit, tf.float32))
 
 
+def _sum_logit(terms: tf.Tensor) -> tf.Tensor:
+    """[B, k] -> [B, 1], summed in float32 (a logit term, see ``layers.logit_unit``)."""
+    return tf.reduce_sum(tf.cast(terms, tf.float32), axis=1, keepdims=True)
+
+
 def _flat(fields: tf.Tensor) -> tf.Tensor:
     return tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
 
@@ -86,12 +91,14 @@ class Backbone(tf.keras.layers.Layer):
         if unknown:
             raise ValueError(f"backbone '{self.registered_name}': unknown option(s) {unknown}; "
                              f"known: {sorted(self.defaults)}")
-        super().__init__(name=name, trainable=trainable, dtype=dtype)
+        # float32 under mixed precision but for MLP hidden layers (models.layers.precision_sensitive)
+        super().__init__(name=name, trainable=trainable, dtype=dtype or "float32")
         self.num_fields, self.embedding_dim = int(num_fields), int(embedding_dim)
         if self.num_fields < 1 or self.embedding_dim < 1:
             raise ValueError(f"backbone '{self.registered_name}': num_fields and embedding_dim must be >= 1")
         self.options = {**self.defaults, **options}
-        self._build_layers()
+        with L.precision_sensitive():
+            self._build_layers()
 
     @classmethod
     def input_embedding_dim(cls, num_fields: int, embedding_dim: int) -> int:
@@ -127,8 +134,8 @@ class Backbone(tf.keras.layers.Layer):
     def call(self, emb: EmbeddedFields, training=None) -> BackboneOutput:
         emb = self._prepare(emb)
         if self.branches:
-            s, d = self._simple(emb, training), self._deep(emb, training)
-            return _float32(self._fuse(s, d, training))
+            s, d = _float32(self._simple(emb, training)), _float32(self._deep(emb, training))
+            return self._fuse(s, d, training)
         return _float32(self._forward(emb, training))
 
     def call_branches(self, emb: EmbeddedFields, training=None,
@@ -187,7 +194,7 @@ class _PairwiseBackbone(Backbone):
 
     def _forward(self, emb, training):
         pairs = self.interaction(emb.fields)
-        return BackboneOutput(pairs, self.first_order(emb.linear) + tf.reduce_sum(pairs, axis=1, keepdims=True))
+        return BackboneOutput(pairs, self.first_order(emb.linear) + _sum_logit(pairs))
 
 
 @register_backbone("fm")
@@ -358,7 +365,7 @@ class DeepFM(_WithDNN):
 
     def _simple(self, emb, training):
         pairs = self.fm(emb.fields)
-        return BackboneOutput(pairs, self.first_order(emb.linear) + tf.reduce_sum(pairs, axis=1, keepdims=True))
+        return BackboneOutput(pairs, self.first_order(emb.linear) + _sum_logit(pairs))
 
 
 @register_backbone("xdeepfm")
@@ -375,7 +382,7 @@ class XDeepFM(_WithDNN):
         o = self.options
         self.first_order = L.FirstOrder(name="first_order")
         self.cin = L.CIN(o["cin_layer_sizes"], o["cin_split_half"], o["cin_activation"], name="cin")
-        self.cin_logit = tf.keras.layers.Dense(1, use_bias=False, name="cin_logit")
+        self.cin_logit = L.logit_unit("cin_logit", use_bias=False)
 
     def _simple(self, emb, training):
         p = self.cin(emb.fields)
@@ -398,7 +405,7 @@ class AutoIntPlus(_WithDNN):
                           for i in range(int(o["attention_layers"]))]
         if not self.attention:
             raise ValueError("autoint+: attention_layers must be >= 1")
-        self.attention_logit = tf.keras.layers.Dense(1, name="attention_logit")
+        self.attention_logit = L.logit_unit("attention_logit")
 
     def _simple(self, emb, training):
         x = emb.fields
@@ -426,7 +433,7 @@ class _CrossBackbone(_WithDNN):
         extra = {k: o[k] for k in ("projection_dim", "diag_scale") if k in o}
         self.cross = L.CrossNetwork(self.cross_kind, o["num_cross_layers"], name="cross", **extra)
         if o["structure"] == "parallel":
-            self.cross_logit = tf.keras.layers.Dense(1, name="cross_logit")
+            self.cross_logit = L.logit_unit("cross_logit")
 
     def _simple(self, emb, training):
         h = self.cross(_flat(emb.fields))

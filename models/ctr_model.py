@@ -3,8 +3,9 @@
 Single task: the task's logit is the backbone logit. Several tasks: each task t adds
 its own linear head on the backbone representation to the backbone logit,
 z_t = z_b + w_t^T r_b + b_t (heads start at zero, so every backbone weight keeps a
-gradient and tasks separate as they train). Probabilities are float32 even under
-``mixed_float16``.
+gradient and tasks separate as they train). Under mixed precision only the MLP hidden
+layers compute in the mixed dtype (``models.layers.precision_sensitive``); embeddings,
+logits and probabilities are float32.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import tensorflow as tf
 from features.schema import Schema
 from models.backbones import backbone_class, get_backbone
 from models.embedding import FeatureEmbedding, plan_fields
-from models.layers import plain
+from models.layers import logit_unit, plain, precision_sensitive
 
 _EMBEDDING_OPTIONS = sorted(set(inspect.signature(FeatureEmbedding.__init__).parameters)
                             - {"self", "schema_dict", "embedding_dim", "linear", "name", "kw"})
@@ -45,14 +46,14 @@ class CTRModel(tf.keras.Model):
         num_fields = len(plan_fields(schema_dict, embedding_options.get("features")))
         cls = backbone_class(backbone)
         width = cls.input_embedding_dim(num_fields, self.embedding_dim)
-        self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
-                                          name="embedding", **embedding_options)
+        with precision_sensitive():  # embeddings in float32 under mixed precision (models.layers)
+            self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
+                                              name="embedding", **embedding_options)
         self.backbone = get_backbone(backbone, num_fields, self.embedding_dim,
                                      **self.backbone_options)
         self.heads = {}
         if len(tasks) > 1:
-            self.heads = {t: tf.keras.layers.Dense(1, kernel_initializer="zeros",
-                                                   name="head_" + re.sub(r"[^A-Za-z0-9_.-]", "_", t))
+            self.heads = {t: logit_unit("head_" + re.sub(r"[^A-Za-z0-9_.-]", "_", t), kernel_initializer="zeros")
                           for t in tasks}
 
     def logits(self, inputs: dict, training=None) -> Dict[str, tf.Tensor]:
@@ -60,7 +61,7 @@ class CTRModel(tf.keras.Model):
         out = self.backbone(self.embedding(inputs, training=training), training=training)
         if not self.heads:
             return {self.tasks[0]: out.logit}
-        return {t: out.logit + tf.cast(self.heads[t](out.repr), tf.float32) for t in self.tasks}
+        return {t: out.logit + self.heads[t](out.repr) for t in self.tasks}
 
     def call(self, inputs, training=None):
         return {t: tf.sigmoid(z) for t, z in self.logits(inputs, training=training).items()}

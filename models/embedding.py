@@ -213,10 +213,12 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 prefix = (f"t{t}_" if self.num_tables > 1 else "") + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
                 w: Dict[str, object] = {}
                 if kind == "project":
-                    w["project"] = tf.keras.layers.Dense(self.embedding_dim, name=f"{prefix}_project")
+                    w["project"] = tf.keras.layers.Dense(self.embedding_dim, name=f"{prefix}_project",
+                                                        dtype=self.dtype_policy)
                     w["project"].build((None, f.width))
                     if self.linear:
-                        w["linear"] = tf.keras.layers.Dense(1, use_bias=False, name=f"{prefix}_linear")
+                        w["linear"] = tf.keras.layers.Dense(1, use_bias=False, name=f"{prefix}_linear",
+                                                           dtype=self.dtype_policy)
                         w["linear"].build((None, f.width))
                 else:
                     rows = 1 if kind == "scale" else f.num_ids
@@ -227,7 +229,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                                                       initializer="zeros")
                     if dim != self.embedding_dim:
                         w["to_dim"] = tf.keras.layers.Dense(self.embedding_dim, use_bias=False,
-                                                            name=f"{prefix}_to_dim")
+                                                            name=f"{prefix}_to_dim", dtype=self.dtype_policy)
                         w["to_dim"].build((None, dim))
                 weights[name] = w
             self.tables.append(weights)

@@ -34,7 +34,7 @@ from features.schema import Schema
 from models.backbones import BACKBONES, get_backbone
 from models.ctr_model import _EMBEDDING_OPTIONS
 from models.factory import register_framework
-from models.layers import plain
+from models.layers import plain, precision_sensitive
 from models.losses import check_twin_focus_options, twin_focus_loss
 from models.tf4ctr_layers import DynamicFusion, SampleSelectionEmbedding
 
@@ -121,12 +121,13 @@ class TF4CTR(tf.keras.Model):
             raise ValueError(f"tf4ctr tf_loss_weight must be >= 0, got {self.tf_loss_weight}")
         check_twin_focus_options(self.alpha, self.c, self.gamma)
 
-        self.ssem = SampleSelectionEmbedding(
-            schema_dict, embedding_dim=self.embedding_dim, mode=o["ssem"],
-            easy_embedding_dim=o["easy_embedding_dim"], embedding_options=embedding_options,
-            gate_units=o["ssem_gate_units"], expert_units=o["ssem_expert_units"],
-            activation=o["ssem_activation"], dropout=o["ssem_dropout"], batch_norm=o["ssem_batch_norm"],
-            name="ssem")
+        with precision_sensitive():  # embeddings and gates' first layers in float32 (models.layers)
+            self.ssem = SampleSelectionEmbedding(
+                schema_dict, embedding_dim=self.embedding_dim, mode=o["ssem"],
+                easy_embedding_dim=o["easy_embedding_dim"], embedding_options=embedding_options,
+                gate_units=o["ssem_gate_units"], expert_units=o["ssem_expert_units"],
+                activation=o["ssem_activation"], dropout=o["ssem_dropout"], batch_norm=o["ssem_batch_norm"],
+                name="ssem")
         self.backbone = get_backbone(backbone, self.ssem.num_fields, self.embedding_dim, **self.backbone_options)
         if not self.backbone.branches:
             raise ValueError(f"tf4ctr needs a two-branch backbone for its simple and complex encoders (Eq. 6); "

@@ -274,17 +274,22 @@ def test_model_option_errors():
         CTRModel(toy_schema(), ["click"], embedding_options={"dim": 3})
 
 
-def test_mixed_precision_outputs_float32():
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_embeddings_and_logits_float32(policy):
+    """Only MLP hidden layers after the first take the mixed policy (models.layers)."""
+    tf.keras.mixed_precision.set_global_policy(policy)
     try:
         x, _ = toy_data(16, seed=4)
         for name in sorted(BACKBONES):
             model = _model(name, tasks=("click", "conv"))
             out = model(x, training=False)
-            emb = model.embedding(x)
-            assert emb.fields.dtype == tf.float16, name
+            assert model.embedding(x).fields.dtype == tf.float32, name
             for t in ("click", "conv"):
                 assert out[t].dtype == tf.float32 and np.all(np.isfinite(out[t].numpy())), name
+        tower = _model("dnn").backbone.tower
+        assert [d.compute_dtype for d in tower.mlp.dense] == ["float32", policy[6:]]
+        assert tower.head.compute_dtype == "float32"
+        assert tf.keras.mixed_precision.global_policy().name == policy  # the scope restored it
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
 

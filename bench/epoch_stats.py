@@ -1,0 +1,24 @@
+"""The per-run summary both sides of bench/train_throughput.py print (no ctrflow or
+DeepCTR imports: bench/deepctr_worker.py runs it in DeepCTR's virtualenv)."""
+import resource
+import statistics
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process: a load-independent cost (the machine may be shared)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def epoch_summary(epoch_s, epoch_cpu, rows, valid_auc, test_auc) -> dict:
+    """Throughput over the epochs after the first, and the test AUC at the best valid epoch.
+
+    ``epoch_s`` / ``epoch_cpu``: wall and CPU seconds of each epoch; ``valid_auc`` /
+    ``test_auc``: each epoch's AUC."""
+    rates = [rows / s for s in epoch_s[1:]]
+    best = max(range(len(valid_auc)), key=valid_auc.__getitem__)
+    return {"train_examples_per_s": statistics.median(rates), "train_examples_per_s_best": max(rates),
+            "epoch_examples_per_s": rates, "first_epoch_s": epoch_s[0],
+            "train_cpu_us_per_example": statistics.median(epoch_cpu[1:]) / rows * 1e6,
+            "best_epoch": best + 1, "valid_auc": valid_auc[best], "test_auc": test_auc[best],
+            "train_rows": rows}
