@@ -46,7 +46,7 @@ CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation"
                "brand", "ad_id"]
 MODELS = ("dnn", "deepfm", "dcnv2")
 SPLITS = ("train", "valid", "test")
-CONFIGS = ((0, "float32"), (1, "float32"), (0, "mixed_bfloat16"))  # (XLA, precision)
+CONFIGS = {"float32": (0, "float32"), "float32+xla": (1, "float32"), "mixed_bfloat16": (0, "mixed_bfloat16")}
 BATCH, EPOCHS, EMB, UNITS, LR = 4096, 5, 16, [400, 400, 400], 1e-3
 
 
@@ -174,6 +174,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1])
     ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                    help="ctrflow configurations to measure (default: all)")
     ap.add_argument("--deepctr-python", default=None, help="python of a virtualenv with deepctr==0.9.4")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -194,7 +196,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:  # seeds outermost: a slow spell of the machine hits every configuration alike
         for model in args.models:
-            for xla, precision in CONFIGS:
+            for xla, precision in (CONFIGS[c] for c in args.configs):
                 results.append(_run([sys.executable, __file__, "--worker", "--model", model, "--xla", str(xla),
                                      "--precision", precision, "--seed", str(seed), "--epochs", str(args.epochs),
                                      "--data", data]))

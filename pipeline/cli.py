@@ -4,7 +4,7 @@
     ctrflow load       NAME --src DIR --out DIR
     ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...]
     ctrflow train      --config configs/train_sim_dcnv2.yaml [--set ...] [--overwrite]
-    ctrflow evaluate   RUN_DIR [--split test ...]
+    ctrflow evaluate   RUN_DIR [--split test ...] [--ad-stats RAW/ads.parquet]
     ctrflow compare    --config configs/compare_backbones.yaml
     ctrflow export     RUN_DIR --out BASE [--keep N]
     ctrflow demo       [--out demo_out]
@@ -63,7 +63,7 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from pipeline.evaluate import evaluate_run, summary_table
 
-    results = evaluate_run(args.run_dir, splits=args.split)
+    results = evaluate_run(args.run_dir, splits=args.split, ad_stats=args.ad_stats)
     print(summary_table(results))
     print(f"wrote {os.path.join(args.run_dir, 'metrics.json')} and report.md")
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics and report of a trained run")
     ev.add_argument("run_dir")
     ev.add_argument("--split", action="append", help="split(s) to evaluate (default: the run's eval_splits)")
+    ev.add_argument("--ad-stats", help="ad table (Parquet/CSV) with the ad column and impression_ratio, e.g. the "
+                                       "simulator's <raw>/ads.parquet: impression-ratio slices by Rec4Ad Eq. 2")
     ev.set_defaults(fn=cmd_evaluate)
 
     ex = sub.add_parser("export", help="SavedModel for TF Serving: BASE/<model_name>/<version>/")

@@ -55,7 +55,7 @@ def run_demo(out: str, fast: bool = False) -> dict:
           f"TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}")
 
     _banner("4/5 evaluate")
-    results = evaluate_run(run_dir, splits=tcfg.eval_splits)
+    results = evaluate_run(run_dir, splits=tcfg.eval_splits, ad_stats=os.path.join(raw, "ads.parquet"))
     print(summary_table(results))
     print(f"report: {os.path.join(run_dir, 'report.md')}")
 

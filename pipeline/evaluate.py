@@ -2,7 +2,9 @@
 
 Metrics (DESIGN.md §3.4): exact AUC, gAUC, LogLoss, ECE (Rec4Ad Eq. 16, K = 100),
 GP-LT / GP-Head / GAP (HDA Def. 3.1, head = top 20 % users of the training
-split), overall and per user-activity quintile and ad impression-ratio group.
+split), overall and per user-activity quintile and ad impression-ratio group (Rec4Ad
+Eq. 2: from the serving log's ratio when ``ad_stats`` names an ad table that has it, such
+as the simulator's ``ads.parquet``; else ads are ordered by training impressions).
 Predictions run with ``training=False`` (dropout and batch norm in inference mode).
 """
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from features.schema import Schema
+from features.encoders import NumpyEncoder
+from features.schema import OOV_ID, Schema
 from pipeline import metrics as M
 from pipeline import report, runs
 from pipeline.data import make_dataset, read_columns
@@ -21,8 +24,12 @@ from pipeline.predict import predict_labels
 
 
 def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: Optional[str] = None,
-                 batch_size: int = 16384, write: bool = True) -> Dict[str, dict]:
-    """Evaluate a completed run on ``splits`` (default: the config's eval_splits)."""
+                 batch_size: int = 16384, write: bool = True, ad_stats: Optional[str] = None) -> Dict[str, dict]:
+    """Evaluate a completed run on ``splits`` (default: the config's eval_splits).
+
+    ad_stats: an ad table (Parquet or CSV) with the item column and ``impression_ratio``
+    (see :func:`logged_impression_ratio`) for the impression-ratio slices.
+    """
     cfg = runs.load_config(run_dir)
     model, _, tasks = runs.load_model(run_dir)
     schema = Schema.load(cfg.data_dir)
@@ -31,6 +38,9 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     item_col = item_column or ("ad_id" if "ad_id" in schema.meta or "ad_id" in schema.feature_names else None)
     extra = [c for c in (user_col, item_col) if c]
     train_cols = read_columns(cfg.data_dir, cfg.train_split, extra) if extra else {}
+    if ad_stats and not item_col:
+        raise ValueError(f"ad_stats '{ad_stats}' given, but the data has no ad column: name it with item_column")
+    ratio = logged_impression_ratio(ad_stats, schema, cfg.data_dir, item_col) if ad_stats else None
     results: Dict[str, dict] = {}
     for split in splits:
         ds = make_dataset(cfg.data_dir, split, batch_size, shuffle=False, deterministic=True, labels=tasks)
@@ -42,7 +52,8 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
                 user_ids=cols.get(user_col) if user_col else None,
                 train_user_ids=train_cols.get(user_col) if user_col else None,
                 item_ids=cols.get(item_col) if item_col else None,
-                train_item_ids=train_cols.get(item_col) if item_col else None)
+                train_item_ids=train_cols.get(item_col) if item_col else None,
+                logged_impression_ratio=ratio)
         results[split] = by_task
         if write:
             report.write_eval_report(os.path.join(run_dir, f"eval_{split}"), by_task,
@@ -51,6 +62,26 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     if write:
         _write_summary(run_dir, results)
     return results
+
+
+def logged_impression_ratio(path: str, schema: Schema, data_dir: str, item_col: str) -> Dict[object, float]:
+    """{ad as in the data: IR} from an ad table's ``impression_ratio`` column (Rec4Ad Eq. 2 as
+    the serving system logged it). Raw ad ids are encoded with the schema's vocabulary when
+    the ad column is an encoded feature; ads the vocabulary maps to OOV are left out."""
+    import pandas as pd
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"ad stats table '{path}' does not exist")
+    table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    missing = [c for c in (item_col, "impression_ratio") if c not in table.columns]
+    if missing:
+        raise ValueError(f"ad stats table '{path}' lacks column(s) {missing} (it has {list(table.columns)})")
+    ads = table[item_col].to_numpy()
+    ratio = table["impression_ratio"].to_numpy(np.float64)
+    if item_col in schema.feature_names:
+        ads = NumpyEncoder(schema.feature(item_col), data_dir).encode(ads)[:, 0]
+        ads, ratio = ads[ads != OOV_ID], ratio[ads != OOV_ID]
+    return dict(zip(ads.tolist(), ratio.tolist()))
 
 
 def _write_summary(run_dir: str, results: Dict[str, dict]) -> None:

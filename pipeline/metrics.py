@@ -289,19 +289,29 @@ def activity_quintiles(user_ids_eval, user_ids_train, num_groups=5) -> np.ndarra
 
 
 def impression_ratio_groups(item_ids_eval, item_ids_train, num_groups=4,
-                            candidate_item_ids_train=None) -> np.ndarray:
+                            candidate_item_ids_train=None, logged_ratio=None) -> np.ndarray:
     """Label IR1..IRk per eval row: Rec4Ad groups of ads by impression ratio (IR1 = highest).
 
     IR(a) = #sessions where a was displayed / #sessions where a was a candidate (Eq. 2);
     ``item_ids_train`` holds one entry per training impression and ``candidate_item_ids_train``
-    one entry per (session, candidate ad). Without a candidate log every ad is taken to be a
-    candidate in every session, so IR orders ads by their training impressions. Ads are
-    sorted by IR descending and split into k equal-sized groups (§2.2.1; k = 4 gives §4.2.2's
+    one entry per (session, candidate ad). ``logged_ratio`` ({ad: IR}) takes the ratio as the
+    serving system logged it instead (the simulator's ``ads.parquet`` ``impression_ratio``,
+    over its whole log). With neither, every ad is taken to be a candidate in every session,
+    so IR orders ads by their training impressions. The ads of the training split are sorted
+    by IR descending and split into k equal-sized groups (§2.2.1; k = 4 gives §4.2.2's
     G_top = IR1 and G_bottom = IR4). Ads absent from training go to IRk.
     """
+    if candidate_item_ids_train is not None and logged_ratio is not None:
+        raise ValueError("impression_ratio_groups: give candidate_item_ids_train or logged_ratio, not both")
     shown = _as_1d("item_ids_train", item_ids_train)
     ads, impressions = np.unique(shown, return_counts=True)
-    if candidate_item_ids_train is None:
+    if logged_ratio is not None:
+        missing = [a for a in ads.tolist() if a not in logged_ratio]
+        if missing:
+            raise ValueError(f"impression_ratio_groups: {len(missing)} displayed ad(s) of the training split "
+                             f"have no logged ratio, e.g. {missing[0]!r}")
+        ir = np.array([logged_ratio[a] for a in ads.tolist()], np.float64)
+    elif candidate_item_ids_train is None:
         ir = impressions.astype(np.float64)
     else:
         cands, cand_counts = np.unique(_as_1d("candidate_item_ids_train", candidate_item_ids_train),
@@ -342,7 +352,8 @@ def _slice_metrics(y: np.ndarray, p: np.ndarray, users: Optional[np.ndarray], ec
 
 
 def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None, train_item_ids=None,
-                         train_candidate_item_ids=None, config: Optional[EvalConfig] = None) -> dict:
+                         train_candidate_item_ids=None, logged_impression_ratio=None,
+                         config: Optional[EvalConfig] = None) -> dict:
     """All metrics of one task, overall and per slice.
 
     Returns ``{"overall": {...}, "slices": {"activity": {"G1": {...}, ...},
@@ -350,7 +361,8 @@ def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None
     GP-LT, GP-Head and GAP (head = top ``head_fraction`` users of the training split).
     Data without users (``user_ids`` and ``train_user_ids`` None, e.g. Criteo) gets gauc,
     GP-* = None and no activity slice; the impression-ratio slice needs ``item_ids`` and
-    ``train_item_ids``.
+    ``train_item_ids`` (and takes the IR from ``train_candidate_item_ids`` or
+    ``logged_impression_ratio`` when given, see :func:`impression_ratio_groups`).
     """
     cfg = config or EvalConfig()
     y = _labels("evaluate_predictions", y_true, binary=True)
@@ -371,7 +383,8 @@ def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None
         items = _as_1d("evaluate_predictions: item_ids", item_ids)
         _check_same_length("evaluate_predictions", y_true=y, item_ids=items)
         slice_labels["impression_ratio"] = (
-            impression_ratio_groups(items, train_item_ids, cfg.ir_groups, train_candidate_item_ids),
+            impression_ratio_groups(items, train_item_ids, cfg.ir_groups, train_candidate_item_ids,
+                                    logged_impression_ratio),
             [f"IR{k + 1}" for k in range(cfg.ir_groups)])
 
     overall = _slice_metrics(y, p, users, cfg.ece_bins)

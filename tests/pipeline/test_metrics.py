@@ -157,6 +157,14 @@ def test_impression_ratio_groups_rec4ad_eq2():
         ["IR1", "IR1", "IR2", "IR2"]
     with pytest.raises(ValueError, match="never appear in candidate_item_ids_train, e.g. 'D'"):
         M.impression_ratio_groups(["A"], shown, 4, ["A", "B", "C"])
+    # the ratio as the serving system logged it gives the same groups as the candidate log
+    logged = {"A": 0.5, "B": 1.0, "C": 0.1, "D": 0.5, "Z": 0.9}  # Z: never shown in training, ignored
+    assert M.impression_ratio_groups(["A", "B", "C", "D"], shown, 4, logged_ratio=logged).tolist() == \
+        ["IR2", "IR1", "IR4", "IR3"]
+    with pytest.raises(ValueError, match="have no logged ratio, e.g. 'D'"):
+        M.impression_ratio_groups(["A"], shown, 4, logged_ratio={"A": 1, "B": 1, "C": 1})
+    with pytest.raises(ValueError, match="not both"):
+        M.impression_ratio_groups(["A"], shown, 4, candidates, logged_ratio=logged)
 
 
 def test_evaluate_predictions_overall_and_slices():

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -53,6 +54,28 @@ def test_evaluate_writes_metrics_and_report(sim_data, tmp_path):
     assert saved["test"]["click"]["overall"]["auc"] == pytest.approx(overall["auc"])
     assert os.path.exists(os.path.join(run_dir, "report.md"))
     assert os.path.exists(os.path.join(run_dir, "eval_test", "reliability_click.png"))
+
+    # impression-ratio slices from the simulator's logged ratio (Rec4Ad Eq. 2)
+    from features.encoders import NumpyEncoder
+    from features.schema import Schema
+    from pipeline.evaluate import logged_impression_ratio
+
+    ads_table = os.path.join(os.path.dirname(sim_data), "raw", "ads.parquet")
+    schema = Schema.load(sim_data)
+    ratio = logged_impression_ratio(ads_table, schema, sim_data, "ad_id")
+    table = pd.read_parquet(ads_table)
+    shown = table[table["impressions"] > 0].iloc[:5]
+    ids = NumpyEncoder(schema.feature("ad_id"), sim_data).encode(shown["ad_id"].to_numpy())[:, 0]
+    for ad_id, want in zip(ids.tolist(), shown["impression_ratio"].tolist()):
+        assert ad_id == 1 or ratio[ad_id] == pytest.approx(want)  # 1 = OOV (first shown after training)
+    sliced = evaluate_run(run_dir, splits=["test"], ad_stats=ads_table, write=False)
+    groups = sliced["test"]["click"]["slices"]["impression_ratio"]
+    assert set(groups) == {"IR1", "IR2", "IR3", "IR4"}
+    assert sum(g["count"] for g in groups.values()) == overall["count"]
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['impression_ratio'\]"):
+        bad = tmp_path / "ads.csv"
+        table[["ad_id"]].to_csv(bad, index=False)
+        evaluate_run(run_dir, splits=["test"], ad_stats=str(bad), write=False)
 
 
 def test_config_errors_name_what_is_wrong(sim_data, tmp_path):
