@@ -10,9 +10,10 @@ scratch virtualenv, never a project dependency) gets the same encoded ids as num
     python bench/train_throughput.py --deepctr-python /tmp/deepctr_venv/bin/python --seeds 1 2 3
 
 Throughput: examples/s of each epoch after the first (tracing and XLA compilation
-excluded); the table gives the median and the best epoch (this workplace's 2 vCPUs
-switch between a fast and a ~1.6x slower state from one epoch to the next, for both
-libraries alike, so the median over several epochs and seeds is the comparable number).
+excluded); the table gives the rate over all those epochs and that of the best epoch
+(this workplace's 2 vCPUs switch between a fast state and a slower one, in which step
+times round up to multiples of ~44 ms, from one epoch to the next and for both libraries
+alike; the best epoch is the fast state's rate).
 AUC: test AUC at the epoch of best validation AUC (early stopping, as ``ctrflow train``
 does; these ID-only models overfit after 1-2 epochs, so the last epoch's AUC would
 measure overfitting speed, not the model). With several seeds the ratio table adds a
@@ -217,31 +218,37 @@ def _key(r) -> tuple:
 
 
 def tables(results, machine) -> str:
-    """Markdown: one row per configuration (medians over seeds), then ratios to DeepCTR."""
+    """Markdown: one row per configuration (over seeds and epochs), then ratios to DeepCTR.
+
+    Speed is given twice: over all epochs (rows / time, i.e. the harmonic mean of the
+    epochs' rates) and in the fast state (the best epoch), see the module docstring."""
     groups: dict = {}
     for r in results:
         groups.setdefault(_key(r), []).append(r)
+    speed = {k: (statistics.harmonic_mean([x for r in rs for x in r["epoch_examples_per_s"]]),
+                 max(r["train_examples_per_s_best"] for r in rs)) for k, rs in groups.items()}
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
     lines = [f"Matmul ceiling here: float32 {machine['float32_gflops']:.0f} GFLOP/s, bfloat16 "
              f"{machine['bfloat16_gflops']:.0f} GFLOP/s; DNN training bound in float32: "
              f"{machine['dnn_float32_bound_examples_per_s']:,.0f} examples/s.", "",
-             "| library | model | XLA | precision | train ex/s (median) | best epoch ex/s | train CPU us/ex | "
-             "predict ex/s | test AUC (mean) | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for (lib, model, xla, prec), rs in groups.items():
-        auc = statistics.mean(r["test_auc"] for r in rs)
-        lines.append(f"| {lib} | {model} | {'on' if xla else 'off'} | {prec} | "
-                     f"{statistics.median(x for r in rs for x in r['epoch_examples_per_s']):,.0f} | "
-                     f"{max(r['train_examples_per_s_best'] for r in rs):,.0f} | "
-                     f"{med(rs, 'train_cpu_us_per_example'):.1f} | {med(rs, 'predict_examples_per_s'):,.0f} | "
-                     f"{auc:.4f} | {med(rs, 'peak_rss_mb'):.0f} |")
-    lines += ["", "| ctrflow configuration | train speed / DeepCTR | AUC - DeepCTR's (paired p) |", "|---|---|---|"]
-    for (lib, model, xla, prec), rs in groups.items():
-        base = groups.get(("deepctr", model, False, "float32"))
-        if lib != "ctrflow" or not base:
+             "| library | model | XLA | precision | seeds | train ex/s (all epochs) | train ex/s (best epoch) | "
+             "train CPU us/ex | predict ex/s | test AUC (mean) | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, rs in groups.items():
+        lib, model, xla, prec = key
+        lines.append(f"| {lib} | {model} | {'on' if xla else 'off'} | {prec} | {len(rs)} | {speed[key][0]:,.0f} | "
+                     f"{speed[key][1]:,.0f} | {med(rs, 'train_cpu_us_per_example'):.1f} | "
+                     f"{med(rs, 'predict_examples_per_s'):,.0f} | {statistics.mean(r['test_auc'] for r in rs):.4f} | "
+                     f"{med(rs, 'peak_rss_mb'):.0f} |")
+    lines += ["", "| ctrflow configuration | speed / DeepCTR (all epochs) | speed / DeepCTR (best epoch) | "
+              "AUC - DeepCTR's (paired p) |", "|---|---|---|---|"]
+    for key, rs in groups.items():
+        lib, model, xla, prec = key
+        base = ("deepctr", model, False, "float32")
+        if lib != "ctrflow" or base not in groups:
             continue
-        speed = (statistics.median(x for r in rs for x in r["epoch_examples_per_s"])
-                 / statistics.median(x for r in base for x in r["epoch_examples_per_s"]))
-        lines.append(f"| {model} XLA {'on' if xla else 'off'} {prec} | {speed:.2f}x | {_auc_delta(rs, base)} |")
+        lines.append(f"| {model} XLA {'on' if xla else 'off'} {prec} | {speed[key][0] / speed[base][0]:.2f}x | "
+                     f"{speed[key][1] / speed[base][1]:.2f}x | {_auc_delta(rs, groups[base])} |")
     return "\n".join(lines)
 
 

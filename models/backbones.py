@@ -67,11 +67,6 @@ def _float32(out: BackboneOutput) -> BackboneOutput:
     return BackboneOutput(tf.cast(out.repr, tf.float32), tf.cast(out.logit, tf.float32))
 
 
-def _sum_logit(terms: tf.Tensor) -> tf.Tensor:
-    """[B, k] -> [B, 1], summed in float32 (a logit term, see ``layers.logit_unit``)."""
-    return tf.reduce_sum(tf.cast(terms, tf.float32), axis=1, keepdims=True)
-
-
 def _flat(fields: tf.Tensor) -> tf.Tensor:
     return tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
 
@@ -194,7 +189,7 @@ class _PairwiseBackbone(Backbone):
 
     def _forward(self, emb, training):
         pairs = self.interaction(emb.fields)
-        return BackboneOutput(pairs, self.first_order(emb.linear) + _sum_logit(pairs))
+        return BackboneOutput(pairs, self.first_order(emb.linear) + tf.reduce_sum(pairs, axis=1, keepdims=True))
 
 
 @register_backbone("fm")
@@ -365,7 +360,7 @@ class DeepFM(_WithDNN):
 
     def _simple(self, emb, training):
         pairs = self.fm(emb.fields)
-        return BackboneOutput(pairs, self.first_order(emb.linear) + _sum_logit(pairs))
+        return BackboneOutput(pairs, self.first_order(emb.linear) + tf.reduce_sum(pairs, axis=1, keepdims=True))
 
 
 @register_backbone("xdeepfm")
@@ -382,7 +377,7 @@ class XDeepFM(_WithDNN):
         o = self.options
         self.first_order = L.FirstOrder(name="first_order")
         self.cin = L.CIN(o["cin_layer_sizes"], o["cin_split_half"], o["cin_activation"], name="cin")
-        self.cin_logit = L.logit_unit("cin_logit", use_bias=False)
+        self.cin_logit = tf.keras.layers.Dense(1, use_bias=False, name="cin_logit")
 
     def _simple(self, emb, training):
         p = self.cin(emb.fields)
@@ -405,7 +400,7 @@ class AutoIntPlus(_WithDNN):
                           for i in range(int(o["attention_layers"]))]
         if not self.attention:
             raise ValueError("autoint+: attention_layers must be >= 1")
-        self.attention_logit = L.logit_unit("attention_logit")
+        self.attention_logit = tf.keras.layers.Dense(1, name="attention_logit")
 
     def _simple(self, emb, training):
         x = emb.fields
@@ -433,7 +428,7 @@ class _CrossBackbone(_WithDNN):
         extra = {k: o[k] for k in ("projection_dim", "diag_scale") if k in o}
         self.cross = L.CrossNetwork(self.cross_kind, o["num_cross_layers"], name="cross", **extra)
         if o["structure"] == "parallel":
-            self.cross_logit = L.logit_unit("cross_logit")
+            self.cross_logit = tf.keras.layers.Dense(1, name="cross_logit")
 
     def _simple(self, emb, training):
         h = self.cross(_flat(emb.fields))

@@ -18,7 +18,7 @@ import tensorflow as tf
 from features.schema import Schema
 from models.backbones import backbone_class, get_backbone
 from models.embedding import FeatureEmbedding, plan_fields
-from models.layers import logit_unit, plain, precision_sensitive
+from models.layers import plain, precision_sensitive
 
 _EMBEDDING_OPTIONS = sorted(set(inspect.signature(FeatureEmbedding.__init__).parameters)
                             - {"self", "schema_dict", "embedding_dim", "linear", "name", "kw"})
@@ -46,15 +46,16 @@ class CTRModel(tf.keras.Model):
         num_fields = len(plan_fields(schema_dict, embedding_options.get("features")))
         cls = backbone_class(backbone)
         width = cls.input_embedding_dim(num_fields, self.embedding_dim)
-        with precision_sensitive():  # embeddings in float32 under mixed precision (models.layers)
+        with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)
             self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
                                               name="embedding", **embedding_options)
-        self.backbone = get_backbone(backbone, num_fields, self.embedding_dim,
-                                     **self.backbone_options)
-        self.heads = {}
-        if len(tasks) > 1:
-            self.heads = {t: logit_unit("head_" + re.sub(r"[^A-Za-z0-9_.-]", "_", t), kernel_initializer="zeros")
-                          for t in tasks}
+            self.backbone = get_backbone(backbone, num_fields, self.embedding_dim,
+                                         **self.backbone_options)
+            self.heads = {}
+            if len(tasks) > 1:
+                self.heads = {t: tf.keras.layers.Dense(1, kernel_initializer="zeros",
+                                                       name="head_" + re.sub(r"[^A-Za-z0-9_.-]", "_", t))
+                              for t in tasks}
 
     def logits(self, inputs: dict, training=None) -> Dict[str, tf.Tensor]:
         """{task: logit [B, 1] float32}."""

@@ -1,8 +1,8 @@
 """Shared building blocks of the backbones, one place each.
 
-Every layer computes in its compute dtype, builds its weights from the shapes it first sees (so a branch may receive embeddings of a
-different width than the model's, as TF4CTR's SER does) and implements
-``get_config``. Shapes: ``B`` batch, ``F`` fields, ``d`` embedding width.
+Every layer computes in its compute dtype, builds its weights from the shapes it first
+sees (so a branch may receive embeddings of a different width than the model's, as
+TF4CTR's SER does) and implements ``get_config``. Shapes: ``B`` batch, ``F`` fields, ``d`` embedding width.
 
 Mixed precision (``mixed_bfloat16`` / ``mixed_float16``): models build their layers
 inside :func:`precision_sensitive`, so the embeddings, every layer that reads the
@@ -10,9 +10,8 @@ field embeddings (explicit interactions, an MLP's first layer) and the logits co
 in float32, and only an MLP's hidden layers after its first take the mixed policy
 (:func:`hidden_policy`). Those hidden layers hold nearly all the FLOPs (DNN
 [400, 400, 400] on 10 fields: 320 k of 384 k multiply-adds per example), so the speed
-of bf16 is kept; rounding the field embeddings (and their gradients) to bf16 cost
-0.003-0.009 validation AUC on the simulator, and a bf16 logit ties predictions
-(``docs/benchmarks.md``).
+of bf16 is kept, while rounding the field embeddings (and their gradients) to bf16 cost
+0.003-0.009 validation AUC on the simulator (``docs/benchmarks.md``).
 """
 from __future__ import annotations
 
@@ -60,16 +59,6 @@ def precision_sensitive():
 def hidden_policy() -> tf.keras.mixed_precision.Policy:
     """The policy of MLP hidden layers: the global one outside :func:`precision_sensitive`."""
     return _OUTER_POLICIES[0] if _OUTER_POLICIES else tf.keras.mixed_precision.global_policy()
-
-
-def logit_unit(name: str, use_bias: bool = True, **kw) -> tf.keras.layers.Dense:
-    """A 1-unit Dense that computes in float32 whatever the global policy.
-
-    Under ``mixed_bfloat16`` a bf16 logit has 8 mantissa bits (a step of 1/64 near
-    z = -2.5, i.e. ~1.5 % of the probability), which ties predictions and costs AUC
-    and LogLoss; a float32 unit on the (bf16) representation costs nothing.
-    """
-    return tf.keras.layers.Dense(1, use_bias=use_bias, name=name, dtype="float32", **kw)
 
 
 def _upper_pairs(num_fields: int):
@@ -130,7 +119,7 @@ class Tower(tf.keras.layers.Layer):
                  dropout: float = 0.0, batch_norm: bool = False, l2_reg: float = 0.0, **kw):
         super().__init__(**kw)
         self.mlp = MLP(units, activation, dropout, batch_norm, l2_reg, name="mlp")
-        self.head = logit_unit("logit")
+        self.head = tf.keras.layers.Dense(1, name="logit")
 
     def call(self, x, training=None):
         h = self.mlp(x, training=training)
@@ -144,15 +133,14 @@ class Tower(tf.keras.layers.Layer):
 
 @_register
 class FirstOrder(tf.keras.layers.Layer):
-    """The linear (LR) part: ``b + sum_i w_i`` over the per-field first-order terms [B, F],
-    summed in float32 (a logit term, see :func:`logit_unit`)."""
+    """The linear (LR) part: ``b + sum_i w_i`` over the per-field first-order terms [B, F]."""
 
     def build(self, input_shape):
-        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros", dtype=tf.float32)
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
         super().build(input_shape)
 
     def call(self, linear):
-        return tf.reduce_sum(tf.cast(linear, tf.float32), axis=-1, keepdims=True) + self.bias
+        return tf.reduce_sum(linear, axis=-1, keepdims=True) + tf.cast(self.bias, linear.dtype)
 
 
 # ---- pairwise (second-order) interactions ------------------------------------------

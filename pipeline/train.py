@@ -190,13 +190,24 @@ def model_schema(schema: Schema, features: List[str]) -> dict:
 
 
 def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False) -> Dict[str, Any]:
-    """Train one model; returns a summary with the run directory and best validation metrics."""
+    """Train one model; returns a summary with the run directory and best validation metrics.
+
+    The config's ``precision`` is Keras' global policy while this runs; the caller's policy
+    is restored afterwards (a later export or training in the same process is unaffected)."""
+    outer = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(cfg.precision)
+    try:
+        return _train(cfg, config_name, overwrite)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(outer)
+
+
+def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any]:
     schema, tasks, feats = resolve(cfg)
     run_dir = runs.prepare_run_dir(cfg, config_name, schema, overwrite=overwrite)
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    tf.keras.mixed_precision.set_global_policy(cfg.precision)
     strategy = make_strategy(cfg.strategy)
     is_ps = cfg.strategy.name == "parameter_server"
 

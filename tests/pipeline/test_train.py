@@ -78,6 +78,30 @@ def test_evaluate_writes_metrics_and_report(sim_data, tmp_path):
         evaluate_run(run_dir, splits=["test"], ad_stats=str(bad), write=False)
 
 
+def test_bf16_run_trains_serves_like_keras_and_restores_the_policy(sim_data, tmp_path):
+    """precision: mixed_bfloat16 -> the run learns, the caller's float32 policy is back, and
+    the exported SavedModel (rebuilt in float32, as a serving process does) matches Keras."""
+    import tensorflow as tf
+
+    from pipeline.data import make_dataset
+    from pipeline.runs import load_model
+    from serving.clients import LocalModelServer
+    from serving.export import export_run
+    from serving.signatures import ENCODED_SIGNATURE
+
+    summary = train(train_config(sim_data, tmp_path, precision="mixed_bfloat16"))  # the float32 test's config
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
+    assert max(summary["history"]["val_auc"]) > 0.6, summary["history"]["val_auc"]
+    info = export_run(summary["run_dir"], str(tmp_path / "serving"), warmup_batch_sizes=(1,))
+    model, schema_dict, _ = load_model(summary["run_dir"])
+    inputs = next(iter(make_dataset(sim_data, "test", 256, shuffle=False, labels=["click"])))[0]
+    encoded = {f["name"]: inputs[f["name"]].numpy() for f in schema_dict["features"]}
+    want = model(encoded, training=False)["click"].numpy().reshape(-1)
+    got = LocalModelServer(info["export_dir"]).predict(encoded, signature_name=ENCODED_SIGNATURE)["click"]
+    assert np.std(want) > 1e-3
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 def test_config_errors_name_what_is_wrong(sim_data, tmp_path):
     with pytest.raises(Exception, match="no_such_feature"):
         train(train_config(sim_data, tmp_path, features=["user_id", "no_such_feature"]))
