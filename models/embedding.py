@@ -286,8 +286,9 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         num_ids = self.schema.feature(name).num_ids
         ids = tf.cast(ids, tf.int64)
         ids = tf.where((ids < 0) | (ids >= num_ids), tf.constant(OOV_ID, tf.int64), ids)
-        lin = tf.gather(w["linear"], ids)[..., 0] if self.linear else None
-        return tf.gather(w["embedding"], ids), lin
+        # embedding_lookup (a gather) also reads a ShardedVariable shard by shard (ParameterServerStrategy)
+        lin = tf.nn.embedding_lookup(w["linear"], ids)[..., 0] if self.linear else None
+        return tf.nn.embedding_lookup(w["embedding"], ids), lin
 
     def _to_dim(self, rows: tf.Tensor, w: dict) -> tf.Tensor:
         rows = tf.cast(rows, self.compute_dtype)

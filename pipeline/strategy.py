@@ -5,7 +5,9 @@ mirrored                all local GPUs, synchronous all-reduce
 multi_worker_mirrored   several processes/hosts; cluster from ``TF_CONFIG``
 parameter_server        variables on PS tasks, workers run steps asynchronously;
                         cluster from ``TF_CONFIG`` or an in-process cluster
-                        (``in_process: {workers: 2, ps: 1}``, used by the tests)
+                        (``in_process: {workers: 2, ps: 1}``, used by the tests); a variable
+                        of at least ``ps_min_shard_bytes`` (large embedding tables) is split
+                        row-wise over the PS tasks (``MinSizePartitioner``)
 tpu                     ``TPUStrategy`` from a ``TPUClusterResolver`` (``tpu: <name or grpc address>``);
                         the same code path as the others; there is no TPU on the
                         development machines, so it is built but not exercised here.
@@ -29,10 +31,13 @@ class StrategyConfig:
     in_process: Optional[Dict[str, int]] = None  # {workers: N, ps: M} for parameter_server
     communication: str = "auto"  # multi_worker_mirrored: auto | ring | nccl
     shard_policy: str = "data"  # how input is split across workers: data | file | auto
+    ps_min_shard_bytes: int = 256 << 10  # parameter_server: shards of at least this size, at most one per PS
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
             raise ValueError(f"strategy.name '{self.name}' not in {STRATEGIES}")
+        if self.ps_min_shard_bytes < 1:
+            raise ValueError(f"strategy.ps_min_shard_bytes must be >= 1, got {self.ps_min_shard_bytes}")
 
 
 def make_strategy(cfg: StrategyConfig) -> tf.distribute.Strategy:
@@ -52,7 +57,10 @@ def make_strategy(cfg: StrategyConfig) -> tf.distribute.Strategy:
     if cfg.name == "parameter_server":
         resolver = (_in_process_cluster(**cfg.in_process) if cfg.in_process
                     else tf.distribute.cluster_resolver.TFConfigClusterResolver())
-        return tf.distribute.experimental.ParameterServerStrategy(resolver)
+        num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
+        partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+            min_shard_bytes=cfg.ps_min_shard_bytes, max_shards=max(num_ps, 1))
+        return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     # tpu
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu or "")
     tf.config.experimental_connect_to_cluster(resolver)

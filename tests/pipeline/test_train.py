@@ -180,11 +180,45 @@ def test_multi_worker_mirrored_two_processes_converges_like_single(sim_data, tmp
     assert mw_auc > 0.55 and abs(mw_auc - single["history"]["val_auc"][-1]) < 0.03, (mw_auc, single["history"])
 
 
+PS_SHARDING_CHECK = """
+import json, sys
+from features import _tfenv
+import tensorflow as tf
+from features.schema import Schema
+from models.factory import build_model
+from pipeline.data import make_dataset
+from pipeline.strategy import StrategyConfig, make_strategy
+data = sys.argv[1]
+strategy = make_strategy(StrategyConfig(name="parameter_server", in_process={"workers": 1, "ps": 2},
+                                        ps_min_shard_bytes=4096))
+with strategy.scope():
+    model = build_model(Schema.load(data).to_dict(), ["click"], backbone="dnn",
+                        backbone_options={"dnn_units": [16]}, embedding_dim=8)
+    x, _ = next(iter(make_dataset(data, "test", 64, shuffle=False, labels=["click"])))
+    p = model(x, training=False)["click"].numpy()
+table = model.embedding.tables[0]["user_id"]["embedding"]
+small = model.embedding.tables[0]["gender"]["embedding"]
+print(json.dumps({"shards": [list(v.shape) for v in getattr(table, "variables", [table])],
+                  "devices": sorted({v.device for v in getattr(table, "variables", [table])}),
+                  "small_shards": len(getattr(small, "variables", [small])),
+                  "num_ids": Schema.load(data).feature("user_id").num_ids, "finite": bool((p == p).all())}))
+"""
+
+
 @pytest.mark.slow
-def test_parameter_server_in_process_cluster_trains(sim_data, tmp_path):
+def test_parameter_server_in_process_cluster_trains_with_sharded_tables(sim_data, tmp_path):
+    # tables of >= ps_min_shard_bytes are split row-wise over the PS tasks and still looked up right
+    res = subprocess.run([sys.executable, "-c", PS_SHARDING_CHECK, sim_data], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(info["shards"]) == 2 and sum(s[0] for s in info["shards"]) == info["num_ids"], info
+    assert len(info["devices"]) == 2 and all("/job:ps" in d for d in info["devices"]), info
+    assert info["small_shards"] == 1 and info["finite"], info
     config = _write_config(tmp_path, sim_data, "ps", epochs=3, steps_per_epoch=40,
                            **{"strategy.name": "parameter_server",
-                              "strategy.in_process": {"workers": 2, "ps": 1}})
+                              "strategy.in_process": {"workers": 2, "ps": 2},
+                              "strategy.ps_min_shard_bytes": 4096})
     out, _ = _ctrflow(["train", "--config", config]).communicate(timeout=900)
     done_path = tmp_path / "runs" / "ps" / "done.json"
     assert done_path.exists(), out
