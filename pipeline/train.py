@@ -86,11 +86,15 @@ class TrainConfig:
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
     analysis: List[str] = dataclasses.field(default_factory=list)  # e.g. [difficulty] (on by default for tf4ctr)
+    profile_batches: Optional[List[int]] = None  # [first, last] steps traced by the TF profiler into tensorboard/
     verbose: int = 1
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision '{self.precision}' not in {PRECISIONS}")
+        pb = self.profile_batches
+        if pb is not None and not (len(pb) == 2 and 1 <= int(pb[0]) <= int(pb[1])):
+            raise ConfigError(f"profile_batches must be [first, last] steps with 1 <= first <= last, got {pb}")
 
 
 class NanLossError(FloatingPointError):
@@ -280,7 +284,8 @@ def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool):
         tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=es.mode, patience=es.patience,
                                          restore_best_weights=es.restore_best_weights),
         tf.keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-        tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+        tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
+                                       profile_batch=tuple(cfg.profile_batches or (0, 0))),
     ]
     if not is_ps:
         cbs += analysis_callbacks(cfg, run_dir, tasks)

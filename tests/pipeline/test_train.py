@@ -1,5 +1,6 @@
 """The training driver: convergence, run directory, reproducibility, resume, errors, strategies."""
 import csv
+import glob
 import json
 import os
 import signal
@@ -116,6 +117,14 @@ def test_config_errors_name_what_is_wrong(sim_data, tmp_path):
 
     with pytest.raises(ConfigError, match="epoch"):
         load_config(TrainConfig, str(bad))
+    with pytest.raises(ConfigError, match="profile_batches"):
+        train_config(sim_data, tmp_path, profile_batches=[5, 2])
+
+
+def test_profile_batches_write_a_profiler_trace(sim_data, tmp_path):
+    run_dir = train(train_config(sim_data, tmp_path, epochs=1, profile_batches=[2, 4]))["run_dir"]
+    traces = glob.glob(os.path.join(run_dir, "tensorboard", "**", "*.xplane.pb"), recursive=True)
+    assert traces and os.path.getsize(traces[0]) > 1000, traces
 
 
 def test_nan_loss_stops_naming_the_step(sim_data, tmp_path):
