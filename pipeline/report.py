@@ -166,21 +166,23 @@ def plot_lines(path, series: Dict[str, List[float]], title, xlabel, ylabel) -> N
     _save(fig, path)
 
 
-def plot_reliability(path, y_true, y_prob, num_bins: int, title: str) -> None:
-    """Reliability diagram: observed click rate vs. mean pCTR per bin, with bin counts below."""
-    mean_pred, frac_pos, counts = reliability_curve(y_true, y_prob, num_bins)
+def plot_reliability(path, y_true, y_prob, num_bins: int, title: str, strategy: str = "quantile") -> None:
+    """Reliability diagram: observed click rate vs. mean pCTR per bin (with a binomial
+    standard error), zoomed to the predictions' range, and a histogram of the predictions below."""
+    mean_pred, frac_pos, counts, edges = reliability_curve(y_true, y_prob, num_bins, strategy)
     filled = counts > 0
+    stderr = np.sqrt(frac_pos * (1 - frac_pos) / np.maximum(counts, 1))
+    top = min(1.0, 1.1 * float(np.nanmax(np.concatenate([mean_pred[filled] + stderr[filled], [edges[-1]]]))))
     fig = Figure(figsize=(5, 6))
     ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfectly calibrated")
-    ax.plot(mean_pred[filled], frac_pos[filled], marker="o", label="model")
-    ax.set(title=title, ylabel="observed click rate", xlim=(0, 1), ylim=(0, 1))
+    ax.plot([0, top], [0, top], ls="--", color="grey", label="perfectly calibrated")
+    ax.errorbar(mean_pred[filled], frac_pos[filled], yerr=stderr[filled], marker="o", capsize=3,
+                label=f"model ({strategy} bins)")
+    ax.set(title=title, ylabel="observed click rate", xlim=(0, top), ylim=(0, top))
     ax.legend(loc="upper left")
-    edges = np.linspace(0.0, 1.0, num_bins + 1)
-    ax_n.bar(edges[:-1], counts, width=1.0 / num_bins, align="edge", edgecolor="black")
+    ax_n.hist(np.clip(np.asarray(y_prob, np.float64), 0.0, top), bins=50, range=(0.0, top), edgecolor="black")
     ax_n.set(xlabel="predicted click probability", ylabel="rows")
-    if counts.max() > 0:
-        ax_n.set_yscale("log")
+    ax_n.set_yscale("log")
     _save(fig, path)
 
 
@@ -238,7 +240,8 @@ def write_eval_report(out_dir, metrics_by_task: dict, predictions_by_task: dict,
 
     ``metrics_by_task``: task -> evaluate_predictions() output. ``predictions_by_task``:
     task -> (y_true, y_prob) or {"y_true": ..., "y_prob": ...}, for the reliability diagram
-    (binned by the ``reliability_bins`` of the config recorded in the metrics). The
+    (binned by the ``reliability_bins`` / ``reliability_strategy`` of the config recorded in
+    the metrics). The
     quintile plot is drawn when the metrics have an activity slice (data with users).
     """
     missing = sorted(set(metrics_by_task) - set(predictions_by_task))
@@ -268,7 +271,7 @@ def write_eval_report(out_dir, metrics_by_task: dict, predictions_by_task: dict,
             md.append(metrics_table(groups, SLICE_COLUMNS, {}))
         reliability_png = f"reliability_{task}.png"
         plot_reliability(os.path.join(out_dir, reliability_png), y_true, y_prob, cfg["reliability_bins"],
-                         f"{task}: reliability (ECE={_fmt(m['overall'].get('ece'))})")
+                         f"{task}: reliability (ECE={_fmt(m['overall'].get('ece'))})", cfg["reliability_strategy"])
         md.append(f"![reliability diagram of {task}]({reliability_png})\n")
         if "activity" in m["slices"]:
             quintile_png = f"quintile_logloss_{task}.png"

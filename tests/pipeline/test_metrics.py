@@ -94,10 +94,28 @@ def test_ece_rec4ad_eq16_hand_example():
 
 
 def test_reliability_curve():
-    mean_pred, frac_pos, counts = M.reliability_curve([1, 0, 1, 0], [0.05, 0.15, 0.12, 0.95], num_bins=10)
-    assert counts.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    mean_pred, frac_pos, counts, edges = M.reliability_curve([1, 0, 1, 0], [0.05, 0.15, 0.12, 0.95], num_bins=10)
+    assert counts.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1] and len(edges) == 11
     assert mean_pred[1] == pytest.approx(0.135) and frac_pos[1] == 0.5
     assert np.isnan(mean_pred[2]) and frac_pos[9] == 0.0
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_reliability_curve_matches_sklearn(strategy):
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(3)
+    p = rng.beta(1, 20, 5000)  # a few-percent CTR: equal-width bins leave most of [0, 1] empty
+    y = (rng.random(5000) < p).astype(float)
+    mean_pred, frac_pos, counts, _ = M.reliability_curve(y, p, 10, strategy)
+    want_true, want_pred = calibration_curve(y, p, n_bins=10, strategy=strategy)
+    filled = counts > 0
+    np.testing.assert_allclose(frac_pos[filled], want_true, rtol=1e-12)
+    np.testing.assert_allclose(mean_pred[filled], want_pred, rtol=1e-12)
+    if strategy == "quantile":
+        assert counts.min() >= 450 and counts.max() <= 550  # equal counts
+    with pytest.raises(ValueError, match="strategy"):
+        M.reliability_curve(y, p, 10, "kmeans")
 
 
 def test_group_logloss_hda_def31_hand_example():
