@@ -17,8 +17,9 @@ seeds derived from ``seed``: two datasets built alike yield identical batches.
 ``cache=True`` holds the split in memory as parsed columns (parsed once, with the
 same batched ``parse_example``): each epoch then draws one permutation of the row
 indices over the whole split and gathers each batch from the columns, so no record
-is parsed or copied through a shuffle buffer again. This is the fast path for data that fits in
-memory (about rows x sum of widths x 8 bytes); leave it off for larger splits.
+is parsed or copied through a shuffle buffer again. This is the fast path for data
+that fits in memory (about rows x sum of widths x 8 bytes); leave it off for larger
+splits.
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shu
     Each epoch draws a whole permutation of the row indices in one op (seeded by a
     ``Dataset.random`` value that changes on every iteration, so Keras' per-epoch
     ``iter()`` reshuffles deterministically) and cuts it into batch-sized index
-    vectors: no per-row element crosses tf.data (a 240 k-row shuffle buffer cost
-    ~0.2 s of the two cores per epoch, measured in ``docs/benchmarks.md``).
+    vectors: no per-row element crosses tf.data (an epoch of 240 k rows took 310 ms of
+    input work through a shuffle buffer, ~100 ms so; ``docs/benchmarks.md``).
     """
     arrays = read_columns(data_dir, split, columns, schema=schema)
     tensors = {k: tf.constant(v.reshape(len(v), -1)) for k, v in arrays.items()}

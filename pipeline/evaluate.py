@@ -37,10 +37,10 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     user_col = schema.user_column
     item_col = item_column or ("ad_id" if "ad_id" in schema.meta or "ad_id" in schema.feature_names else None)
     extra = [c for c in (user_col, item_col) if c]
-    train_cols = read_columns(cfg.data_dir, cfg.train_split, extra) if extra else {}
     if ad_stats and not item_col:
         raise ValueError(f"ad_stats '{ad_stats}' given, but the data has no ad column: name it with item_column")
     ratio = logged_impression_ratio(ad_stats, schema, cfg.data_dir, item_col) if ad_stats else None
+    train_cols = read_columns(cfg.data_dir, cfg.train_split, extra) if extra else {}
     results: Dict[str, dict] = {}
     for split in splits:
         ds = make_dataset(cfg.data_dir, split, batch_size, shuffle=False, deterministic=True, labels=tasks)

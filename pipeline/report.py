@@ -241,8 +241,8 @@ def write_eval_report(out_dir, metrics_by_task: dict, predictions_by_task: dict,
     ``metrics_by_task``: task -> evaluate_predictions() output. ``predictions_by_task``:
     task -> (y_true, y_prob) or {"y_true": ..., "y_prob": ...}, for the reliability diagram
     (binned by the ``reliability_bins`` / ``reliability_strategy`` of the config recorded in
-    the metrics). The
-    quintile plot is drawn when the metrics have an activity slice (data with users).
+    the metrics). The quintile plot is drawn when the metrics have an activity slice (data
+    with users).
     """
     missing = sorted(set(metrics_by_task) - set(predictions_by_task))
     if missing:
