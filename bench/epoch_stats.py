@@ -17,7 +17,8 @@ def epoch_summary(epoch_s, epoch_cpu, rows, valid_auc, test_auc) -> dict:
     ``test_auc``: each epoch's AUC."""
     rates = [rows / s for s in epoch_s[1:]]
     best = max(range(len(valid_auc)), key=valid_auc.__getitem__)
-    return {"train_examples_per_s": statistics.median(rates), "train_examples_per_s_best": max(rates),
+    # train_examples_per_s: rows / time over those epochs (the harmonic mean of their rates)
+    return {"train_examples_per_s": statistics.harmonic_mean(rates), "train_examples_per_s_best": max(rates),
             "epoch_examples_per_s": rates, "first_epoch_s": epoch_s[0],
             "train_cpu_us_per_example": statistics.median(epoch_cpu[1:]) / rows * 1e6,
             "best_epoch": best + 1, "valid_auc": valid_auc[best], "test_auc": test_auc[best],

@@ -2,7 +2,8 @@
 
 Every layer computes in its compute dtype, builds its weights from the shapes it first
 sees (so a branch may receive embeddings of a different width than the model's, as
-TF4CTR's SER does) and implements ``get_config``. Shapes: ``B`` batch, ``F`` fields, ``d`` embedding width.
+TF4CTR's SER does) and implements ``get_config``. Shapes: ``B`` batch, ``F`` fields,
+``d`` embedding width.
 
 Mixed precision (``mixed_bfloat16`` / ``mixed_float16``): models build their layers
 inside :func:`precision_sensitive`, so the embeddings, every layer that reads the
@@ -45,15 +46,27 @@ _OUTER_POLICIES: List[tf.keras.mixed_precision.Policy] = []
 
 
 @contextlib.contextmanager
+def global_policy(name: str):
+    """Keras' global dtype policy is ``name`` inside; the caller's comes back after.
+    Yields the caller's policy."""
+    outer = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(name)
+    try:
+        yield outer
+    finally:
+        tf.keras.mixed_precision.set_global_policy(outer)
+
+
+@contextlib.contextmanager
 def precision_sensitive():
     """Layers constructed inside compute in float32 whatever the global policy; MLP
     hidden layers take :func:`hidden_policy` (the module docstring says why)."""
-    _OUTER_POLICIES.append(tf.keras.mixed_precision.global_policy())
-    tf.keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        tf.keras.mixed_precision.set_global_policy(_OUTER_POLICIES.pop())
+    with global_policy("float32") as outer:
+        _OUTER_POLICIES.append(outer)
+        try:
+            yield
+        finally:
+            _OUTER_POLICIES.pop()
 
 
 def hidden_policy() -> tf.keras.mixed_precision.Policy:
@@ -424,7 +437,8 @@ class FeatureSelection(tf.keras.layers.Layer):
         bad = [i for i in self.context_fields if not 0 <= i < f]
         if bad:
             raise ValueError(f"FinalMLP context field indices {bad} out of range for {f} fields")
-        self.gate_out = tf.keras.layers.Dense(f * d, activation="sigmoid", name="gate_out", dtype=self.dtype_policy)
+        self.gate_out = tf.keras.layers.Dense(f * d, activation="sigmoid", name="gate_out",
+                                              dtype=self.dtype_policy)
         if not self.context_fields:
             self.context = self.add_weight(name="context", shape=(1, d), initializer="zeros")
         super().build(input_shape)

@@ -9,17 +9,16 @@ that stops on a NaN loss naming the epoch and step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from features.schema import Schema
 from models.factory import build_model
+from models.layers import global_policy
 from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError
@@ -198,12 +197,8 @@ def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False)
 
     The config's ``precision`` is Keras' global policy while this runs; the caller's policy
     is restored afterwards (a later export or training in the same process is unaffected)."""
-    outer = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy(cfg.precision)
-    try:
+    with global_policy(cfg.precision):
         return _train(cfg, config_name, overwrite)
-    finally:
-        tf.keras.mixed_precision.set_global_policy(outer)
 
 
 def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any]:
