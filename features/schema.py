@@ -13,13 +13,15 @@ import hashlib
 import json
 from typing import Any, Dict, List, Optional
 
+from features.errors import UserError
+
 KINDS = ("categorical", "numeric", "sequence", "dense")
 ROLES = ("user", "personal", "item", "ad", "context", "sequence")
 PAD_ID = 0
 OOV_ID = 1
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError):
     """A schema, config or record that does not match the contract."""
 
 
