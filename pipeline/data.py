@@ -6,7 +6,7 @@ and every meta column (user key, user group, source, weights, pass-through
 columns) to a ``[batch, 1]`` tensor; ``labels`` maps each task to float32
 ``[batch, 1]``.
 
-Order of operations (the pitfalls of DESIGN.md §6 avoided): shard files are listed
+Order of operations (docs/preprocess.md, Reading the data): shard files are listed
 with a stable sort and shuffled per epoch, read with a parallel interleave, single
 *examples* are shuffled through a buffer BEFORE batching (so every batch mixes
 rows from many files), the batch is parsed with ONE vectorised

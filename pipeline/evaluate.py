@@ -1,6 +1,6 @@
 """``ctrflow evaluate RUN_DIR``: metrics per task and slice, ``metrics.json`` and ``report.md``.
 
-Metrics (DESIGN.md §3.4): exact AUC, gAUC, LogLoss, ECE (Rec4Ad Eq. 16, K = 100),
+Metrics: exact AUC, gAUC, LogLoss, ECE (Rec4Ad Eq. 16, K = 100),
 GP-LT / GP-Head / GAP (HDA Def. 3.1, head = top 20 % users of the training
 split), overall and per user-activity quintile and ad impression-ratio group (Rec4Ad
 Eq. 2: from the serving log's ratio when ``ad_stats`` names an ad table that has it, such

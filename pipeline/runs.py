@@ -1,4 +1,4 @@
-"""One directory per training run (DESIGN.md §3.5).
+"""One directory per training run (docs/architecture.md, Data flow).
 
     <runs_dir>/<run_name>/
         config.yaml      the resolved training config
