@@ -1,12 +1,12 @@
 """The ``ctrflow`` command line.
 
-    ctrflow simulate   --config configs/simulate_default.yaml [--set key=value ...]
-    ctrflow load       NAME --src DIR --out DIR
-    ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...]
+    ctrflow simulate   --config configs/simulate_default.yaml [--set key=value ...] [--overwrite]
+    ctrflow load       NAME --src DIR --out DIR [--overwrite]
+    ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...] [--overwrite]
     ctrflow train      --config configs/train_sim_dcnv2.yaml [--set ...] [--overwrite]
     ctrflow evaluate   RUN_DIR [--split test ...] [--ad-stats RAW/ads.parquet]
     ctrflow compare    --config configs/compare_backbones.yaml
-    ctrflow export     RUN_DIR --out BASE [--keep N]
+    ctrflow export     RUN_DIR --out BASE [--keep N] [--overwrite]
     ctrflow demo       [--out demo_out]
 
 Every config is strict YAML: an unknown option fails naming it. ``--set a.b=3``
@@ -33,21 +33,22 @@ def _overrides(items):
 def cmd_simulate(args):
     from pipeline.simulator import SimulatorConfig, simulate
 
-    summary = simulate(load_config(SimulatorConfig, args.config, _overrides(args.set)))
+    summary = simulate(load_config(SimulatorConfig, args.config, _overrides(args.set)), overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
 
 
 def cmd_load(args):
     from pipeline.loaders import load_dataset
 
-    print(json.dumps(load_dataset(args.name, args.src, args.out), indent=2, default=str))
+    print(json.dumps(load_dataset(args.name, args.src, args.out, overwrite=args.overwrite), indent=2, default=str))
 
 
 def cmd_preprocess(args):
     from pipeline.preprocess import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
 
-    summary = run_preprocess(load_config(PreprocessConfig, args.config, _overrides(args.set)))
+    summary = run_preprocess(load_config(PreprocessConfig, args.config, _overrides(args.set)),
+                             overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -79,7 +80,7 @@ def cmd_compare(args):
 def cmd_export(args):
     from serving.export import export_run
 
-    info = export_run(args.run_dir, args.out, keep=args.keep)
+    info = export_run(args.run_dir, args.out, keep=args.keep, overwrite=args.overwrite)
     print(json.dumps(info, indent=2, default=str))
 
 
@@ -101,16 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    with_config("simulate", cmd_simulate, "write the ads-world simulator's raw logs")
-    with_config("preprocess", cmd_preprocess, "Beam job: raw files -> encoded TFRecords + schema")
-    tr = with_config("train", cmd_train, "train a model (Keras fit under a tf.distribute strategy)")
-    tr.add_argument("--overwrite", action="store_true", help="replace a completed run of the same name")
+    def with_overwrite(sp, what):
+        sp.add_argument("--overwrite", action="store_true",
+                        help=f"{what}; never a folder that is or holds this command's inputs. Without it, "
+                             f"only an absent or empty folder or this command's own earlier output is written")
+        return sp
+
+    with_overwrite(with_config("simulate", cmd_simulate, "write the ads-world simulator's raw logs"),
+                   "replace an existing out_dir that simulate did not write (the old one stays until the new "
+                   "one is complete)")
+    with_overwrite(with_config("preprocess", cmd_preprocess, "Beam job: raw files -> encoded TFRecords + schema"),
+                   "replace an existing output folder that preprocess did not write (the old one stays until "
+                   "the new one is complete)")
+    with_overwrite(with_config("train", cmd_train, "train a model (Keras fit under a tf.distribute strategy)"),
+                   "replace a completed run of the same name, or a run folder train did not create (deleted "
+                   "when the new run starts)")
     with_config("compare", cmd_compare, "a grid of models x options x seeds, with a significance table")
 
     ld = sub.add_parser("load", help="turn a public dataset's files into raw Parquet")
     ld.add_argument("name")
     ld.add_argument("--src", required=True)
     ld.add_argument("--out", required=True)
+    with_overwrite(ld, "replace an existing --out folder that load did not write (the old one stays until the "
+                       "new one is complete)")
     ld.set_defaults(fn=cmd_load)
 
     ev = sub.add_parser("evaluate", help="metrics and report of a trained run")
@@ -123,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="SavedModel for TF Serving: BASE/<model_name>/<version>/")
     ex.add_argument("run_dir")
     ex.add_argument("--out", required=True)
-    ex.add_argument("--keep", type=int, default=3, help="keep the last N versions")
+    ex.add_argument("--keep", type=int, default=3,
+                    help="keep the last N versions export wrote (version folders put there by hand are never removed)")
+    with_overwrite(ex, "adopt an existing BASE/<model_name> folder that export did not create (nothing in it is "
+                       "deleted but versions export wrote, beyond --keep); models.config is always merged, never "
+                       "replaced")
     ex.set_defaults(fn=cmd_export)
 
     dm = sub.add_parser("demo", help="simulate -> preprocess -> train -> evaluate -> export on default data")

@@ -15,7 +15,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from features import outputs
 from features.encoders import NumpyEncoder
+from features.errors import UserError
 from features.schema import OOV_ID, Schema
 from pipeline import metrics as M
 from pipeline import report, runs
@@ -85,13 +87,31 @@ def logged_impression_ratio(path: str, schema: Schema, data_dir: str, item_col: 
 
 
 def _write_summary(run_dir: str, results: Dict[str, dict]) -> None:
-    """``metrics.json`` ({split: {task: metrics}}) and a ``report.md`` linking each split's report."""
-    with open(os.path.join(run_dir, "metrics.json"), "w") as fh:
-        json.dump(results, fh, indent=2, default=_np_default)
+    """Add ``results`` to ``metrics.json`` ({split: {task: metrics}}: earlier splits are kept, a
+    re-evaluated split replaces only itself) and regenerate ``report.md`` from all splits,
+    each file written atomically."""
+    merged = {**_earlier_metrics(run_dir), **json.loads(json.dumps(results, default=_np_default))}
+    outputs.write_file_atomic(os.path.join(run_dir, "metrics.json"), json.dumps(merged, indent=2))
     links = "\n".join(f"- [{s}](eval_{s}/report.md): slices, reliability diagram, per-quintile logloss"
-                       for s in results)
-    with open(os.path.join(run_dir, "report.md"), "w") as fh:
-        fh.write(f"# {os.path.basename(run_dir)}\n\n{summary_table(results)}\n\nPer split:\n{links}\n")
+                       for s in merged)
+    outputs.write_file_atomic(os.path.join(run_dir, "report.md"),
+                              f"# {os.path.basename(run_dir)}\n\n{summary_table(merged)}\n\nPer split:\n{links}\n")
+
+
+def _earlier_metrics(run_dir: str) -> Dict[str, dict]:
+    """The splits an earlier ``evaluate`` wrote to ``metrics.json`` ({} when there is none);
+    a file that is not such a JSON object is an error naming it (rather than dropping it)."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as fh:
+            earlier = json.load(fh)
+    except ValueError as exc:
+        raise UserError(f"'{path}' is not valid JSON ({exc}); move it away to evaluate again") from None
+    if not isinstance(earlier, dict):
+        raise UserError(f"'{path}' is not a JSON object of splits; move it away to evaluate again")
+    return earlier
 
 
 def summary_table(results: Dict[str, dict],

@@ -23,8 +23,8 @@ No worker (nor the launcher) imports TensorFlow. The job is
 deterministic: the same config gives byte-identical shards, vocabularies and schema
 on every runner and worker count.
 
-Everything is written under ``<output>.tmp-<uuid>`` and moved to ``<output>`` only
-when the job succeeded and the quarantined fraction is within
+Everything is written under a marked temp folder beside ``<output>`` and moved to
+``<output>`` only when the job succeeded and the quarantined fraction is within
 ``max_quarantine_fraction``; see ``docs/preprocess.md``.
 """
 from __future__ import annotations
@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from features import encoders as E
+from features import outputs
 from features.schema import Feature, Schema
 from pipeline.config import ConfigError
 from pipeline.preprocess_config import PreprocessConfig
@@ -1081,24 +1082,28 @@ def pipeline_options(config: PreprocessConfig):
 RUNNERS_WITHOUT_SIDE_INPUTS = ("DaskRunner",)
 
 
-def run_preprocess(config: PreprocessConfig, progress: bool = True) -> Dict[str, Any]:
+def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: bool = False) -> Dict[str, Any]:
     """Run the Beam job for ``config``; returns the summary that is also ``stats.json``.
 
-    Raises ValueError (naming the counts and the kept quarantine directory) when more
-    than ``max_quarantine_fraction`` of the rows are quarantined; the output is then
-    left as it was.
+    The output (and ``<output>.quarantine``) must be absent, empty or an earlier output of
+    preprocess; another folder is replaced only with ``overwrite``, and never when it holds
+    the job's inputs (``features.outputs``). Raises ValueError (naming the counts and the
+    kept quarantine directory) when more than ``max_quarantine_fraction`` of the rows are
+    quarantined; the output is then left as it was.
     """
     t0 = time.time()
     plan = JobPlan(config)
-    out = os.path.abspath(config.output) if _is_local(config.output) else config.output
-    tmp = f"{out}.tmp-{uuid.uuid4().hex[:12]}"
+    out = os.path.abspath(os.path.expanduser(config.output)) if _is_local(config.output) else config.output
+    inputs = [config.input.path, *config.split.extra_splits.values()]
+    for path, others in ((out, [f"{out}.quarantine"]), (f"{out}.quarantine", [out])):
+        _claim(path, inputs + others, overwrite)
+    tmp = _temp_output(out)
     log = _logger(progress)
     n_files = sum(len(f) for _, f in plan.sources)
     passes = config.runner.name in RUNNERS_WITHOUT_SIDE_INPUTS
     log(f"preprocess: {n_files} input file(s) -> {out} on {config.runner.name} "
         f"({config.runner.num_workers} workers{', in passes' if passes else ''})")
     try:
-        _make_dirs(tmp)
         _make_dirs(os.path.join(tmp, PARTS_DIR))
         if passes:
             cuts = None
@@ -1203,9 +1208,9 @@ def _check_quarantine(summary: Dict[str, Any], config: PreprocessConfig, tmp: st
     if frac <= limit:
         return
     kept = f"{out}.quarantine"
-    _remove(kept)
     src = os.path.join(tmp, "quarantine")
-    _rename(src, kept)
+    _write_marker(src)
+    _commit(src, kept)
     reasons = collections.Counter()
     for s in summary["splits"].values():
         for field, rs in s["quarantine_reasons"].items():
@@ -1222,6 +1227,41 @@ def _check_quarantine(summary: Dict[str, Any], config: PreprocessConfig, tmp: st
 # ---- filesystem helpers: local paths are renamed atomically; object stores are copied --------
 def _is_local(path: str) -> bool:
     return "://" not in path
+
+
+def _claim(path: str, inputs: List[str], overwrite: bool) -> None:
+    """Refuse ``path`` unless preprocess may replace it (``features.outputs``); object stores
+    are checked the same way through Beam's FileSystems (listing + marker file)."""
+    if _is_local(path):
+        outputs.claim_output(path, "preprocess", inputs, overwrite)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    files = _remote_files(path)
+    entries = sorted({f[len(path.rstrip("/")) + 1:].split("/")[0] for f in files}) or None
+    marker = None
+    if outputs.MARKER in (entries or []):
+        with FileSystems.open(os.path.join(path, outputs.MARKER), compression_type="uncompressed") as fh:
+            marker = json.loads(fh.read().decode())
+    outputs.check_claim(path, "preprocess", entries, marker, inputs, overwrite)
+
+
+def _temp_output(out: str) -> str:
+    """A new marked temp folder for ``out`` (locally ``.<name>.tmp-<pid>-<hex>`` beside it, after
+    removing the leftovers of killed runs; on object stores ``<out>.tmp-<hex>``)."""
+    if _is_local(out):
+        outputs.clean_leftovers(out)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        return outputs.temp_dir(out, "preprocess")
+    tmp = f"{out}.tmp-{uuid.uuid4().hex[:12]}"
+    _make_dirs(tmp)
+    _write_marker(tmp)
+    return tmp
+
+
+def _write_marker(folder: str) -> None:
+    """Mark ``folder`` as preprocess's (through FileSystems, so object stores work too)."""
+    _write_bytes(os.path.join(folder, outputs.MARKER), [json.dumps(outputs.marker_payload("preprocess")).encode()])
 
 
 def _make_dirs(path: str) -> None:
@@ -1271,17 +1311,10 @@ def _rename(src: str, dst: str) -> None:
 def _commit(tmp: str, out: str) -> None:
     """Replace ``out`` by ``tmp``: two renames on a local filesystem, so ``out`` is always
     either the complete old output or the complete new one (never a mix). Object stores
-    have no directory rename: the old output is deleted, then files are moved, stats.json last."""
+    have no directory rename: the old output is deleted, then files are moved, stats.json last.
+    Callers have claimed ``out`` first (:func:`_claim`)."""
     if not _is_local(out):
         _remove(out)
         _rename(tmp, out)
         return
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    old = None
-    if os.path.exists(out):
-        old = f"{out}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    outputs.replace_dir(tmp, out)

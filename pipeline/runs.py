@@ -26,6 +26,7 @@ from typing import Any, Dict, List
 import tensorflow as tf
 import yaml
 
+from features import outputs
 from features.schema import Schema
 from pipeline.config import ConfigError
 from pipeline.strategy import is_chief, task_name
@@ -43,15 +44,23 @@ def git_commit() -> str:
 
 
 def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = False) -> str:
-    """Create (or reopen, to resume) the run directory and record what defines the run."""
+    """Create (or reopen, to resume) the run directory and record what defines the run.
+
+    The run directory is train's own (``features.outputs`` marker): an existing folder not
+    made by train is refused unless ``overwrite`` (then it is deleted first), and never
+    when it holds the data directory. A completed run is replaced only with ``overwrite``;
+    it is deleted when the new run starts (the run directory is also the resume state,
+    so it is written in place)."""
     name = cfg.run_name or f"{config_name}-seed{cfg.seed}"
-    run_dir = os.path.abspath(os.path.join(cfg.runs_dir, name))
+    run_dir = os.path.abspath(os.path.join(os.path.expanduser(cfg.runs_dir), name))
+    _claim_run_dir(run_dir, cfg.data_dir, overwrite, chief=is_chief())
     if not is_chief():  # other workers of a multi-worker run keep their logs apart from the chief's
         run_dir = os.path.join(run_dir, "workers", task_name())
     if os.path.exists(os.path.join(run_dir, "done.json")):
         if not overwrite:
             raise ConfigError(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")
         shutil.rmtree(run_dir)
+        outputs.open_output(run_dir, "train", [cfg.data_dir])
     resuming = os.path.isdir(os.path.join(run_dir, "backup"))
     os.makedirs(run_dir, exist_ok=True)
     config_dict = dataclasses.asdict(cfg)
@@ -68,6 +77,19 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     with open(os.path.join(run_dir, "run.json"), "w") as fh:
         json.dump(info, fh, indent=2)
     return run_dir
+
+
+def _claim_run_dir(run_dir: str, data_dir: str, overwrite: bool, chief: bool) -> None:
+    """Make ``run_dir`` train's (marked): new, train's own, or (``overwrite``) someone else's
+    folder, which the chief deletes first. Every task of a multi-worker run claims it, so
+    whichever starts first creates it with the marker."""
+    status = outputs.claim_output(run_dir, "train", [data_dir], overwrite)
+    if status == outputs.REPLACE and chief:
+        if os.path.isdir(run_dir):
+            shutil.rmtree(run_dir)
+        else:
+            os.remove(run_dir)
+    outputs.open_output(run_dir, "train", [data_dir], overwrite)
 
 
 def save_model(model: tf.keras.Model, run_dir: str, schema_dict: dict, tasks: List[str], cfg) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import tensorflow as tf
 
+from features import outputs
 from features.schema import Schema, SchemaError
 from models.layers import plain
 from serving import layout
@@ -33,7 +34,7 @@ from serving.clients import LocalModelServer, RequestBuilder, parse_rest_respons
 from serving.signatures import ENCODED_SIGNATURE, RAW_SIGNATURE, ServingModule, raw_inputs
 from serving.warmup import example_rows, warmup_requests, write_warmup_requests
 
-METADATA_FILE = os.path.join("assets.extra", "ctrflow_serving.json")
+METADATA_FILE = layout.METADATA_FILE
 
 
 def export_model(model: tf.keras.Model, schema_dict: dict, tasks: Sequence[str], data_dir: str,
@@ -97,17 +98,25 @@ def run_data_dir(run_dir: str) -> str:
 
 
 def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str] = None,
-               warmup_batch_sizes: Sequence[int] = (1, 64)) -> Dict[str, Any]:
+               warmup_batch_sizes: Sequence[int] = (1, 64), overwrite: bool = False) -> Dict[str, Any]:
     """Export a completed run as the next version of ``BASE/<model_name>`` (default: the run
-    directory's name), keep its last ``keep`` versions and rewrite ``BASE/models.config``."""
+    directory's name), keep its last ``keep`` exported versions and add the model to
+    ``BASE/models.config`` (merged: what a user set there is kept).
+
+    ``BASE/<model_name>`` must be export's own folder (``features.outputs`` marker) or new;
+    someone else's is refused unless ``overwrite`` (it is then adopted: nothing in it is
+    deleted but versions export wrote)."""
     from pipeline.runs import load_model  # the run directory layout is pipeline's
 
     run_dir = os.path.abspath(run_dir)
     model, schema_dict, tasks = load_model(run_dir)
     data_dir = run_data_dir(run_dir)
     name = layout.check_model_name(model_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.basename(run_dir)))
-    model_base = os.path.join(os.path.abspath(base), name)
-    os.makedirs(model_base, exist_ok=True)
+    base = os.path.abspath(os.path.expanduser(base))
+    if not os.path.exists(base):
+        outputs.open_output(base, "export")
+    model_base = os.path.join(base, name)
+    outputs.open_output(model_base, "export", inputs=[run_dir, data_dir], overwrite=overwrite)
     version = layout.next_version(model_base)
     staging = layout.staging_dir(model_base, version)
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted export
@@ -120,9 +129,12 @@ def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str]
         shutil.rmtree(staging, ignore_errors=True)
         raise
     removed = layout.prune_versions(model_base, keep)
-    config = layout.write_models_config(os.path.abspath(base))
-    info.update(export_dir=export_dir, version=version, base=os.path.abspath(base), model_base=model_base,
+    config, warning = layout.merge_models_config(base, name)
+    if warning:
+        print(f"ctrflow export: warning: {warning}", file=sys.stderr, flush=True)
+    info.update(export_dir=export_dir, version=version, base=base, model_base=model_base,
                 versions=layout.list_versions(model_base), removed_versions=removed, models_config=config,
+                warnings=[warning] if warning else [],
                 warmup_requests=os.path.join(export_dir, os.path.relpath(info["warmup_requests"], staging)),
                 run_dir=run_dir)
     return info

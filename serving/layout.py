@@ -4,23 +4,28 @@ TF Serving watches ``BASE/<model_name>`` and serves the numerically largest vers
 (``model_version_policy`` can keep several). Versions here are consecutive integers
 (largest + 1); a version is written under a hidden staging directory and renamed in
 place once complete, so the server never sees a half-written model. After an export
-only the last ``keep`` versions stay on disk.
+only the last ``keep`` versions that export wrote (they hold :data:`METADATA_FILE`) stay
+on disk; a version folder put there by hand is never removed.
 
 ``models_config_text`` writes a ``ModelServerConfig`` text proto (the file passed as
 ``--model_config_file``) for any number of models, generated from the proto itself so
-it always parses.
+it always parses. :func:`merge_models_config` adds one model's entry to ``BASE/models.config``
+and keeps everything else in it (other models, version policies, labels a user set).
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from features import outputs
+
 MODELS_CONFIG = "models.config"
+METADATA_FILE = os.path.join("assets.extra", "ctrflow_serving.json")  # written into every exported version
 POLICIES = ("latest", "all", "specific")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -60,11 +65,18 @@ def publish(staging: str, model_base: str, version: int) -> str:
     return final
 
 
+def exported_versions(model_base: str) -> List[int]:
+    """Complete versions that ``ctrflow export`` wrote (they hold :data:`METADATA_FILE`), ascending."""
+    return [v for v in list_versions(model_base)
+            if os.path.exists(os.path.join(model_base, str(v), METADATA_FILE))]
+
+
 def prune_versions(model_base: str, keep: int) -> List[int]:
-    """Delete all but the last ``keep`` complete versions; returns the deleted ones."""
+    """Delete all but the last ``keep`` versions export wrote; returns the deleted ones.
+    Version folders without export's metadata (put there by hand) are never touched."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    old = list_versions(model_base)[:-keep]
+    old = exported_versions(model_base)[:-keep]
     for v in old:
         shutil.rmtree(os.path.join(model_base, str(v)))
     return old
@@ -99,21 +111,32 @@ def models_config_text(models: Mapping[str, str], policy: str = "latest", num_ve
     return text_format.MessageToString(cfg)
 
 
-def write_models_config(base: str, container_root: Optional[str] = "/models", **policy) -> str:
-    """Write ``BASE/models.config`` for every model directory under ``base``.
+def merge_models_config(base: str, name: str, container_root: Optional[str] = "/models") -> Tuple[str, Optional[str]]:
+    """Add model ``name`` (served from ``BASE/<name>``) to ``BASE/models.config``, keeping every
+    other entry and field of the existing file; an existing entry for ``name`` is left as the
+    user wrote it. Returns (path written, warning or None). A file that does not parse is left
+    alone: the merged config goes to ``models.config.new`` beside it, and the warning says so.
 
     ``container_root`` is where ``base`` is mounted in the serving container
-    (``docker run -v BASE:/models``); None writes the absolute host paths.
+    (``docker run -v BASE:/models``); None writes the absolute host path.
     """
-    models: Dict[str, str] = {}
-    for name in sorted(os.listdir(base)):
-        if _NAME.fullmatch(name) and list_versions(os.path.join(base, name)):
-            root = os.path.abspath(base) if container_root is None else container_root.rstrip("/")
-            models[name] = f"{root}/{name}"
     path = os.path.join(base, MODELS_CONFIG)
-    with open(path, "w") as fh:
-        fh.write(models_config_text(models, **policy))
-    return path
+    cfg, warning = model_server_config_pb2.ModelServerConfig(), None
+    if os.path.exists(path):
+        try:
+            with open(path) as fh:
+                cfg = parse_models_config(fh.read())
+        except (text_format.ParseError, UnicodeDecodeError) as exc:
+            cfg = model_server_config_pb2.ModelServerConfig()
+            path = path + ".new"
+            warning = (f"'{os.path.join(base, MODELS_CONFIG)}' is not a ModelServerConfig text proto ({exc}); it "
+                       f"was left unchanged and the entry for model '{name}' was written to '{path}' instead")
+    if name not in [c.name for c in cfg.model_config_list.config]:
+        root = os.path.abspath(base) if container_root is None else container_root.rstrip("/")
+        entry = parse_models_config(models_config_text({name: f"{root}/{name}"})).model_config_list.config[0]
+        cfg.model_config_list.config.append(entry)
+    outputs.write_file_atomic(path, text_format.MessageToString(cfg))
+    return path, warning
 
 
 def parse_models_config(text: str) -> model_server_config_pb2.ModelServerConfig:

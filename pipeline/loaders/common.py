@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.outputs import OutputError
+
 SHARD_PATTERN = "part-{:05d}.parquet"
 _OVERFLOW = "__overflow__"  # sentinel column: a non-empty value means a line had too many fields
 
@@ -134,15 +136,19 @@ def lookup_join(chunk: pd.DataFrame, table: pd.DataFrame, key: str) -> pd.DataFr
 class ShardWriter:
     """Writes chunks as Parquet shards of exactly ``shard_rows`` rows (the last one smaller).
 
-    Shards are written under temporary names and renamed over the previous run's
-    ``part-*.parquet`` only when every row was written, so a failed run never leaves a
-    partial dataset behind that the preprocess glob would pick up.
+    Shards are written under temporary names and renamed to ``part-*.parquet`` only when
+    every row was written. The folder must hold no shards: :func:`pipeline.loaders.load_dataset`
+    gives it a fresh temp folder that replaces the output only when complete
+    (``features.outputs``), so nothing of an earlier run is deleted here.
     """
 
     def __init__(self, out_dir: str, schema: pa.Schema, shard_rows: int):
         if shard_rows < 1:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
         self.out_dir = Path(out_dir)
+        if any(self.out_dir.glob("part-*.parquet")):
+            raise OutputError(f"'{out_dir}' already holds part-*.parquet shards; write a dataset with "
+                              f"load_dataset (ctrflow load), which replaces an earlier output atomically")
         self.schema = schema
         self.shard_rows = shard_rows
         self.rows = 0
@@ -180,10 +186,8 @@ class ShardWriter:
             self._writer = None
 
     def commit(self) -> List[str]:
-        """Replace the previous run's shards by this run's; returns the shard paths."""
+        """Give the shards their final names; returns the shard paths."""
         self._close_shard()
-        for old in self.out_dir.glob("part-*.parquet"):
-            old.unlink()
         final = []
         for i, tmp in enumerate(self._tmp_paths):
             path = self.out_dir / SHARD_PATTERN.format(i)

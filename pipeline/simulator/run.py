@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from features import outputs
 from pipeline.simulator import tables
 from pipeline.simulator.chunk import LOGS, LogRows, make_plan, simulate_chunk
 from pipeline.simulator.clicks import GroundTruth
@@ -21,11 +22,21 @@ from pipeline.simulator.writer import ShardWriter
 from pipeline.simulator.world import World, build_world
 
 
-def simulate(config: SimulatorConfig, progress: bool = True) -> dict:
+def simulate(config: SimulatorConfig, progress: bool = True, overwrite: bool = False) -> dict:
     """Writes the three impression logs and the side tables under ``config.out_dir``;
-    returns (and writes as summary.json) row counts, skew and CTR statistics, timing."""
+    returns (and writes as summary.json) row counts, skew and CTR statistics, timing.
+
+    The folder is written atomically (``features.outputs``): everything goes to a temp
+    folder beside it that replaces ``out_dir`` only when complete. An existing ``out_dir``
+    not written by simulate is refused unless ``overwrite``."""
+    out = os.path.abspath(os.path.expanduser(config.out_dir))
+    with outputs.atomic_output(out, "simulate", overwrite=overwrite) as tmp:
+        return _simulate(config, tmp, out, progress)
+
+
+def _simulate(cfg: SimulatorConfig, tmp: str, out: str, progress: bool) -> dict:
+    """Write everything into ``tmp``; the summary names the paths they will have under ``out``."""
     start = time.perf_counter()
-    cfg, out = config, config.out_dir
     world = build_world(cfg)
     gt = GroundTruth(world, cfg)
     plan = make_plan(cfg, world)
@@ -35,7 +46,7 @@ def simulate(config: SimulatorConfig, progress: bool = True) -> dict:
     total_shards = sum(max(1, -(-n // cfg.shard_rows)) for n in sizes.values())
     with tqdm(total=total_shards, unit="shard", desc="simulate", disable=not progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        writers = {name: ShardWriter(os.path.join(out, name), cfg.format, cfg.shard_rows, pool,
+        writers = {name: ShardWriter(os.path.join(tmp, name), cfg.format, cfg.shard_rows, pool,
                                      lambda: bar.update(1)) for name, _, _ in LOGS}
         for c in range(len(plan.chunks)):
             result = simulate_chunk(gt, plan, c, np.random.default_rng([cfg.seed, 2, c]))
@@ -43,13 +54,13 @@ def simulate(config: SimulatorConfig, progress: bool = True) -> dict:
                 rows = result.logs[name]
                 stats.add(name, rows)
                 writers[name].append(tables.log_table(rows, result, world, names, cfg, source, policy))
-        shards = {name: w.close() for name, w in writers.items()}
+        shards = {name: [_final(p, tmp, out) for p in w.close()] for name, w in writers.items()}
     log_seconds = time.perf_counter() - start
 
     images = render_images(world.visual, cfg.image_size, cfg.items.image_noise, np.random.default_rng([cfg.seed, 3]))
-    paths = {name: os.path.join(out, f"{name}.parquet")
+    paths = {name: os.path.join(tmp, f"{name}.parquet")
              for name in ("users", "items", "ads", "pretrained_user", "pretrained_item")}
-    paths["item_images"] = os.path.join(out, "item_images.npy")
+    paths["item_images"] = os.path.join(tmp, "item_images.npy")
     np.save(paths["item_images"], images)
     pq.write_table(tables.users_table(world, names, stats.user_ad_impressions), paths["users"])
     pq.write_table(tables.items_table(world, names), paths["items"])
@@ -59,18 +70,23 @@ def simulate(config: SimulatorConfig, progress: bool = True) -> dict:
 
     seconds = time.perf_counter() - start
     total_rows = int(sum(sizes.values()))
+    paths["summary"] = os.path.join(tmp, "summary.json")
     summary = {
         "out_dir": out, "format": cfg.format, "seed": cfg.seed,
-        "shards": shards, "side_tables": paths,
+        "shards": shards, "side_tables": {k: _final(p, tmp, out) for k, p in paths.items()},
         "rows": {name: int(stats.totals[name]["rows"]) for name in sizes},
         **stats.summary(world, cfg.users.head_fraction),
         "seconds": round(seconds, 3), "log_seconds": round(log_seconds, 3),
         "rows_per_second": round(total_rows / max(seconds, 1e-9), 1),
     }
-    paths["summary"] = os.path.join(out, "summary.json")
     with open(paths["summary"], "w") as fh:
         json.dump(summary, fh, indent=2, sort_keys=True)
     return summary
+
+
+def _final(path: str, tmp: str, out: str) -> str:
+    """Where ``path`` (under the temp folder ``tmp``) will be once ``out`` is swapped in."""
+    return os.path.join(out, os.path.relpath(path, tmp))
 
 
 def gini(x: np.ndarray) -> float:

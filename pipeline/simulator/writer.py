@@ -6,7 +6,6 @@ chunk is simulated (pyarrow releases the GIL).
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import os
 from typing import Callable, List, Optional
 
@@ -27,9 +26,7 @@ class ShardWriter:
         self._buffer: List[pa.Table] = []
         self._buffered = 0
         self._pending: List[concurrent.futures.Future] = []
-        os.makedirs(directory, exist_ok=True)
-        for old in glob.glob(os.path.join(directory, "part-*")):  # shards of an earlier run
-            os.remove(old)
+        os.makedirs(directory, exist_ok=True)  # a fresh folder: simulate writes its output atomically
 
     def append(self, table: pa.Table) -> None:
         self._buffer.append(table)
