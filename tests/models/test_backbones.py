@@ -170,14 +170,62 @@ def test_multi_head_bilinear_term():
         L.MultiHeadBilinear(num_heads=4)([o1, o2])
 
 
-@pytest.mark.parametrize("layer", [
-    L.MLP([8, 4], dropout=0.1, batch_norm=True), L.Tower([8]), L.FirstOrder(), L.FMInteraction(),
-    L.FieldWeightedInteraction(), L.FieldAwareInteraction(3), L.InnerProduct(), L.VectorCross(), L.GatedCross(),
-    L.CrossNetwork("matrix", 2, projection_dim=3), L.CIN([4, 2]), L.InteractingLayer(8, 2, use_scale=True),
-    L.FeatureSelection([8], context_fields=[0]), L.MultiHeadBilinear(2)], ids=lambda layer: type(layer).__name__)
-def test_layer_config_round_trip(layer):
-    config = json.loads(json.dumps(layer.get_config()))
-    assert type(layer).from_config(config).get_config() == config
+B, F, D = 5, 3, 4  # batch, fields, embedding width of the round-trip inputs
+
+
+def _fields(rng, width=D):
+    return tf.constant(rng.normal(size=(B, F, width)), tf.float32)
+
+
+def _flat(rng):
+    return tf.constant(rng.normal(size=(B, F * D)), tf.float32)
+
+
+# (layer with non-default options, inputs -> call arguments): a config key that from_config drops
+# or misreads changes the rebuilt layer's output (or its weights, so set_weights fails)
+ROUND_TRIP = [
+    (lambda: L.MLP([8, 4], activation="tanh", dropout=0.1, batch_norm=True, l2_reg=0.01), lambda r: (_flat(r),)),
+    (lambda: L.Tower([8], activation="elu"), lambda r: (_flat(r),)),
+    (lambda: L.FirstOrder(), lambda r: (tf.constant(r.normal(size=(B, F)), tf.float32),)),
+    (lambda: L.FMInteraction(), lambda r: (_fields(r),)),
+    (lambda: L.FieldWeightedInteraction(), lambda r: (_fields(r),)),
+    (lambda: L.FieldAwareInteraction(F), lambda r: (_fields(r, F * 2),)),
+    (lambda: L.InnerProduct(), lambda r: (_fields(r),)),
+    (lambda: L.VectorCross(), lambda r: (_flat(r), _flat(r))),
+    (lambda: L.GatedCross(), lambda r: (_flat(r), _flat(r))),
+    (lambda: L.CrossNetwork("matrix", 2, projection_dim=3, diag_scale=0.5), lambda r: (_flat(r),)),
+    (lambda: L.CrossNetwork("gated", 3), lambda r: (_flat(r),)),
+    (lambda: L.CIN([4, 2], split_half=False, activation="tanh"), lambda r: (_fields(r),)),
+    (lambda: L.InteractingLayer(8, 4, use_residual=False, use_scale=True, layer_norm=True), lambda r: (_fields(r),)),
+    (lambda: L.FeatureSelection([8], context_fields=[0, 2], activation="tanh"), lambda r: (_fields(r),)),
+    (lambda: L.MultiHeadBilinear(3), lambda r: ([tf.constant(r.normal(size=(B, 6)), tf.float32),
+                                                 tf.constant(r.normal(size=(B, 9)), tf.float32)],)),
+]
+
+
+def _outputs(layer, args):
+    out = layer(*args, training=False) if "training" in layer.call.__code__.co_varnames else layer(*args)
+    return [t.numpy() for t in tf.nest.flatten(out)]
+
+
+@pytest.mark.parametrize("make, inputs", ROUND_TRIP, ids=[f"{i:02d}-{type(m()).__name__}" for i, (m, _) in
+                                                          enumerate(ROUND_TRIP)])
+def test_layer_config_round_trip(make, inputs):
+    """A layer rebuilt with ``from_config`` (JSON round trip) and given the original's weights
+    computes the original's outputs on the same input."""
+    rng = np.random.default_rng(11)
+    layer, args = make(), inputs(rng)
+    _outputs(layer, args)  # build
+    # non-zero everywhere, so zero-initialised biases or contexts cannot hide a difference
+    layer.set_weights([rng.normal(size=w.shape).astype(np.float32) * 0.5 for w in layer.get_weights()])
+    want = _outputs(layer, args)
+    clone = type(layer).from_config(json.loads(json.dumps(layer.get_config())))
+    _outputs(clone, args)
+    clone.set_weights(layer.get_weights())
+    got = _outputs(clone, args)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
 
 # ---- registry and protocol ------------------------------------------------------------------

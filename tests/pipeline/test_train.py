@@ -3,6 +3,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,16 +236,77 @@ def test_parameter_server_in_process_cluster_trains_with_sharded_tables(sim_data
     assert hist["loss"][-1] < hist["loss"][0] and hist["val_loss"][-1] < hist["val_loss"][0], hist
 
 
-@pytest.mark.slow
-def test_compare_grid_reports_mean_std_and_p_values(sim_data, tmp_path):
+# known per-seed test metrics of a grid (method -> one dict per seed), fed to run_compare in place
+# of training and evaluation, so the table can be checked against numpy / scipy
+GRID = {"dnn": [{"auc": 0.700, "logloss": 0.300}, {"auc": 0.710, "logloss": 0.305},
+                {"auc": 0.705, "logloss": 0.302}, {"auc": 0.698, "logloss": 0.301}],
+        "deepfm": [{"auc": 0.712, "logloss": 0.299}, {"auc": 0.719, "logloss": 0.306},
+                   {"auc": 0.716, "logloss": 0.300}, {"auc": 0.707, "logloss": 0.300}],
+        "dcnv2": [{"auc": 0.690, "logloss": 0.290}, {"auc": 0.720, "logloss": 0.296},
+                  {"auc": 0.700, "logloss": 0.291}, {"auc": 0.701, "logloss": 0.292}]}
+GRID_SEEDS = [3, 5, 7, 9]
+CELL = re.compile(r"^(\*\*)?(?P<mean>[-\d.e]+) ± (?P<std>[-\d.e]+)(\*\*)?(?: \(p=(?P<p>[^\\)]+)(?P<stars>(\\\*)*)\))?$")
+
+
+def _fake_train_and_evaluate(monkeypatch, trained):
+    """run_compare's training records (method, seed, backbone); evaluation returns GRID's value."""
+    import pipeline.compare as compare
+
+    def fake_train(cfg, config_name):
+        trained.append((config_name, cfg.seed, cfg.model.backbone))
+        return {"run_dir": os.path.join(cfg.runs_dir, cfg.run_name)}
+
+    def fake_evaluate(run_dir, splits, write):
+        method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
+        metrics = GRID[method][GRID_SEEDS.index(int(seed))]
+        return {splits[0]: {"click": {"overall": dict(metrics)}}}
+
+    monkeypatch.setattr(compare, "train", fake_train)
+    monkeypatch.setattr(compare, "evaluate_run", fake_evaluate)
+
+
+def _table_cells(table):
+    rows = [ln.strip("|").split("|") for ln in table.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in rows[0]]
+    return {r[0].strip().replace(" (baseline)", ""): dict(zip(header[1:], (c.strip() for c in r[1:])))
+            for r in rows[2:]}
+
+
+def test_compare_grid_reports_mean_std_and_p_values(sim_data, tmp_path, monkeypatch):
+    """Every cell of the grid's table equals numpy's mean / std (ddof 1) and scipy's paired
+    t-test against the baseline over the same seeds; the best mean per metric is bold."""
+    from scipy import stats
+
     from pipeline.compare import CompareConfig, run_compare
 
+    trained = []
+    _fake_train_and_evaluate(monkeypatch, trained)
     base = _write_config(tmp_path, sim_data, "base", epochs=1)
-    cfg = CompareConfig(base_config=base, out_dir=str(tmp_path / "grid"), seeds=[1, 2], baseline="dnn",
-                        methods={"dnn": {"model.backbone": "dnn"},
-                                 "deepfm": {"model.backbone": "deepfm"}})
+    cfg = CompareConfig(base_config=base, out_dir=str(tmp_path / "grid"), seeds=GRID_SEEDS, baseline="dnn",
+                        metrics=["auc", "logloss"],
+                        methods={m: {"model.backbone": m, "model.backbone_options": {}} for m in GRID})
     out = run_compare(cfg, verbose=0)
-    assert len(out["results"]["dnn"]) == 2 and len(out["results"]["deepfm"]) == 2
-    table = out["table"]
-    assert "±" in table and "**" in table and "p=" in table
+    assert trained == [(m, s, m) for m in GRID for s in GRID_SEEDS]
+    assert out["results"] == GRID
+    assert json.load(open(tmp_path / "grid" / "results.json"))["results"] == GRID
+    cells = _table_cells(out["table"])
+    assert set(cells) == set(GRID)
+    best = {"auc": "deepfm", "logloss": "dcnv2"}  # highest mean AUC, lowest mean logloss (by hand)
+    for method, runs in GRID.items():
+        for metric in ("auc", "logloss"):
+            values = np.array([r[metric] for r in runs])
+            base_values = np.array([r[metric] for r in GRID["dnn"]])
+            m = CELL.match(cells[method][metric])
+            assert m, cells[method][metric]
+            assert float(m["mean"]) == pytest.approx(values.mean(), abs=5e-5)
+            assert float(m["std"]) == pytest.approx(values.std(ddof=1), abs=5e-5)
+            assert (cells[method][metric].startswith("**")) == (best[metric] == method), (method, metric)
+            if method == "dnn":
+                assert m["p"] is None
+                continue
+            p = stats.ttest_rel(values, base_values).pvalue
+            assert float(m["p"]) == pytest.approx(p, rel=5e-3), (method, metric)
+            assert m["stars"].count("*") == (2 if p <= 0.01 else 1 if p <= 0.05 else 0)
+    # the hand-picked inputs span the star classes, so a wrong p-value would show
+    assert "\\*\\*" in cells["deepfm"]["auc"] and "\\*" not in cells["dcnv2"]["auc"]
     assert os.path.exists(out["report"])
