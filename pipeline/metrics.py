@@ -13,6 +13,10 @@
 * Slices: user-activity groups G1..G5 by training-sample counts (G5 = the HDA head users:
   the top 20 %), and Rec4Ad impression-ratio groups of ads (Eq. 2, sorted descending and
   split into equal-sized groups, §2.2.1 / §4.2.2).
+
+User ids are compared as strings (:func:`user_keys`): integer ids as their decimal
+string, so "0111" and "111" are two users while 111 and "111" are one; float ids are
+refused (they lose digits beyond 2^53 and print as "111.0").
 """
 from __future__ import annotations
 
@@ -57,6 +61,43 @@ def _as_1d(name: str, values, dtype=None) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D (or n x 1), got shape {arr.shape}")
     return arr
+
+
+def user_keys(name: str, *id_arrays) -> list:
+    """The user id arrays as comparable keys: int64 when every array holds integers, else
+    each array as Python strings (integers as their decimal string), so that ids are equal
+    exactly when their strings are. Floats, booleans and missing ids fail naming ``name``."""
+    arrays = [_as_1d(name, a) for a in id_arrays]
+    if all(a.dtype.kind in "iu" for a in arrays):
+        return [a.astype(np.int64) for a in arrays]
+    return [_text_keys(name, a) for a in arrays]
+
+
+def _text_keys(name: str, ids: np.ndarray) -> np.ndarray:
+    if ids.dtype.kind in "iuU":
+        return ids.astype(str).astype(object)
+    if ids.dtype.kind != "O":
+        raise ValueError(f"{name}: user ids must be integers or strings, got {ids.dtype} values "
+                         "(float ids lose digits beyond 2^53; convert them to int64 or str)")
+    memo: Dict[Any, str] = {}
+    out = np.empty(len(ids), dtype=object)
+    for i, v in enumerate(ids):
+        key = memo.get((type(v), v)) if isinstance(v, (str, int, np.integer)) else None
+        if key is None:
+            key = _text_key(name, v, i)
+            memo[(type(v), v)] = key
+        out[i] = key
+    return out
+
+
+def _text_key(name: str, v, row: int) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    raise ValueError(f"{name}: user ids must be integers or strings; row {row} is {v!r}")
 
 
 def _check_same_length(fn: str, **arrays: np.ndarray) -> int:
@@ -174,7 +215,7 @@ def gauc(y_true, y_score, user_ids) -> float:
     """
     y = _labels("gauc", y_true, binary=True)
     s = _scores("gauc", y_score)
-    users = _as_1d("gauc: user_ids", user_ids)
+    users, = user_keys("gauc: user_ids", user_ids)
     _check_same_length("gauc", y_true=y, y_score=s, user_ids=users)
     value = _gauc_or_none(y, s, users)
     if value is None:
@@ -241,11 +282,11 @@ def group_logloss(y_true, y_prob, user_ids, head_users, eps=1e-7) -> dict:
     """
     y = _labels("group_logloss", y_true, binary=False)
     p = _probs("group_logloss", y_prob)
-    users = _as_1d("group_logloss: user_ids", user_ids)
+    users, head = user_keys("group_logloss: user_ids / head_users", user_ids, head_users)
     _check_same_length("group_logloss", y_true=y, y_prob=p, user_ids=users)
     uniq, uidx = np.unique(users, return_inverse=True)
     per_user = np.bincount(uidx, _per_row_logloss(y, p, eps)) / np.bincount(uidx)
-    is_head = np.isin(uniq, _as_1d("group_logloss: head_users", head_users))
+    is_head = np.isin(uniq, head)
     gp_lt, gp_head = _gp_or_none(per_user, ~is_head), _gp_or_none(per_user, is_head)
     gap = None if gp_lt is None or gp_head is None else abs(gp_lt - gp_head)
     return {"GP-LT": gp_lt, "GP-Head": gp_head, "GAP": gap}
@@ -277,7 +318,7 @@ def _rank_desc(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def _users_by_activity(user_ids_train) -> np.ndarray:
-    users, counts = np.unique(_as_1d("user_ids_train", user_ids_train), return_counts=True)
+    users, counts = np.unique(user_ids_train, return_counts=True)
     if len(users) == 0:
         raise ValueError("user_ids_train is empty: activity needs the training split's user ids")
     return _rank_desc(users, counts.astype(np.float64))
@@ -290,7 +331,7 @@ def head_users_from_counts(user_ids_train, fraction=0.2) -> np.ndarray:
     """
     if not 0.0 < float(fraction) < 1.0:
         raise ValueError(f"head_users_from_counts: fraction must be in (0, 1), got {fraction!r}")
-    ranked = _users_by_activity(user_ids_train)
+    ranked = _users_by_activity(*user_keys("user_ids_train", user_ids_train))
     num_head = int(np.ceil(round(float(fraction) * len(ranked), 9)))
     return ranked[:num_head]
 
@@ -301,8 +342,9 @@ def activity_quintiles(user_ids_eval, user_ids_train, num_groups=5) -> np.ndarra
     Training users sorted by count are split into k equal-sized groups; users unseen in
     training go to G1.
     """
-    ranked = _users_by_activity(user_ids_train)
-    group = _ranked_groups(ranked, _as_1d("user_ids_eval", user_ids_eval), int(num_groups))
+    eval_keys, train_keys = user_keys("user_ids_eval / user_ids_train", user_ids_eval, user_ids_train)
+    ranked = _users_by_activity(train_keys)
+    group = _ranked_groups(ranked, eval_keys, int(num_groups))
     labels = np.array([f"G{int(num_groups) - g}" for g in range(int(num_groups))])
     return labels[group]
 
@@ -394,7 +436,8 @@ def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None
     users = None
     slice_labels = {}
     if user_ids is not None:
-        users = _as_1d("evaluate_predictions: user_ids", user_ids)
+        users, train_user_ids = user_keys("evaluate_predictions: user_ids / train_user_ids", user_ids,
+                                          train_user_ids)
         _check_same_length("evaluate_predictions", y_true=y, user_ids=users)
         slice_labels["activity"] = (activity_quintiles(users, train_user_ids, cfg.activity_groups),
                                     [f"G{k + 1}" for k in range(cfg.activity_groups)])

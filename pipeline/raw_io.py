@@ -1,4 +1,4 @@
-"""Reading raw impression files in chunks: Parquet (pyarrow), CSV and JSON lines.
+"""Reading raw impression files in chunks: Parquet (pyarrow), CSV and JSON lines (plain or gzip).
 
 The Beam job never handles one row at a time: every file is cut into *read units*
 (a Parquet row group, or a whole CSV / JSONL file), and a unit is read as chunks of
@@ -16,16 +16,26 @@ Column conventions (:class:`RawChunk`):
 
 CSV is read with every column as text (only ``""`` is null), so a stray word in a
 numeric column reaches validation as a value instead of failing the whole file.
+
+Bad rows and bad files are kept apart. A row the format can still delimit but not read
+(a CSV line with the wrong number of fields, a JSON line that is not an object) becomes
+a *malformed* row: all its columns null and its text in :attr:`RawChunk.malformed`, so
+validation quarantines it and the rows after it keep their indices. A file that cannot
+be read at all (missing permissions, not Parquet, a truncated gzip stream, bytes that
+are not UTF-8 where text is expected) raises :class:`RawInputError` naming the file and
+the row group or line where the format allows.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import glob
+import gzip
 import io
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+import zlib
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -34,12 +44,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.encoders import FlatLists
+from features.errors import UserError
 
 CSV_BLOCK_BYTES = 1 << 22  # pyarrow's streaming CSV reader block size
+MALFORMED_TEXT_CHARS = 500  # how much of a malformed line its quarantine record keeps
+_INT64_MAX = np.iinfo(np.int64).max
 
 
-class RawInputError(ValueError):
-    """A raw input that cannot be read as configured (names the file)."""
+class RawInputError(UserError):
+    """A raw input that cannot be read as configured (names the file, and the row group or
+    line where the format allows)."""
 
 
 class ListColumn(FlatLists):
@@ -75,6 +89,7 @@ class RawChunk:
     row_offset: int  # index in the file of the chunk's first row
     columns: Dict[str, object]  # name -> np.ndarray | ListColumn
     nulls: Dict[str, np.ndarray]  # name -> bool mask (scalar columns)
+    malformed: Optional[np.ndarray] = None  # object [n]: a malformed row's text, else None
 
     @property
     def num_rows(self) -> int:
@@ -95,6 +110,7 @@ class ReadUnit:
 
 # ---- finding and opening files (local paths directly, gs:// s3:// ... through Beam) -------
 _EXTENSIONS = {"parquet": (".parquet", ".pq"), "csv": (".csv", ".tsv", ".txt"), "jsonl": (".jsonl", ".json", ".ndjson")}
+_GZIP = ".gz"  # text inputs may be gzip-compressed: name.csv.gz, name.jsonl.gz
 
 
 def is_remote(path: str) -> bool:
@@ -109,6 +125,43 @@ def open_binary(path: str):
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+@contextlib.contextmanager
+def open_text_input(path: str):
+    """A binary stream of a CSV / JSONL file's bytes, gunzipped when the name ends in .gz."""
+    with open_binary(path) as raw:
+        if path.lower().endswith(_GZIP):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                yield fh
+        else:
+            yield raw
+
+
+# errors of reading a file that is unreadable or corrupt (not of a single row)
+_FILE_ERRORS = (OSError, EOFError, UnicodeDecodeError, zlib.error, pa.ArrowException)
+
+
+@contextlib.contextmanager
+def file_errors(path: str, what: str, where: Callable[[], str] = lambda: ""):
+    """Re-raise an I/O or decoding error of ``path`` as :class:`RawInputError` naming the file,
+    ``where`` in it (e.g. the row group or line) and what it should have been."""
+    try:
+        yield
+    except RawInputError:
+        raise
+    except _FILE_ERRORS as exc:
+        raise RawInputError(f"{path}{where()}: cannot read it as {what}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "the file does not exist (any more)"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"bytes that are not UTF-8 ({exc.reason})"
+    return str(exc) or type(exc).__name__
 
 
 def arrow_source(path: str):
@@ -139,7 +192,10 @@ def list_files(path: str, fmt: str) -> List[str]:
 
 
 def _is_data_file(name: str, fmt: str) -> bool:
-    return name.lower().endswith(_EXTENSIONS[fmt]) and not name.startswith((".", "_"))
+    lower = name.lower()
+    if fmt != "parquet" and lower.endswith(_GZIP):
+        lower = lower[:-len(_GZIP)]
+    return lower.endswith(_EXTENSIONS[fmt]) and not name.startswith((".", "_"))
 
 
 def _nonempty(files: List[str], path: str, fmt: str) -> List[str]:
@@ -161,11 +217,8 @@ def plan_units(path: str, file: str, fmt: str) -> List[ReadUnit]:
     """The read units of one file: one per Parquet row group, else the whole file."""
     if fmt != "parquet":
         return [ReadUnit(path, file)]
-    try:
-        with arrow_source(path) as src:
-            meta = pq.ParquetFile(src).metadata
-    except (OSError, pa.ArrowException) as exc:
-        raise RawInputError(f"{path}: not a readable Parquet file: {exc}") from None
+    with file_errors(path, "a Parquet file"), arrow_source(path) as src:
+        meta = pq.ParquetFile(src).metadata
     units, offset = [], 0
     for g in range(meta.num_row_groups):
         units.append(ReadUnit(path, file, g, offset))
@@ -176,7 +229,8 @@ def plan_units(path: str, file: str, fmt: str) -> List[ReadUnit]:
 # ---- reading ------------------------------------------------------------------------
 def read_unit(unit: ReadUnit, fmt: str, columns: Sequence[str], list_columns: Sequence[str],
               batch_size: int, csv_delimiter: str = ",", list_delimiter: str = "|") -> Iterator[RawChunk]:
-    """Chunks of at most ``batch_size`` rows holding ``columns`` (``list_columns`` as lists)."""
+    """Chunks of at most ``batch_size`` rows holding ``columns`` (``list_columns`` as lists);
+    a file that cannot be read raises :class:`RawInputError` naming it."""
     if fmt == "parquet":
         yield from _read_parquet(unit, columns, list_columns, batch_size)
     elif fmt == "csv":
@@ -197,46 +251,109 @@ def _missing_columns(unit: ReadUnit, have: Sequence[str], want: Sequence[str]) -
 def _read_parquet(unit, columns, list_columns, batch_size) -> Iterator[RawChunk]:
     """Row-group batches; string columns are read as dictionaries (one Python str per distinct
     value instead of one per row)."""
-    with arrow_source(unit.path) as src:
-        schema = pq.ParquetFile(src).schema
-    _missing_columns(unit, schema.to_arrow_schema().names, columns)
-    strings = [schema.column(i).path for i in range(len(schema))
-               if schema.column(i).physical_type == "BYTE_ARRAY" and schema.column(i).path.split(".")[0] in columns]
-    with arrow_source(unit.path) as src:
-        pf = pq.ParquetFile(src, read_dictionary=strings)
-        offset = unit.row_offset
-        for batch in pf.iter_batches(batch_size=batch_size, row_groups=[unit.row_group],
-                                     columns=list(columns), use_threads=False):
-            yield _arrow_chunk(unit, offset, batch, list_columns)
-            offset += batch.num_rows
+    offset = unit.row_offset
+    where = lambda: f" (row group {unit.row_group}, rows from {offset})"  # noqa: E731
+    with file_errors(unit.path, "a Parquet file", where):
+        with arrow_source(unit.path) as src:
+            schema = pq.ParquetFile(src).schema
+        _missing_columns(unit, schema.to_arrow_schema().names, columns)
+        strings = [schema.column(i).path for i in range(len(schema))
+                   if schema.column(i).physical_type == "BYTE_ARRAY" and schema.column(i).path.split(".")[0] in columns]
+        with arrow_source(unit.path) as src:
+            pf = pq.ParquetFile(src, read_dictionary=strings)
+            for batch in pf.iter_batches(batch_size=batch_size, row_groups=[unit.row_group],
+                                         columns=list(columns), use_threads=False):
+                chunk = _arrow_chunk(unit, offset, batch, list_columns)
+                yield chunk
+                offset += batch.num_rows
 
 
 def _read_csv(unit, columns, list_columns, batch_size, delimiter, list_delimiter) -> Iterator[RawChunk]:
+    """Chunks of a CSV file; a line with the wrong number of fields becomes a malformed row
+    (pyarrow's invalid-row handler skips it and reports its row number, which a
+    single-threaded reader always knows, so the rows around it keep their indices)."""
     names = _csv_header(unit.path, delimiter)
     _missing_columns(unit, names, columns)
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in names},
                                    include_columns=list(columns), null_values=[""],
                                    strings_can_be_null=True, quoted_strings_can_be_null=True)
-    offset = 0
-    try:
-        with arrow_source(unit.path) as src:
-            reader = pacsv.open_csv(src, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                                    convert_options=convert)
+    skipped: Dict[int, str] = {}  # data row index -> text of the malformed line
+
+    def on_invalid(row) -> str:
+        if row.number is None:  # pyarrow could not say which row: the file is unreadable
+            return "error"
+        skipped[row.number - 2] = row.text[:MALFORMED_TEXT_CHARS]  # row 1 is the header
+        return "skip"
+
+    parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
+    cursor = 0  # data row index of the next row
+    where = lambda: f" (line {cursor + 2} or after)"  # noqa: E731
+    with file_errors(unit.path, "CSV", where), open_text_input(unit.path) as fh:
+        try:
+            reader = pacsv.open_csv(fh, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+                                    parse_options=parse, convert_options=convert)
             for block in reader:
-                for start in range(0, block.num_rows, batch_size):
-                    batch = block.slice(start, batch_size)
-                    for name in list_columns:
-                        i = batch.schema.get_field_index(name)
-                        batch = batch.set_column(i, name, pc.split_pattern(batch.column(i), list_delimiter))
-                    yield _arrow_chunk(unit, offset, batch, list_columns)
-                    offset += batch.num_rows
-    except pa.ArrowInvalid as exc:
-        raise RawInputError(f"{unit.path} (rows from {offset}): cannot read as CSV: {exc}") from None
+                for name in list_columns:
+                    i = block.schema.get_field_index(name)
+                    block = block.set_column(i, name, pc.split_pattern(block.column(i), list_delimiter))
+                for chunk in _rows_with_malformed(unit, block, cursor, skipped, columns, list_columns, batch_size):
+                    yield chunk
+                    cursor = chunk.row_offset + chunk.num_rows
+            yield from _rows_with_malformed(unit, None, cursor, skipped, columns, list_columns, batch_size)
+        except pa.ArrowInvalid as exc:
+            if "UTF8" in str(exc):
+                line = first_non_utf8_line(unit.path)
+                raise RawInputError(f"{unit.path} (line {line}): cannot read it as CSV: bytes that are "
+                                    f"not UTF-8 ({exc})") from None
+            raise
+
+
+def _rows_with_malformed(unit: ReadUnit, block, cursor: int, skipped: Dict[int, str], columns,
+                         list_columns, batch_size: int) -> Iterator[RawChunk]:
+    """The chunks of ``block`` (the next parsed rows, or None at the end of the file) starting
+    at data row ``cursor``, with the malformed rows ``skipped`` at their own indices: a
+    malformed row is a chunk of its own, good rows are cut at it and at ``batch_size``."""
+    good = 0 if block is None else block.num_rows
+    bad = sorted(i for i in skipped if i >= cursor)
+    taken = 0
+    while taken < good or (bad and (block is None or bad[0] < cursor + good - taken)):
+        if bad and bad[0] == cursor:
+            yield _malformed_chunk(unit, cursor, skipped.pop(bad.pop(0)), columns, list_columns)
+            cursor += 1
+            continue
+        run = good - taken
+        if bad:
+            run = min(run, bad[0] - cursor)
+        run = min(run, batch_size)
+        yield _arrow_chunk(unit, cursor, block.slice(taken, run), list_columns)
+        taken += run
+        cursor += run
+
+
+def _malformed_chunk(unit: ReadUnit, row: int, text: str, columns, list_columns) -> RawChunk:
+    """One malformed row: every column null, the raw text kept for its quarantine record."""
+    cols, nulls = {}, {}
+    for name in columns:
+        if name in list_columns:
+            cols[name] = ListColumn(np.zeros(0, object), np.zeros(2, np.int64), np.ones(1, bool), np.zeros(0, bool))
+        else:
+            cols[name], nulls[name] = np.full(1, None, dtype=object), np.ones(1, bool)
+    return RawChunk(unit.file, row, cols, nulls, np.array([text], dtype=object))
+
+
+def first_non_utf8_line(path: str) -> Optional[int]:
+    """The 1-based number of the first line of a text input that is not UTF-8 (None if all are)."""
+    with open_text_input(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return None
 
 
 def _csv_header(path: str, delimiter: str) -> List[str]:
-    with open_binary(path) as fh:
+    with file_errors(path, "CSV", lambda: " (line 1, the header)"), open_text_input(path) as fh:
         line = fh.readline().decode("utf-8").rstrip("\r\n")
     if not line:
         raise RawInputError(f"{path}: empty CSV file (a header row is required)")
@@ -247,26 +364,30 @@ def _csv_header(path: str, delimiter: str) -> List[str]:
 
 
 def _read_jsonl(unit, columns, list_columns, batch_size) -> Iterator[RawChunk]:
-    """JSON lines read with :mod:`json` (NaN / Infinity literals become real NaN / inf)."""
+    """JSON lines read with :mod:`json` (NaN / Infinity literals become real NaN / inf); a
+    line that is not a JSON object is a malformed row, blank lines are no rows."""
     rows: List[dict] = []
-    offset = 0
-    with io.TextIOWrapper(open_binary(unit.path), encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    bad: Dict[int, str] = {}  # index in ``rows`` -> text of a malformed line
+    offset, lineno = 0, 0
+    with file_errors(unit.path, "JSON lines", lambda: f" (line {lineno})"), open_text_input(unit.path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = raw.decode("utf-8")
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RawInputError(f"{unit.path}:{lineno}: not valid JSON: {exc}") from None
+            except json.JSONDecodeError:
+                obj = None
             if not isinstance(obj, dict):
-                raise RawInputError(f"{unit.path}:{lineno}: each line must hold a JSON object")
+                bad[len(rows)] = line.rstrip("\r\n")[:MALFORMED_TEXT_CHARS]
+                obj = {}
             rows.append(obj)
             if len(rows) == batch_size:
-                yield _json_chunk(unit, offset, rows, columns, list_columns)
+                yield _json_chunk(unit, offset, rows, columns, list_columns, bad)
                 offset += len(rows)
-                rows = []
+                rows, bad = [], {}
     if rows:
-        yield _json_chunk(unit, offset, rows, columns, list_columns)
+        yield _json_chunk(unit, offset, rows, columns, list_columns, bad)
 
 
 # ---- Arrow / Python values -> typed numpy ------------------------------------------------
@@ -306,7 +427,7 @@ def _arrow_scalar(arr: pa.Array):
             arr = pc.fill_null(arr, pa.scalar(0 if pa.types.is_integer(t) else False, t))
         values = arr.to_numpy(zero_copy_only=False)
         if values.dtype.kind == "u":
-            values = values.astype(np.int64)
+            values = _unsigned(values)
     elif pa.types.is_floating(t):
         values = arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     elif pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
@@ -314,6 +435,16 @@ def _arrow_scalar(arr: pa.Array):
     else:  # strings, timestamps, dates, decimals...
         values = arr.to_numpy(zero_copy_only=False)
     return values, null
+
+
+def _unsigned(values: np.ndarray) -> np.ndarray:
+    """Unsigned integers as int64 when they fit, else as exact Python ints (object), which
+    validation flags as out of range instead of letting them wrap around to negatives."""
+    if not values.size or values.max() <= _INT64_MAX:
+        return values.astype(np.int64)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values.tolist()
+    return out
 
 
 def _arrow_list(unit: ReadUnit, name: str, arr: pa.Array) -> ListColumn:
@@ -330,7 +461,8 @@ def _arrow_list(unit: ReadUnit, name: str, arr: pa.Array) -> ListColumn:
     return ListColumn(values, offsets - offsets[0], null_rows, null_values)
 
 
-def _json_chunk(unit: ReadUnit, offset: int, rows: List[dict], columns, list_columns) -> RawChunk:
+def _json_chunk(unit: ReadUnit, offset: int, rows: List[dict], columns, list_columns,
+                bad: Dict[int, str]) -> RawChunk:
     cols, nulls = {}, {}
     for name in columns:
         vals = [r.get(name) for r in rows]
@@ -338,12 +470,18 @@ def _json_chunk(unit: ReadUnit, offset: int, rows: List[dict], columns, list_col
             cols[name] = _python_lists(vals)
         else:
             cols[name], nulls[name] = _python_scalars(vals)
-    return RawChunk(unit.file, offset, cols, nulls)
+    malformed = None
+    if bad:
+        malformed = np.full(len(rows), None, dtype=object)
+        for i, text in bad.items():
+            malformed[i] = text
+    return RawChunk(unit.file, offset, cols, nulls, malformed)
 
 
 def _python_scalars(vals: list):
-    """Typed numpy + null mask: bool / int64 / float64 when every value is a bool / an int /
-    a number, else an object array (validation parses it)."""
+    """Typed numpy + null mask: bool / int64 / float64 when every value is a bool / an int64 /
+    a number (float64 only when that keeps every int exact), else an object array
+    (validation parses it; integers beyond int64 stay exact there, to be flagged)."""
     null = np.fromiter((v is None for v in vals), dtype=bool, count=len(vals))
     present = [v for v in vals if v is not None]
     kinds = {type(v) for v in present}
@@ -351,7 +489,7 @@ def _python_scalars(vals: list):
         return np.array([bool(v) for v in vals], dtype=bool), null
     if kinds and kinds <= {int} and all(-(1 << 63) <= v < (1 << 63) for v in present):
         return np.array([0 if v is None else v for v in vals], dtype=np.int64), null
-    if kinds and kinds <= {int, float}:
+    if kinds and kinds <= {int, float} and all(type(v) is float or abs(v) <= 1 << 53 for v in present):
         return np.array([np.nan if v is None else v for v in vals], dtype=np.float64), null
     arr = np.empty(len(vals), dtype=object)
     arr[:] = vals

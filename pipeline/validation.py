@@ -8,12 +8,15 @@ as its ``field`` / ``reason``, and the list of all its problems.
 Reasons: ``missing_required`` (a required feature, label, user, source, weight or
 split column is null), ``wrong_type`` (not parseable as the declared dtype, e.g. a
 word in a numeric column, 3.5 in an int64 column, a non-list in a list column),
+``out_of_range`` (an integer beyond int64 where int64 is declared),
 ``nan`` / ``inf`` (a NaN or infinite number anywhere a number is read: NaN elements
 of sequence_float / dense lists included, whereas *null* list elements are just
 dropped), ``not_binary`` (label not 0 or 1), ``wrong_length`` (dense list length !=
 ``dim``), ``negative_weight``, ``bad_source`` (not ad / rec / 1 / 0),
-``unknown_split`` (given split name not in ``split.ratios``); the job adds
-``encode_error`` for a value an encoder rejects despite validation.
+``unknown_split`` (given split name not in ``split.ratios``), ``malformed`` (field
+``_line``: a line the reader could not split into the columns, see
+:mod:`pipeline.raw_io`); the job adds ``encode_error`` for a value an encoder rejects
+despite validation.
 
 Canonical columns handed to the encoders (good rows only):
 
@@ -27,8 +30,9 @@ Canonical columns handed to the encoders (good rows only):
   (float32 for float32 features), null elements dropped (dense: kept as NaN -> 0.0);
 * labels -> float32; meta -> int64 / float32 (extra meta dtypes: :data:`META_DTYPES`).
 
-Meta columns: ``user_key`` = the raw user id when it is an integer (or an integer
-string), else FarmHash Fingerprint64 of its UTF-8 key as int64; ``source`` = 1 for
+Meta columns: ``user_key`` = the raw user id when it is an integer (or the canonical
+decimal string of one, e.g. "111" but not "0111" or "+111"), else FarmHash
+Fingerprint64 of its UTF-8 key as int64, so ids that differ as strings stay different; ``source`` = 1 for
 "ad", 0 for "rec"; weights as float32; ``extra_meta`` columns as declared, string
 ones hashed like the user key (missing extra meta: ``INT_MISSING`` / NaN).
 """
@@ -54,7 +58,10 @@ META_DTYPES = ("int64", "float32", "string")
 SPLIT_BY_TIME = -2  # split code of a row whose split the time cut points decide
 UNASSIGNED = -1  # split code of a row whose split cannot be known (bad split column)
 
-_INT_RE = r"\s*[+-]?\d{1,18}\s*"
+_INT_RE = r"\s*[+-]?\d+\s*"  # an integer written in decimal (int64 range checked apart)
+_CANONICAL_INT_RE = r"0|-?[1-9]\d{0,18}"  # the decimal string str(int) gives: one string per integer
+_INT64_LIMIT = 2.0 ** 63
+MALFORMED_FIELD = "_line"  # the field of a row the reader could not split into columns
 _NAN_WORDS = {"nan", "+nan", "-nan"}
 _LIST_TYPES = ("sequence_vocab", "sequence_float", "dense")
 
@@ -153,7 +160,8 @@ def _float_or_nan(v) -> float:
 
 
 def _as_integers(values: np.ndarray, null: np.ndarray, probs: Problems) -> np.ndarray:
-    """int64 with INT_MISSING at nulls; flags wrong_type (non-integers) / nan / inf."""
+    """int64 with INT_MISSING at nulls; flags wrong_type (non-integers), out_of_range
+    (integers beyond int64) and nan / inf."""
     kind = values.dtype.kind
     out = np.full(len(values), INT_MISSING, dtype=np.int64)
     if kind in "iub":
@@ -166,7 +174,7 @@ def _as_integers(values: np.ndarray, null: np.ndarray, probs: Problems) -> np.nd
         return out
     obj = values.astype(object)
     obj[null] = 0
-    try:  # fast path: every value an int or an integer string
+    try:  # fast path: every value an int64 or an integer string within int64 (exact)
         if pd.api.types.infer_dtype(obj, skipna=True) in ("integer", "string"):
             out[~null] = obj[~null].astype(np.int64)
             return out
@@ -175,16 +183,21 @@ def _as_integers(values: np.ndarray, null: np.ndarray, probs: Problems) -> np.nd
     done = null.copy()
     is_int = ~done & np.fromiter((isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
                                   for v in obj), bool, len(obj))
-    if is_int.any():
-        out[is_int] = np.array([int(v) for v in obj[is_int]], dtype=np.int64)
-        done |= is_int
     is_str = ~done & np.fromiter((isinstance(v, str) for v in obj), bool, len(obj))
     if is_str.any():
         idx = np.flatnonzero(is_str)
         strs = pd.Series(obj[idx].astype(str))
         m = strs.str.fullmatch(_INT_RE).to_numpy(bool)
-        out[idx[m]] = strs[m].str.strip().to_numpy(str).astype(np.int64)
-        done[idx[m]] = True
+        obj[idx[m]] = [int(t) for t in strs[m]]  # exact Python ints, whatever their size
+        is_int[idx[m]] = True
+    if is_int.any():
+        idx = np.flatnonzero(is_int)
+        fits = np.fromiter((-_INT64_LIMIT <= int(v) < _INT64_LIMIT for v in obj[idx]), bool, len(idx))
+        out[idx[fits]] = np.array([int(v) for v in obj[idx[fits]]], dtype=np.int64)
+        over = np.zeros(len(values), bool)
+        over[idx[~fits]] = True
+        probs.add(over, "out_of_range")
+        done |= is_int
     rest = np.flatnonzero(~done)
     if rest.size:  # floats, float-formatted strings, junk
         sub = Problems()
@@ -213,9 +226,11 @@ def _integral_floats(x: np.ndarray, null: np.ndarray, probs: Problems, out: np.n
         probs.add(np.isnan(x) & ok, "nan")
         probs.add(np.isinf(x) & ok, "inf")
     finite = np.isfinite(x)
-    whole = ok & finite & (np.abs(x) < 2.0 ** 63)
+    inside = ok & finite & (x >= -_INT64_LIMIT) & (x < _INT64_LIMIT)
+    probs.add(ok & finite & ~inside, "out_of_range")  # every float this large is integral
+    whole = inside.copy()
     whole[whole] = np.floor(x[whole]) == x[whole]
-    probs.add(ok & finite & ~whole, "wrong_type")
+    probs.add(inside & ~whole, "wrong_type")
     out[whole] = x[whole].astype(np.int64)
     return out
 
@@ -274,15 +289,17 @@ def _keys_to_int64(keys: np.ndarray) -> np.ndarray:
 
 
 def _string_keys_to_int64(keys: np.ndarray) -> np.ndarray:
+    """Canonical decimal strings of int64 integers as those integers, every other string as
+    its FarmHash Fingerprint64: "111" and 111 are one key, "0111", "+111" and " 111" others."""
     out = np.empty(len(keys), dtype=np.int64)
-    # integer candidates first (a C parser), then the exact test on those only
-    cand = np.flatnonzero(pd.to_numeric(pd.Series(keys, dtype=object), errors="coerce").notna().to_numpy())
+    s = pd.Series(keys, dtype=object)
+    cand = np.flatnonzero(s.str.fullmatch(_CANONICAL_INT_RE).to_numpy(bool, na_value=False))
     is_int = np.zeros(len(keys), bool)
     if cand.size:
-        s = pd.Series(keys[cand].astype(object))
-        m = s.str.fullmatch(_INT_RE).to_numpy(bool, na_value=False)
-        out[cand[m]] = s[m].str.strip().to_numpy(str).astype(np.int64)
-        is_int[cand[m]] = True
+        ints = [int(k) for k in keys[cand]]
+        fits = np.fromiter((-_INT64_LIMIT <= v < _INT64_LIMIT for v in ints), bool, len(ints))
+        out[cand[fits]] = np.array([v for v, f in zip(ints, fits) if f], dtype=np.int64)
+        is_int[cand[fits]] = True
     rest = np.flatnonzero(~is_int)
     out[rest] = np.fromiter((farmhash.fingerprint64(k) for k in keys[rest]), np.uint64,
                             len(rest)).view(np.int64)
@@ -426,6 +443,8 @@ class Validator:
         split_code = np.full(n, fixed_split if fixed_split is not None else UNASSIGNED, np.int16)
         if fixed_split is None and self.config.split.method == "random":
             split_code = self.random_split(chunk.file, rows)
+        if chunk.malformed is not None:
+            problems.append((MALFORMED_FIELD, np.array([t is not None for t in chunk.malformed]), "malformed"))
         for check in self.checks:
             if fixed_split is not None and check.kind in ("time", "given"):
                 continue
@@ -441,7 +460,8 @@ class Validator:
                     probs.add(~np.isnan(x) & (x != 0) & (x != 1), "not_binary")
                 else:
                     probs.add(x < 0, "negative_weight")
-                canon[check.out] = np.nan_to_num(x).astype(np.float32)
+                with np.errstate(over="ignore"):  # non-finite rows are flagged (and dropped) already
+                    canon[check.out] = np.nan_to_num(x).astype(np.float32)
             elif check.kind == "user":
                 keys = _as_keys(values, null, probs)
                 probs.add(null | _missing_keys(keys), "missing_required")
@@ -529,7 +549,8 @@ class Validator:
                 "file": chunk.file, "row_index": int(rows[i]),
                 "split_code": int(split_code[i]), "time": None if time is None else float(time[i]),
                 "field": probs[0][0], "reason": probs[0][1],
-                "value": _raw_value(chunk, self._column_of(probs[0][0]), i),
+                "value": (chunk.malformed[i] if probs[0][0] == MALFORMED_FIELD
+                          else _raw_value(chunk, self._column_of(probs[0][0]), i)),
                 "problems": [{"field": f, "reason": r} for f, r in probs],
                 "row": {c: _raw_value(chunk, c, i) for c in self.raw_columns},
             })
