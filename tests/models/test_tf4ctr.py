@@ -363,35 +363,49 @@ _MIRRORED = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from test_tf4ctr import toy_data, tf4ctr
     x, y = toy_data(128, seed=9)
-    out = {}
+    out, arrays = {}, {}
     for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
                            ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
         tf.keras.utils.set_random_seed(1)
         with strategy.scope():
             model = tf4ctr(ssem="ser", dfm="wsf", ssem_batch_norm=False)
             model.compile(optimizer=tf.keras.optimizers.SGD(0.5), loss={"click": "binary_crossentropy"})
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
+            model(x, training=False)  # build the variables in the strategy's scope
+        initial = model.get_weights()
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # 4 steps
         logs = model.fit(ds, epochs=1, verbose=0).history
-        out[name] = {"logs": {k: v[0] for k, v in logs.items()},
-                     "weights": [float(np.sum(w)) for w in model.get_weights()],
-                     "replicas": strategy.num_replicas_in_sync}
+        out[name] = {"logs": {k: v[0] for k, v in logs.items()}, "replicas": strategy.num_replicas_in_sync,
+                     "steps": int(model.optimizer.iterations.numpy())}
+        arrays.update({f"{name}/init/{i}": w for i, w in enumerate(initial)})
+        arrays.update({f"{name}/final/{i}": w for i, w in enumerate(model.get_weights())})
+    np.savez(sys.argv[2], **arrays)
     print("RESULT" + json.dumps(out))
 """)
 
 
 @pytest.mark.slow
 def test_mirrored_strategy_matches_one_device(tmp_path):
-    """Two replicas on half batches take the same step and log the same values as one
-    device on the whole batch: L_TF and the grad norms are scaled like the compiled loss."""
-    script = tmp_path / "mirrored.py"
+    """Two replicas on half batches take the same steps as one device on whole batches: after
+    4 SGD steps every weight matches element-wise, and so do the logged L_TF and grad norms
+    (scaled like the compiled loss)."""
+    script, weights_file = tmp_path / "mirrored.py", tmp_path / "weights.npz"
     script.write_text(_MIRRORED)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, str(script), os.path.dirname(__file__)], capture_output=True,
-                          text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, str(script), os.path.dirname(__file__), str(weights_file)],
+                          capture_output=True, text=True, timeout=600, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])
-    assert out["two"]["replicas"] == 2
+    assert out["two"]["replicas"] == 2 and out["one"]["steps"] == out["two"]["steps"] == 4
     for key in ("loss", "ctr_loss", "tf_loss", "grad_norm_zs", "grad_norm_zc"):
-        np.testing.assert_allclose(out["two"]["logs"][key], out["one"]["logs"][key], rtol=1e-4, err_msg=key)
-    np.testing.assert_allclose(out["two"]["weights"], out["one"]["weights"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out["two"]["logs"][key], out["one"]["logs"][key], rtol=1e-5, err_msg=key)
+    w = np.load(weights_file)
+    n = len([k for k in w.files if k.startswith("one/final/")])
+    assert n > 0 and n == len([k for k in w.files if k.startswith("two/final/")])
+    moved = 0
+    for i in range(n):
+        np.testing.assert_array_equal(w[f"two/init/{i}"], w[f"one/init/{i}"], err_msg=f"initial weight {i}")
+        np.testing.assert_allclose(w[f"two/final/{i}"], w[f"one/final/{i}"], rtol=1e-5, atol=1e-6,
+                                   err_msg=f"weight {i} after 4 steps")
+        moved += not np.allclose(w[f"one/final/{i}"], w[f"one/init/{i}"])
+    assert moved >= n // 2, f"only {moved} of {n} weights changed: the comparison would be vacuous"
