@@ -354,13 +354,15 @@ def test_rerun_replaces_shards_and_failed_run_keeps_previous(tmp_path):
     load_dataset("ml1m", str(src), str(out), shard_rows=2)
     assert len(list(out.glob("part-*.parquet"))) == 6
     load_dataset("ml1m", str(src), str(out), shard_rows=5)
-    assert sorted(p.name for p in out.iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == [".ctrflow-output.json"] + [f"part-0000{i}.parquet"
+                                                                                for i in range(3)]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     lines = (src / "ratings.dat").read_text().splitlines()
     _write(src / "ratings.dat", "\n".join(lines[:10] + ["1::661::x::978302109"] + lines[10:]) + "\n")
     with pytest.raises(ValueError, match=r"ratings\.dat"):
         load_dataset("ml1m", str(src), str(out), shard_rows=2, chunk_rows=3)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial or temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-1m", "raw"]  # no temp folder left beside it
 
 
 # ---- configs name the loaders' columns exactly -----------------------------------------------------

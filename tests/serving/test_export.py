@@ -42,7 +42,7 @@ def test_export_run_versions_keep_and_models_config(run_dir, fitted, rows, tmp_p
     assert [i["version"] for i in infos] == [1, 2, 3]
     assert infos[-1]["removed_versions"] == [1] and infos[-1]["versions"] == [2, 3]
     model_base = os.path.join(base, "dcnv2-run")
-    assert sorted(os.listdir(model_base)) == ["2", "3"]  # no staging leftovers, version 1 pruned
+    assert sorted(os.listdir(model_base)) == [".ctrflow-output.json", "2", "3"]  # no staging leftovers, 1 pruned
     with open(os.path.join(base, "models.config")) as fh:
         cfg = layout.parse_models_config(fh.read())
     assert isinstance(cfg, model_server_config_pb2.ModelServerConfig)
@@ -76,13 +76,16 @@ def test_models_config_for_several_models():
 def test_versions_and_pruning(tmp_path):
     base = str(tmp_path / "m")
     assert layout.next_version(base) == 1 and layout.list_versions(base) == []
-    for v in (1, 2, 5):
-        os.makedirs(os.path.join(base, str(v)))
+    for v in (1, 2, 3, 5):
+        os.makedirs(os.path.join(base, str(v), "assets.extra"))
         open(os.path.join(base, str(v), "saved_model.pb"), "w").close()
+        if v != 2:  # version 2 was put there by hand: no export metadata
+            open(os.path.join(base, str(v), layout.METADATA_FILE), "w").close()
     os.makedirs(os.path.join(base, "6"))  # incomplete: not a version, but its number is taken
-    assert layout.list_versions(base) == [1, 2, 5] and layout.next_version(base) == 7
-    assert layout.prune_versions(base, keep=2) == [1]
-    assert layout.list_versions(base) == [2, 5]
+    assert layout.list_versions(base) == [1, 2, 3, 5] and layout.next_version(base) == 7
+    assert layout.exported_versions(base) == [1, 3, 5]
+    assert layout.prune_versions(base, keep=2) == [1]  # only export's own versions count and go
+    assert layout.list_versions(base) == [2, 3, 5]
     with pytest.raises(ValueError):
         layout.prune_versions(base, keep=0)
 
@@ -136,8 +139,7 @@ def test_unknown_category_is_oov_and_missing_optional_takes_default(exported, se
         assert abs(via_raw[t][0] - via_known[t][0]) > 1e-6  # the OOV row really differs from a known id
     # gender (default "f") and ad_age (default 3.0) missing -> the defaults
     absent = {k: v for k, v in row.items() if k != "gender"}
-    for missing, default in [(absent, dict(row, gender="f")), (dict(row, ad_age=None), dict(row, ad_age=3.0)),
-                             (dict(row, ad_age=float("nan")), dict(row, ad_age=3.0))]:
+    for missing, default in [(absent, dict(row, gender="f")), (dict(row, ad_age=None), dict(row, ad_age=3.0))]:
         a, b = _one(server, schema_dict, missing), _one(server, schema_dict, default)
         for t in TASKS:
             assert a[t] == pytest.approx(b[t], abs=TOL)
