@@ -30,8 +30,10 @@ Everything is written under a marked temp folder beside ``<output>`` and moved t
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -53,7 +55,8 @@ from features import outputs
 from features.schema import Feature, Schema
 from pipeline.config import ConfigError
 from pipeline.preprocess_config import PreprocessConfig
-from pipeline.raw_io import ListColumn, list_files, plan_units, read_unit, relative_names
+from pipeline.raw_io import (ListColumn, list_files, plan_units, read_unit, relative_names,
+                             worker_input_error)
 from pipeline.validation import (SOURCE, SPLIT_BY_TIME, USER_GROUP, USER_KEY, ValidatedChunk,
                                  Validator, quarantine_line, uniform_hash)
 
@@ -1145,13 +1148,33 @@ def _run(config: PreprocessConfig, build) -> None:
     runner, options = pipeline_options(config)
     p = beam.Pipeline(runner=runner, options=options)
     build(p)
-    result = p.run()
     try:
-        result.wait_until_finish()
+        with _step_failures_unlogged():
+            result = p.run()
+            try:
+                result.wait_until_finish()
+            finally:
+                client = getattr(result, "client", None)  # the Dask runner leaves its client open
+                if client is not None:
+                    client.close()
+    except Exception as exc:  # an unreadable input a worker met is the user's error, not a crash
+        input_error = worker_input_error(exc)
+        if input_error is None:
+            raise
+        raise input_error from None
+
+
+@contextlib.contextmanager
+def _step_failures_unlogged():
+    """Beam logs a failing step's traceback before raising it; the error is raised (and
+    reported once) by :func:`_run` anyway, so a user's bad input ends with one message."""
+    log = logging.getLogger("apache_beam.runners.common")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
-        client = getattr(result, "client", None)  # the Dask runner leaves its client open
-        if client is not None:
-            client.close()
+        log.setLevel(level)
 
 
 def _logger(progress: bool):

@@ -34,6 +34,7 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -54,6 +55,20 @@ _INT64_MAX = np.iinfo(np.int64).max
 class RawInputError(UserError):
     """A raw input that cannot be read as configured (names the file, and the row group or
     line where the format allows)."""
+
+
+_WORKER_ERROR = re.compile(r"RawInputError: (.+?)(?: \[while running '[^']*'\])?$", re.M)
+_RUNNING_SUFFIX = re.compile(r" \[while running '[^']*'\]$")
+
+
+def worker_input_error(exc: BaseException) -> Optional[RawInputError]:
+    """The :class:`RawInputError` a Beam worker raised, as the runner passes it on: the error
+    itself (in-process runners add " [while running 'Step']") or its traceback text inside
+    another exception (worker processes, remote runners); None for any other error."""
+    if isinstance(exc, RawInputError):
+        return RawInputError(_RUNNING_SUFFIX.sub("", str(exc)))
+    found = _WORKER_ERROR.search(str(exc))
+    return RawInputError(found.group(1)) if found else None
 
 
 class ListColumn(FlatLists):

@@ -8,9 +8,14 @@ the Beam job would read them) into the raw signature's tensors, checked client-s
   float for an int64 one, a list for a scalar... fail naming the feature and row);
   integers (and integral floats) for a string feature become their decimal string,
   the key the Beam job uses for them;
-* a missing optional value (absent key, None, NaN) becomes the missing marker
+* a missing optional value (absent key or None) becomes the missing marker
   (``""`` / NaN / ``INT_MISSING``) so the graph applies the schema default; a missing
   required value fails naming the feature;
+* what the Beam job would quarantine fails naming the feature and row, as the raw
+  signature would: a NaN or infinite number (or one beyond float32) given as a value
+  (None is the way to say "missing"), an integer beyond int64;
+* list elements are read as the Beam job reads them: None elements of a sequence are
+  dropped, those of a dense vector are 0;
 * behaviour sequences may be ragged: they are right-padded with the missing marker to
   the longest in the batch (TF Serving's ``instances`` format needs equal shapes; the
   graph drops the markers, so padding never changes a prediction).
@@ -63,11 +68,14 @@ class ServingError(RuntimeError):
 
 
 def _is_missing(v) -> bool:
+    """None, or the int64 missing marker (NaN is a value, which the Beam job quarantines)."""
     if v is None:
         return True
-    if isinstance(v, (float, np.floating)) and math.isnan(v):
-        return True
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v == INT_MISSING
+
+
+def _is_nan(v) -> bool:
+    return isinstance(v, (float, np.floating)) and math.isnan(v)
 
 
 def _scalar(inp: RawInput, v, row: int):
@@ -105,6 +113,28 @@ def _values(inp: RawInput, values, row: int) -> list:
     Python type of the dtype (the marker values among them are markers already)."""
     plain = _PLAIN[inp.dtype]
     return [v if type(v) in plain else _scalar(inp, v, row) for v in values]
+
+
+def _elements(inp: RawInput, v) -> list:
+    """A list's elements as the Beam job reads them: None elements of a sequence dropped,
+    those of a dense vector 0."""
+    if inp.shape == "vector":
+        return [0 if e is None else e for e in v]
+    return [e for e in v if e is not None]
+
+
+def _refuse_non_finite(inp: RawInput, values: list, out: np.ndarray) -> None:
+    """Fail naming the rows whose values are NaN (given as a value, not None) or infinite
+    (also: beyond float32), which the Beam job would quarantine and the graph refuses."""
+    nan = [i for i, v in enumerate(values)
+           if _is_nan(v) or (_is_list(v) and any(_is_nan(e) for e in v))]
+    if nan:
+        raise RequestError(_feature_label(inp), "NaN is not a value (None marks a missing value)", nan)
+    inf = np.isinf(out)
+    if inf.ndim == 2:
+        inf = inf.any(axis=1)
+    if inf.any():
+        raise RequestError(_feature_label(inp), "an infinite value (or one beyond float32)", np.flatnonzero(inf))
 
 
 def _marker_mask(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -173,6 +203,8 @@ class RequestBuilder:
                 for e in (v if _is_list(v) else [v]):
                     _scalar(inp, e, i)
             raise
+        if inp.dtype == "float32":
+            _refuse_non_finite(inp, values, out)
         if inp.required:
             missing = _marker_mask(out, inp.dtype)
             if missing.ndim == 2:
@@ -194,7 +226,7 @@ class RequestBuilder:
         bad = [i for i, v in enumerate(values) if not (_is_missing(v) or _is_list(v))]
         if bad:
             raise RequestError(_feature_label(inp), "expected a list of values per row", bad)
-        lists = [[] if _is_missing(v) else _values(inp, v, i) for i, v in enumerate(values)]
+        lists = [[] if _is_missing(v) else _values(inp, _elements(inp, v), i) for i, v in enumerate(values)]
         if inp.shape == "vector":
             wrong = [i for i, (v, vals) in enumerate(zip(values, lists)) if not _is_missing(v) and len(vals) != inp.width]
             if wrong:

@@ -13,7 +13,10 @@ signatures, both returning one probability per task (``{task: [batch] float32}``
   against the Beam job's numpy encoder) run in the graph, so unknown categories map
   to OOV and missing optional values take the schema default exactly as in training.
   A required feature whose value is missing in any row fails the request with an
-  assertion naming the feature and the rows.
+  assertion naming the feature and the rows, and so does a value the Beam job would
+  quarantine (:func:`bad_value_checks`): an infinite float anywhere, NaN inside a
+  dense vector that is not missing as a whole (a missing vector is all NaN), or NaN
+  before a real element of a sequence (only trailing NaN is padding).
 * ``encoded`` (:data:`ENCODED_SIGNATURE`) takes the already-encoded features keyed by
   feature name, ``[batch, width]`` in the schema's encoded dtype (what the TFRecords
   hold), for callers that run the Beam encoding themselves.
@@ -127,6 +130,47 @@ def missing_mask(x: tf.Tensor, dtype: str) -> tf.Tensor:
     return tf.reduce_all(m, axis=1) if x.shape.rank == 2 else m
 
 
+def bad_value_rows(x: tf.Tensor, r: RawInput) -> Dict[str, tf.Tensor]:
+    """{what is wrong: per-row flags} of the float values of raw input ``r`` that the Beam job
+    would quarantine but the missing markers cannot explain (see the module docstring)."""
+    if r.dtype != "float32":
+        return {}
+    inf, nan = tf.math.is_inf(x), tf.math.is_nan(x)
+    if r.shape == "scalar":
+        return {"an infinite value": inf}
+    out = {"an infinite value": tf.reduce_any(inf, axis=1)}
+    if r.shape == "vector":
+        out["NaN inside a dense vector (a missing vector is all NaN)"] = tf.logical_and(
+            tf.reduce_any(nan, axis=1), tf.logical_not(tf.reduce_all(nan, axis=1)))
+    else:
+        real_after = tf.math.cumsum(tf.cast(tf.logical_not(nan), tf.int32), axis=1, exclusive=True, reverse=True) > 0
+        out["NaN before a real element of a sequence (only trailing NaN is padding)"] = tf.reduce_any(
+            tf.logical_and(nan, real_after), axis=1)
+    return out
+
+
+def _assert_no_rows(flags: tf.Tensor, message: str):
+    """An assertion that no row is flagged; its error names ``message`` and the rows (no quotes
+    in ``message``: TF escapes them when it prints the assertion's data)."""
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(flags)), [message, tf.where(flags)[:, 0]], summarize=20)
+
+
+def bad_value_checks(raw: Mapping[str, tf.Tensor], inputs: Sequence[RawInput]) -> list:
+    """Assertions over a raw request: required inputs present in every row, and no value
+    the Beam job would quarantine; each names the feature(s) and the rows."""
+    checks = []
+    for r in inputs:
+        names = ", ".join(r.features)
+        if r.required:
+            checks.append(_assert_no_rows(missing_mask(raw[r.name], r.dtype),
+                                          f"required feature {names} has no value in the request "
+                                          f"(raw input {r.name}); rows:"))
+        for what, flags in bad_value_rows(raw[r.name], r).items():
+            checks.append(_assert_no_rows(flags, f"feature {names} (raw input {r.name}) holds {what}, which "
+                                                 "the training data would have quarantined; rows:"))
+    return checks
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """Plain (untracked) metadata of a :class:`ServingModule`."""
@@ -173,17 +217,11 @@ class ServingModule(tf.Module):
         return self._predict_encoded(self._encode(raw))
 
     def _encode(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        """Raw tensors -> encoded features, after asserting equal batch sizes and that
-        every required feature is present in every row."""
+        """Raw tensors -> encoded features, after asserting equal batch sizes, that every
+        required feature is present in every row and that no value is one the Beam job
+        would quarantine."""
         checks = _same_batch(raw, [r.name for r in self._plan.inputs])
-        for r in self._plan.inputs:
-            if r.required:
-                missing = missing_mask(raw[r.name], r.dtype)
-                # no quotes: TF escapes them when it prints the assertion's data
-                checks.append(tf.debugging.Assert(
-                    tf.logical_not(tf.reduce_any(missing)),
-                    [f"required feature {', '.join(r.features)} has no value in the request "
-                     f"(raw input {r.name}); rows:", tf.where(missing)[:, 0]], summarize=20))
+        checks += bad_value_checks(raw, self._plan.inputs)
         by_name = {f.name: f for f in self._plan.features}
         with tf.control_dependencies(checks):
             return {name: tf.identity(enc(raw[by_name[name].raw_column])) for name, enc in self.encoders.items()}

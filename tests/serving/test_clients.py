@@ -83,7 +83,7 @@ def test_missing_optional_values_take_markers_and_keys_are_canonical(builder):
     assert t["gender"][0] == "" and t["ctx"][0] == ""  # None and absent
     assert math.isnan(t["price"][0]) and t["exposure"][0] == INT_MISSING and t["position"][0] == 3
     assert t["user_id"][0] == "7"  # the Beam job's key for an integer in a string feature
-    assert list(t["hist_item"][0]) == ["i1", ""] and t["hist_ts"].shape == (1, 1)
+    assert list(t["hist_item"][0]) == ["i1"] and t["hist_ts"].shape == (1, 1)  # None elements dropped
     assert t["user_vec"].shape == (1, VEC_DIM) and np.isnan(t["user_vec"]).all()
     assert t["position"].dtype == np.int64 and t["price"].dtype == np.float32
     lenient = RequestBuilder(builder.inputs, ignore_unknown=True)  # e.g. rows that still hold labels
