@@ -11,8 +11,9 @@ units) and ``repr`` is the concatenation of the branch representations. FinalMLP
 adds its bilinear term to the sum.
 
 Options: every backbone has a ``defaults`` dict (the papers' values; MLPs
-[400, 400, 400] ReLU, TF4CTR's setup); an option not in it is an error naming the
-known ones. ``get_config`` holds ``num_fields``, ``embedding_dim`` and the options.
+[400, 400, 400] ReLU, TF4CTR's setup); an option not in it, of another type than its
+default or outside :data:`OPTION_RANGES` is an :class:`~models.options.OptionError` naming it.
+``get_config`` holds ``num_fields``, ``embedding_dim`` and the options.
 
 Registered names: lr, fm, ffm, fwfm, dnn, ipnn, widedeep, deepfm, dcn, dcnv2,
 xdeepfm, autoint+, gdcn, dualmlp, finalmlp (case-insensitive).
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from models import layers as L
 from models.embedding import EmbeddedFields
+from models.options import OptionError, check_options
 
 BackboneOutput = collections.namedtuple("BackboneOutput", ["repr", "logit"])
 BackboneOutput.__doc__ = "repr: r_b [B, h]; logit: [B, 1] (float32 from a backbone)."
@@ -35,6 +37,14 @@ BACKBONES: Dict[str, type] = {}
 DNN_DEFAULTS = {"dnn_units": (400, 400, 400), "dnn_activation": "relu", "dnn_dropout": 0.0,
                 "dnn_batch_norm": False, "dnn_l2": 0.0}
 STRUCTURES = ("stacked", "parallel")
+# ranges of the options of every backbone that has them (per item on lists; models.options)
+OPTION_RANGES = {**{k: "[1, inf)" for k in ("dnn_units", "mlp1_units", "mlp2_units", "fs_units", "cin_layer_sizes",
+                                            "num_heads", "att_dim", "attention_layers", "num_cross_layers",
+                                            "projection_dim")},
+                 "fs1_context": "[0, inf)", "fs2_context": "[0, inf)",
+                 "dnn_dropout": "[0, 1)", "dnn_l2": "[0, inf)", "diag_scale": "[0, inf)"}
+OPTION_CHOICES = {"structure": STRUCTURES}
+OPTION_TYPES = {"projection_dim": int}  # options whose default is None
 
 
 def register_backbone(name: str):
@@ -54,7 +64,7 @@ def register_backbone(name: str):
 def backbone_class(name: str) -> type:
     key = str(name).lower()
     if key not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; known: {sorted(BACKBONES)}")
+        raise OptionError(f"unknown backbone '{name}'; known: {sorted(BACKBONES)}")
     return BACKBONES[key]
 
 
@@ -82,10 +92,7 @@ class Backbone(tf.keras.layers.Layer):
     uses_linear = False  # reads EmbeddedFields.linear (the first-order terms)
 
     def __init__(self, num_fields: int, embedding_dim: int, name=None, trainable=True, dtype=None, **options):
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"backbone '{self.registered_name}': unknown option(s) {unknown}; "
-                             f"known: {sorted(self.defaults)}")
+        options = self.check_options(options)
         # float32 under mixed precision but for MLP hidden layers (models.layers.precision_sensitive)
         super().__init__(name=name, trainable=trainable, dtype=dtype or "float32")
         self.num_fields, self.embedding_dim = int(num_fields), int(embedding_dim)
@@ -94,6 +101,21 @@ class Backbone(tf.keras.layers.Layer):
         self.options = {**self.defaults, **options}
         with L.precision_sensitive():
             self._build_layers()
+
+    @classmethod
+    def check_options(cls, options: Dict[str, Any], prefix: str = "backbone_options.") -> Dict[str, Any]:
+        """``options`` checked against :attr:`defaults` (names, types, :data:`OPTION_RANGES`, choices,
+        activation names); raises :class:`OptionError` naming ``prefix`` + the key."""
+        owner = f"backbone '{cls.registered_name}'"
+        options = check_options(options, cls.defaults, prefix, owner, OPTION_RANGES, OPTION_CHOICES, OPTION_TYPES)
+        for key, value in options.items():
+            if key.endswith("activation") and value is not None:
+                try:
+                    tf.keras.activations.get(value)
+                except ValueError:
+                    raise OptionError(f"{prefix}{key} = {value!r}: expected a Keras activation name, e.g. "
+                                      f"relu, gelu, tanh ({owner})") from None
+        return options
 
     @classmethod
     def input_embedding_dim(cls, num_fields: int, embedding_dim: int) -> int:
@@ -398,8 +420,6 @@ class AutoIntPlus(_WithDNN):
         self.attention = [L.InteractingLayer(o["att_dim"], o["num_heads"], o["use_residual"], o["use_scale"],
                                              o["layer_norm"], name=f"interacting_{i}")
                           for i in range(int(o["attention_layers"]))]
-        if not self.attention:
-            raise ValueError("autoint+: attention_layers must be >= 1")
         self.attention_logit = tf.keras.layers.Dense(1, name="attention_logit")
 
     def _simple(self, emb, training):
@@ -423,8 +443,6 @@ class _CrossBackbone(_WithDNN):
 
     def _build_explicit(self):
         o = self.options
-        if o["structure"] not in STRUCTURES:
-            raise ValueError(f"backbone '{self.registered_name}': structure '{o['structure']}' not in {STRUCTURES}")
         extra = {k: o[k] for k in ("projection_dim", "diag_scale") if k in o}
         self.cross = L.CrossNetwork(self.cross_kind, o["num_cross_layers"], name="cross", **extra)
         if o["structure"] == "parallel":

@@ -47,6 +47,7 @@ import tensorflow as tf
 from features.mnse import mnse_groups
 from features.schema import OOV_ID, PAD_ID, Feature, Schema, SchemaError
 from models.layers import plain
+from models.options import OptionError, check_options
 
 EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear"])
 EmbeddedFields.__doc__ = "fields [B, F, d] (compute dtype) and first-order terms linear [B, F] (or None)."
@@ -61,6 +62,10 @@ ENCODING_FIELD_KINDS = {
     "sequence_float": None,
 }
 POOLINGS = ("mean", "sum")
+# options a caller may set (``embedding_options`` of a model config) and their ranges
+OPTION_DEFAULTS = {"dims": None, "features": None, "num_tables": 1, "l2_reg": 0.0, "pooling": None,
+                   "initializer_stddev": 0.01}
+OPTION_RANGES = {"num_tables": "[1, inf)", "l2_reg": "[0, inf)", "initializer_stddev": "[0, inf)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,21 +148,21 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                  pooling: Optional[Dict[str, str]] = None, initializer_stddev: float = 0.01,
                  linear: bool = True, name=None, **kw):
         super().__init__(name=name, **kw)
+        check_options(dict(num_tables=num_tables, l2_reg=l2_reg, initializer_stddev=initializer_stddev),
+                      OPTION_DEFAULTS, "embedding_options.", "the embedding", OPTION_RANGES)
         self.schema_dict = schema_dict
         self.schema = Schema.from_dict(schema_dict)
         self.embedding_dim = int(embedding_dim)
         if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+            raise OptionError(f"embedding_dim must be >= 1, got {embedding_dim}")
         self.features = None if features is None else list(features)
         self.specs = plan_fields(schema_dict, self.features)
         self.feature_names = list(dict.fromkeys(s.feature for s in self.specs))
         self.num_tables = int(num_tables)
-        if self.num_tables < 1:
-            raise ValueError(f"num_tables must be >= 1, got {num_tables}")
         self.l2_reg = float(l2_reg)
         self.initializer_stddev = float(initializer_stddev)
         self.linear = bool(linear)
-        self.dims = {k: int(v) for k, v in (dims or {}).items()}
+        self.dims = dict(dims or {})
         self.pooling = dict(pooling or {})
         self._check_overrides()
 
@@ -184,22 +189,23 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     def _check_overrides(self) -> None:
         unknown = sorted(set(self.dims) - set(self.feature_names))
         if unknown:
-            raise ValueError(f"embedding dims name features that are not embedded: {unknown}")
-        bad = {k: v for k, v in self.dims.items() if v < 1}
+            raise OptionError(f"embedding_options.dims name features that are not embedded: {unknown}")
+        bad = {k: v for k, v in self.dims.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
         if bad:
-            raise ValueError(f"embedding dims must be >= 1: {bad}")
+            raise OptionError(f"embedding_options.dims: table widths must be integers >= 1, got {bad}")
         dense = [k for k in self.dims if self._feature_kind(k) == "project"]
         if dense:
-            raise ValueError(f"embedding dims do not apply to dense features {dense}: they are projected "
-                             f"straight to embedding_dim")
+            raise OptionError(f"embedding_options.dims do not apply to dense features {dense}: they are "
+                              f"projected straight to embedding_dim")
         unknown = sorted(set(self.pooling) - set(self.feature_names))
         if unknown:
-            raise ValueError(f"embedding pooling names features that are not embedded: {unknown}")
+            raise OptionError(f"embedding_options.pooling names features that are not embedded: {unknown}")
         for k, v in self.pooling.items():
             if self._feature_kind(k) != "pooled":
-                raise ValueError(f"embedding pooling applies to sequence / multi-valued features, not '{k}'")
+                raise OptionError(f"embedding_options.pooling applies to sequence / multi-valued features, "
+                                  f"not '{k}'")
             if v not in POOLINGS:
-                raise ValueError(f"embedding pooling for '{k}' must be one of {POOLINGS}, got '{v}'")
+                raise OptionError(f"embedding_options.pooling.{k} = {v!r}: expected one of {list(POOLINGS)}")
 
     # ---- weights ----------------------------------------------------------------------
     def build(self, input_shape):

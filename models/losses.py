@@ -12,7 +12,12 @@ the tf4ctr framework adds to the compiled loss in its ``train_step``.
 """
 from __future__ import annotations
 
+import inspect
+from typing import Any, Dict
+
 import tensorflow as tf
+
+from models.options import OptionError, check_options
 
 EPS = 1e-7
 
@@ -62,26 +67,37 @@ class ReweightedCE(tf.keras.losses.Loss):
 
 
 LOSSES = {
-    "bce": lambda **kw: tf.keras.losses.BinaryCrossentropy(**kw),
+    "bce": tf.keras.losses.BinaryCrossentropy,
     "focal": FocalLoss,
     "rce": ReweightedCE,
 }
+# the model outputs probabilities, and the reduction is the trainer's: not loss options
+_NOT_OPTIONS = ("self", "name", "reduction", "from_logits", "axis")
+OPTION_RANGES = {"alpha": "[0, 1]", "gamma": "[0, inf)", "beta": "[0, inf)", "label_smoothing": "[0, 1]"}
+
+
+def check_loss_options(name: str, options: Dict[str, Any], prefix: str = "loss_options.") -> Dict[str, Any]:
+    """Loss ``name``'s options checked against its constructor's defaults and :data:`OPTION_RANGES`."""
+    if name not in LOSSES:
+        raise OptionError(f"loss = {name!r}: unknown loss; known: {sorted(LOSSES)}")
+    params = inspect.signature(LOSSES[name].__init__).parameters.values()
+    defaults = {p.name: p.default for p in params if p.name not in _NOT_OPTIONS
+                and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return check_options(options, defaults, prefix, f"loss '{name}'", OPTION_RANGES)
 
 
 def get_loss(name: str, **options) -> tf.keras.losses.Loss:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss '{name}'; known: {sorted(LOSSES)}")
-    return LOSSES[name](**options)
+    return LOSSES[name](**check_loss_options(name, options))
 
 
 def check_twin_focus_options(alpha: float, c: float, gamma: float) -> None:
     """Eq. 7's ranges: alpha, c in [0, 1]; gamma >= 0."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"twin focus loss: alpha must be in [0, 1], got {alpha}")
+        raise OptionError(f"twin focus loss: alpha must be in [0, 1], got {alpha}")
     if not 0.0 <= c <= 1.0:
-        raise ValueError(f"twin focus loss: c must be in [0, 1], got {c}")
+        raise OptionError(f"twin focus loss: c must be in [0, 1], got {c}")
     if gamma < 0:
-        raise ValueError(f"twin focus loss: gamma must be >= 0, got {gamma}")
+        raise OptionError(f"twin focus loss: gamma must be >= 0, got {gamma}")
 
 
 def twin_focus_loss(y_true, z_simple, z_complex, alpha: float = 0.25, c: float = 0.8, gamma: float = 2.0,

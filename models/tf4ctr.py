@@ -36,7 +36,8 @@ from models.ctr_model import _EMBEDDING_OPTIONS
 from models.factory import register_framework
 from models.layers import plain, precision_sensitive
 from models.losses import check_twin_focus_options, twin_focus_loss
-from models.tf4ctr_layers import DynamicFusion, SampleSelectionEmbedding
+from models.options import OptionError, check_options
+from models.tf4ctr_layers import DFM_MODES, SSEM_MODES, DynamicFusion, SampleSelectionEmbedding
 
 TF4CTRLogits = collections.namedtuple("TF4CTRLogits", ["fused", "simple", "complex"])
 TF4CTRLogits.__doc__ = "fused z (DFM), simple z_s and complex z_c logits, each [B, 1] float32."
@@ -59,6 +60,10 @@ DEFAULTS = {
     "tf_loss_weight": 1.0,         # weight of L_TF in Eq. 12 (1); 0 trains on L_ctr alone (Fig. 5b)
 }
 _MODEL_KW = ("name", "trainable", "dtype")
+RANGES = {"easy_embedding_dim": "[1, inf)", "ssem_dropout": "[0, 1)", "vf_temperature": "(0, inf)",
+          "alpha": "[0, 1]", "c": "[0, 1]", "gamma": "[0, inf)", "tf_loss_weight": "[0, inf)"}
+CHOICES = {"ssem": SSEM_MODES, "dfm": DFM_MODES}
+TYPES = {"easy_embedding_dim": int}  # options whose default is None
 
 
 class _BatchMean(tf.keras.metrics.Metric):
@@ -93,23 +98,24 @@ class TF4CTR(tf.keras.Model):
     (simple, complex) encoders; ``framework_options`` are the keys of :data:`DEFAULTS`.
     """
 
+    option_defaults, option_ranges, option_choices, option_types = DEFAULTS, RANGES, CHOICES, TYPES  # models.factory
+
     def __init__(self, schema_dict: dict, tasks: List[str], backbone: str = "dualmlp",
                  backbone_options: Optional[dict] = None, embedding_dim: int = 16,
                  embedding_options: Optional[dict] = None, **options):
         model_kw = {k: options.pop(k) for k in _MODEL_KW if k in options}
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"tf4ctr framework_options: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
+        options = check_options(options, DEFAULTS, "framework_options.", "framework 'tf4ctr'", RANGES, CHOICES,
+                                TYPES)
         super().__init__(**model_kw)
         tasks = list(tasks)
         if len(tasks) != 1:
-            raise ValueError(f"tf4ctr is single-task (the paper's setting): tasks must hold one label, "
+            raise OptionError(f"tf4ctr is single-task (the paper's setting): tasks must hold one label, "
                              f"got {tasks}; train one model per task or use framework 'none'")
         Schema.from_dict(schema_dict).check_names(labels=tasks, what="model config")
         embedding_options = dict(embedding_options or {})
         bad = sorted(set(embedding_options) - set(_EMBEDDING_OPTIONS))
         if bad:
-            raise ValueError(f"embedding_options: unknown option(s) {bad}; known: {_EMBEDDING_OPTIONS}")
+            raise OptionError(f"embedding_options: unknown option(s) {bad}; known: {_EMBEDDING_OPTIONS}")
         self.options = {**DEFAULTS, **options}
         o = self.options
         self.schema_dict, self.tasks, self.task = schema_dict, tasks, tasks[0]
@@ -117,8 +123,6 @@ class TF4CTR(tf.keras.Model):
         self.backbone_options, self.embedding_options = dict(backbone_options or {}), embedding_options
         self.alpha, self.c, self.gamma = float(o["alpha"]), float(o["c"]), float(o["gamma"])
         self.tf_loss_weight = float(o["tf_loss_weight"])
-        if self.tf_loss_weight < 0:
-            raise ValueError(f"tf4ctr tf_loss_weight must be >= 0, got {self.tf_loss_weight}")
         check_twin_focus_options(self.alpha, self.c, self.gamma)
 
         with precision_sensitive():  # embeddings and gates' first layers in float32 (models.layers)
@@ -130,7 +134,7 @@ class TF4CTR(tf.keras.Model):
                 name="ssem")
         self.backbone = get_backbone(backbone, self.ssem.num_fields, self.embedding_dim, **self.backbone_options)
         if not self.backbone.branches:
-            raise ValueError(f"tf4ctr needs a two-branch backbone for its simple and complex encoders (Eq. 6); "
+            raise OptionError(f"tf4ctr needs a two-branch backbone for its simple and complex encoders (Eq. 6); "
                              f"'{backbone}' with options {self.backbone_options} has one branch. Two-branch "
                              f"backbones: {_two_branch_backbones()} (dcn / dcnv2 / gdcn with structure: parallel)")
         self.dfm = DynamicFusion(o["dfm"], o["vf_temperature"], name="dfm", dtype="float32")

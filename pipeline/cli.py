@@ -22,8 +22,8 @@ from typing import List, Optional
 
 from features import _tfenv  # noqa: F401
 
-from features.schema import SchemaError
-from pipeline.config import ConfigError, load_config, parse_override
+from features.errors import UserError
+from pipeline.config import load_config, parse_override
 
 
 def _overrides(items):
@@ -151,11 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what a user causes and can fix: one message, exit code 2; anything else is a bug (traceback, exit 1)
+USER_ERRORS = (UserError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+               FloatingPointError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, SchemaError, FileNotFoundError, FloatingPointError) as exc:
+    except USER_ERRORS as exc:
         print(f"ctrflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

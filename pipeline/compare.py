@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 
 from pipeline import report
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config, option
 from pipeline.evaluate import evaluate_run
 from pipeline.train import TrainConfig, train
 
@@ -36,31 +36,43 @@ class CompareConfig:
     methods: Dict[str, Dict[str, Any]]
     baseline: str
     out_dir: str = "runs/compare"
-    seeds: List[int] = dataclasses.field(default_factory=lambda: [1, 2, 3])
+    seeds: List[int] = option(factory=lambda: [1, 2, 3], min=0)
     base_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     split: str = "test"
     task: Optional[str] = None  # default: the first task of each run
-    metrics: List[str] = dataclasses.field(default_factory=lambda: ["auc", "gauc", "logloss", "ece"])
+    metrics: List[str] = option(factory=lambda: ["auc", "gauc", "logloss", "ece"],
+                                choices=tuple(sorted(report.HIGHER_IS_BETTER)))
     title: str = "Method comparison"
 
     def __post_init__(self):
         if self.baseline not in self.methods:
             raise ConfigError(f"baseline '{self.baseline}' is not one of the methods {sorted(self.methods)}")
-        unknown = [m for m in self.metrics if m not in report.HIGHER_IS_BETTER]
-        if unknown:
-            raise ConfigError(f"unknown metrics {unknown}; known: {sorted(report.HIGHER_IS_BETTER)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be a non-empty list of distinct seeds, got {self.seeds}")
+
+
+def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConfig]:
+    """{(method, seed): its training config}: every run's config is checked before any trains."""
+    runs_dir = os.path.join(cfg.out_dir, "runs")
+    configs = {}
+    for method, overrides in cfg.methods.items():
+        for seed in cfg.seeds:
+            try:
+                configs[(method, seed)] = load_config(TrainConfig, cfg.base_config, {
+                    **cfg.base_overrides, **overrides, "seed": seed, "runs_dir": runs_dir,
+                    "run_name": f"{method}-seed{seed}", "verbose": verbose})
+            except ConfigError as exc:
+                raise ConfigError(f"compare method '{method}' (seed {seed}): {exc}") from None
+    return configs
 
 
 def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     results: Dict[str, List[dict]] = {m: [] for m in cfg.methods}
-    runs_dir = os.path.join(cfg.out_dir, "runs")
-    for method, overrides in cfg.methods.items():
+    configs = train_configs(cfg, verbose)
+    for method in cfg.methods:
         for seed in cfg.seeds:
-            run_name = f"{method}-seed{seed}"
-            run_dir = os.path.abspath(os.path.join(runs_dir, run_name))
-            all_overrides = {**cfg.base_overrides, **overrides, "seed": seed, "runs_dir": runs_dir,
-                             "run_name": run_name, "verbose": verbose}
-            train_cfg = load_config(TrainConfig, cfg.base_config, all_overrides)
+            train_cfg = configs[(method, seed)]
+            run_dir = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
             if not os.path.exists(os.path.join(run_dir, "done.json")):
                 tf.keras.backend.clear_session()
                 train(train_cfg, config_name=method)

@@ -137,7 +137,7 @@ def _fail(where: str, path: str, value: Any, expected: str) -> ConfigError:
 
 
 def _numeric_string(value: Any) -> bool:
-    return isinstance(value, str) and isinstance(parse_yaml(value) if value.strip() else None, (int, float))
+    return isinstance(value, str) and bool(_FLOAT_12.match(value.strip()))
 
 
 def _join(path: str, key: Any) -> str:
@@ -206,24 +206,22 @@ def _check(tp: Any, meta: Dict[str, Any], value: Any, where: str, path: str) -> 
 
 
 def _check_scalar(tp: type, meta: Dict[str, Any], value: Any, where: str, path: str) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _fail(where, path, value, "true or false")
-    elif tp is int:
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _fail(where, path, value, f"an integer{_describe(meta)}")
-    elif tp is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise _fail(where, path, value, f"a finite number{_describe(meta)}")
+    noun = _NOUNS.get(tp, "a value")
+    if tp is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise _fail(where, path, value, f"a string{_describe(meta)}")
-    if not _in_range(value, meta):
-        raise _fail(where, path, value, _describe(meta).strip() or "a valid value")
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, float) and math.isfinite(v),
+          str: lambda v: isinstance(v, str)}.get(tp, lambda v: True)(value)
+    if not ok or not _in_range(value, meta):
+        raise _fail(where, path, value, "one of " + str(list(meta["choices"])) if "choices" in meta
+                    else noun + _describe(meta))
     return value
+
+
+_NOUNS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 
 
 def _in_range(value: Any, meta: Dict[str, Any]) -> bool:

@@ -31,22 +31,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional
 
-from pipeline.config import ConfigError
+from features.schema import KINDS, ROLES
+from pipeline.config import ConfigError, option
 
 RAW_FORMATS = ("parquet", "csv", "jsonl")
 SPLIT_METHODS = ("random", "time", "given")
+RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")  # Beam DirectRunner's
 
 
 @dataclasses.dataclass
 class InputConfig:
     path: str  # file, directory or glob
-    format: str = "parquet"
+    format: str = option("parquet", choices=RAW_FORMATS)
     csv_delimiter: str = ","
     list_delimiter: str = "|"
 
     def __post_init__(self):
-        if self.format not in RAW_FORMATS:
-            raise ConfigError(f"input.format '{self.format}' not in {RAW_FORMATS}")
+        for name in ("csv_delimiter", "list_delimiter"):
+            if len(getattr(self, name)) != 1:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}: expected one character")
 
 
 @dataclasses.dataclass
@@ -54,9 +57,9 @@ class FeatureSpec:
     """What to encode; ``features.encoders`` turns it + train statistics into a Feature."""
 
     name: str
-    kind: str
-    dtype: str
-    role: str
+    kind: str = option(choices=KINDS)
+    dtype: str = option(choices=("string", "int64", "float32"))
+    role: str = option(choices=ROLES)
     encoding: Dict[str, Any]
     required: bool = False
     default: Any = None
@@ -69,30 +72,27 @@ class SplitConfig:
     at the ratio quantiles (earliest rows train); given: ``given_column`` holds the
     split name of every row."""
 
-    method: str = "random"
-    ratios: Dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
-    seed: int = 7
+    method: str = option("random", choices=SPLIT_METHODS)
+    ratios: Dict[str, float] = option(factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1}, gt=0)
+    seed: int = option(7, min=0)
     time_column: Optional[str] = None
     given_column: Optional[str] = None
     extra_splits: Dict[str, str] = dataclasses.field(default_factory=dict)  # name -> raw path (e.g. random-policy test log)
 
     def __post_init__(self):
-        if self.method not in SPLIT_METHODS:
-            raise ConfigError(f"split.method '{self.method}' not in {SPLIT_METHODS}")
         if self.method == "time" and not self.time_column:
-            raise ConfigError("split.method 'time' needs split.time_column")
+            raise ConfigError("method 'time' needs time_column")
         if self.method == "given" and not self.given_column:
-            raise ConfigError("split.method 'given' needs split.given_column")
+            raise ConfigError("method 'given' needs given_column")
         if "train" not in self.ratios and self.method != "given":
-            raise ConfigError("split.ratios must include 'train'")
+            raise ConfigError(f"ratios must include 'train', got {self.ratios}")
 
 
 @dataclasses.dataclass
 class RunnerConfig:
     name: str = "DirectRunner"  # DirectRunner | DaskRunner | DataflowRunner | FlinkRunner ...
-    num_workers: int = 2
-    running_mode: str = "multi_processing"
+    num_workers: int = option(2, min=1)
+    running_mode: str = option("multi_processing", choices=RUNNING_MODES)  # DirectRunner only
     dask_address: Optional[str] = None  # scheduler address for DaskRunner
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # extra PipelineOptions
 
@@ -108,11 +108,12 @@ class PreprocessConfig:
     weight_columns: List[str] = dataclasses.field(default_factory=list)
     extra_meta: Dict[str, str] = dataclasses.field(default_factory=dict)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
-    head_user_fraction: float = 0.2  # HDA: head = top 20 % users by training samples
-    max_quarantine_fraction: float = 0.01
-    num_shards: int = 4
-    batch_size: int = 4096  # rows per vectorised encode batch
-    compression_level: int = 1  # zlib level (0-9) of the gzip shards: 1 is 2x faster than 6 for ~15 % more bytes
+    head_user_fraction: float = option(0.2, gt=0, max=1)  # HDA: head = top 20 % users by training samples
+    max_quarantine_fraction: float = option(0.01, min=0, max=1)
+    num_shards: int = option(4, min=1)
+    batch_size: int = option(4096, min=1)  # rows per vectorised encode batch
+    # zlib level (0-9) of the gzip shards: 1 is 2x faster than 6 for ~15 % more bytes
+    compression_level: int = option(1, min=0, max=9)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
 
     def feature_specs(self) -> List[FeatureSpec]:

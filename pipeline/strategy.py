@@ -21,23 +21,25 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
+from pipeline.config import ConfigError, option
+
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu")
+IN_PROCESS_KEYS = ("workers", "ps")
 
 
 @dataclasses.dataclass
 class StrategyConfig:
-    name: str = "default"
+    name: str = option("default", choices=STRATEGIES)
     tpu: Optional[str] = None  # TPU name / grpc address for name == tpu
-    in_process: Optional[Dict[str, int]] = None  # {workers: N, ps: M} for parameter_server
-    communication: str = "auto"  # multi_worker_mirrored: auto | ring | nccl
-    shard_policy: str = "data"  # how input is split across workers: data | file | auto
-    ps_min_shard_bytes: int = 256 << 10  # parameter_server: shards of at least this size, at most one per PS
+    in_process: Optional[Dict[str, int]] = option(None, min=1)  # {workers: N, ps: M} for parameter_server
+    communication: str = option("auto", choices=("auto", "ring", "nccl"))  # multi_worker_mirrored
+    shard_policy: str = option("data", choices=("data", "file", "auto"))  # how input is split across workers
+    ps_min_shard_bytes: int = option(256 << 10, min=1)  # parameter_server: shards of at least this size, <= 1 per PS
 
     def __post_init__(self):
-        if self.name not in STRATEGIES:
-            raise ValueError(f"strategy.name '{self.name}' not in {STRATEGIES}")
-        if self.ps_min_shard_bytes < 1:
-            raise ValueError(f"strategy.ps_min_shard_bytes must be >= 1, got {self.ps_min_shard_bytes}")
+        unknown = sorted(set(self.in_process or {}) - set(IN_PROCESS_KEYS))
+        if unknown:
+            raise ConfigError(f"in_process: unknown key(s) {unknown}; known: {list(IN_PROCESS_KEYS)}")
 
 
 def make_strategy(cfg: StrategyConfig) -> tf.distribute.Strategy:
