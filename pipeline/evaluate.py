@@ -74,7 +74,10 @@ def logged_impression_ratio(path: str, schema: Schema, data_dir: str, item_col: 
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"ad stats table '{path}' does not exist")
-    table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+    text_ids = item_col in schema.feature_names and schema.feature(item_col).dtype == "string"
+    # string ids are read as text: type inference would turn "0111" into the id of "111"
+    table = pd.read_parquet(path) if path.endswith(".parquet") else \
+        pd.read_csv(path, dtype={item_col: str} if text_ids else None)
     missing = [c for c in (item_col, "impression_ratio") if c not in table.columns]
     if missing:
         raise ValueError(f"ad stats table '{path}' lacks column(s) {missing} (it has {list(table.columns)})")

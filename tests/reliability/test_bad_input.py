@@ -355,3 +355,21 @@ def test_request_builder_refuses_what_the_beam_job_quarantines(served, column, v
     with pytest.raises(RequestError, match=column) as err:
         builder.rest_json([rows[0], dict(rows[1], **{column: value})])
     assert err.value.rows == [1]
+
+
+def test_ad_table_ids_that_differ_as_strings_keep_their_own_ratio(tmp_path):
+    """``evaluate --ad-stats`` with a CSV ad table: "0111" and "111" are two ads of a string
+    vocabulary, not one ad whose ratio the second row overwrites."""
+    from features.encoders import NumpyEncoder, build_feature
+    from features.schema import Schema
+    from pipeline.evaluate import logged_impression_ratio
+    from pipeline.preprocess_config import FeatureSpec
+
+    data = str(tmp_path / "data")
+    os.makedirs(data)
+    spec = FeatureSpec("ad_id", "categorical", "string", "ad", {"type": "vocab"})
+    schema = Schema(features=[build_feature(spec, {"counts": {"0111": 5, "111": 3}}, data)], labels=["click"])
+    (tmp_path / "ads.csv").write_text("ad_id,impression_ratio\n0111,0.5\n111,0.2\n")
+    ratio = logged_impression_ratio(str(tmp_path / "ads.csv"), schema, data, "ad_id")
+    ids = NumpyEncoder(schema.feature("ad_id"), data).encode(np.array(["0111", "111"], dtype=object))[:, 0]
+    assert ratio == {int(ids[0]): 0.5, int(ids[1]): 0.2} and ids[0] != ids[1]
