@@ -9,8 +9,9 @@
     ctrflow export     RUN_DIR --out BASE [--keep N] [--overwrite]
     ctrflow demo       [--out demo_out]
 
-Every config is strict YAML: an unknown option fails naming it. ``--set a.b=3``
-overrides one option (the value is parsed as YAML).
+Every config is strict YAML: an unknown option, or a value of the wrong type or out of range,
+fails naming it (``pipeline.config``). ``--set a.b=3`` overrides one option (the value is parsed
+as YAML 1.2: ``1e-4`` is a number). Errors a user causes exit with code 2 and one message.
 """
 from __future__ import annotations
 

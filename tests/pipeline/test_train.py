@@ -120,6 +120,12 @@ def test_config_errors_name_what_is_wrong(sim_data, tmp_path):
         load_config(TrainConfig, str(bad))
     with pytest.raises(ConfigError, match="profile_batches"):
         train_config(sim_data, tmp_path, profile_batches=[5, 2])
+    with pytest.raises(ConfigError, match=r"batch_size = 'abc': expected an integer >= 1"):
+        train_config(sim_data, tmp_path, batch_size="abc")
+    with pytest.raises(ConfigError, match=r"early_stopping\.monitor = 'val_acu'.*'val_click_auc'"):
+        train(train_config(sim_data, tmp_path, **{"early_stopping.monitor": "val_acu"}))
+    with pytest.raises(ConfigError, match=r"model\.backbone_options\.dnn_unitz: unknown option of backbone 'dnn'"):
+        train_config(sim_data, tmp_path, **{"model.backbone_options": {"dnn_unitz": [8]}})
 
 
 def test_profile_batches_write_a_profiler_trace(sim_data, tmp_path):
