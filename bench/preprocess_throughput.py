@@ -1,6 +1,6 @@
 """Simulator and Beam preprocessing throughput on 1 M simulated rows.
 
-    python bench/preprocess_throughput.py [--rows 1000000] [--workers 1 2]
+    python bench/preprocess_throughput.py [--rows 1000000] [--workers 1 2] [--out docs/benchmarks/preprocess_throughput.json]
 
 Each measurement runs in its own process so peak memory is its own (the peak of
 the process and of its Beam worker processes). Prints one JSON document and a table.
@@ -18,6 +18,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from report_json import emit, machine  # noqa: E402  (bench/ is the script directory)
 
 
 def _peak_mb() -> float:
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ctrflow_bench_preprocess"))
+    ap.add_argument("--out", help="also write the JSON document here")
     ap.add_argument("--step", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step:
@@ -79,11 +82,18 @@ def main() -> None:
             raise RuntimeError(f"step {step} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
         results.append(json.loads(line[7:]))
         print(json.dumps(results[-1]), flush=True)
-    print(json.dumps({"benchmark": "preprocess_throughput", "rows": args.rows, "cpus": os.cpu_count(),
-                      "results": results}, indent=2))
-    print("\n| step | rows | seconds | rows/s | peak RSS MB |\n|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['step']} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['peak_rss_mb']:.0f} |")
+    doc = {"benchmark": "preprocess_throughput", "rows": args.rows, "machine": machine(), "results": results}
+    emit(doc, args.out)
+    print("\n" + table(doc))
+
+
+def table(doc: dict) -> str:
+    """The markdown table of docs/benchmarks.md, from the JSON document."""
+    lines = ["| step | rows | seconds | rows/s | peak RSS MB |", "|---|---|---|---|---|"]
+    for r in doc["results"]:
+        lines.append(f"| {r['step']} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ For each request size (candidates per request) the raw-feature signature
 are called on pre-built tensors; p50 / p99 / mean latency and candidates/s are
 reported. Request building (client side) is timed separately.
 
-    python bench/serving_latency.py [--batch-sizes 1 64 512] [--seconds 5] [--data-dir demo_out/data]
+    python bench/serving_latency.py [--batch-sizes 1 64 512] [--seconds 5] [--data-dir demo_out/data] [--out FILE]
 
 Prints one JSON document and a table.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from report_json import emit, machine  # noqa: E402  (bench/ is the script directory)
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
@@ -160,13 +160,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", help="also write the JSON report here")
     args = p.parse_args(argv)
     report = run(args.batch_sizes, args.seconds, args.data_dir)
-    text = json.dumps(report, indent=2)
-    print(text)
+    emit({**report, "machine": machine()}, args.out)
     print()
     print(table(report))
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
     return report
 
 

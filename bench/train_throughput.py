@@ -42,6 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
 from epoch_stats import cpu_seconds, epoch_summary  # noqa: E402  (bench/ is the script directory)
+from report_json import emit, machine as measured_on  # noqa: E402
 
 CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category",
                "brand", "ad_id"]
@@ -178,6 +179,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                     help="ctrflow configurations to measure (default: all)")
     ap.add_argument("--deepctr-python", default=None, help="python of a virtualenv with deepctr==0.9.4")
+    ap.add_argument("--out", help="also write the JSON document here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--xla", type=int, default=0, help=argparse.SUPPRESS)
@@ -207,9 +209,8 @@ def main() -> None:
                                      "--npz", npz, "--model", model, "--epochs", str(args.epochs),
                                      "--seed", str(seed)], env={"TF_USE_LEGACY_KERAS": "1"}))
                 print(json.dumps(results[-1]), flush=True)
-    print(json.dumps({"benchmark": "train_throughput", "batch": BATCH, "embedding": EMB, "mlp": UNITS,
-                      "epochs": args.epochs, "seeds": args.seeds, "machine": machine, "results": results},
-                     indent=2))
+    emit({"benchmark": "train_throughput", "batch": BATCH, "embedding": EMB, "mlp": UNITS, "epochs": args.epochs,
+          "seeds": args.seeds, "machine": {**machine, **measured_on()}, "results": results}, args.out)
     print(tables(results, machine))
 
 
