@@ -27,7 +27,7 @@ from pipeline import runs
 from pipeline.config import ConfigError, option
 from pipeline.data import make_dataset
 from pipeline.predict import predict_labels
-from pipeline.difficulty import analysis_callbacks
+from pipeline.difficulty import ANALYSES, analysis_callbacks
 from pipeline.strategy import StrategyConfig, auto_shard_policy, is_chief, make_strategy
 
 
@@ -123,7 +123,7 @@ class TrainConfig:
     train_split: str = "train"
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
-    analysis: List[str] = dataclasses.field(default_factory=list)  # e.g. [difficulty] (on by default for tf4ctr)
+    analysis: List[str] = option(factory=list, choices=ANALYSES)  # e.g. [difficulty] (on by default for tf4ctr)
     # [first, last] steps traced by the TF profiler into tensorboard/
     profile_batches: Optional[List[int]] = option(None, min=1, length=2)
     verbose: int = option(1, choices=(0, 1, 2))
@@ -134,6 +134,10 @@ class TrainConfig:
             setattr(self.model, key, value)
         self.optimizer.options = check_optimizer(self.optimizer)
         self.loss_options = check_loss_options(self.loss, self.loss_options)
+        for name in ("tasks", "features", "eval_splits"):
+            names = getattr(self, name) or []
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{name} = {names}: expected distinct names")
         pb = self.profile_batches
         if pb is not None and not (len(pb) == 2 and 1 <= int(pb[0]) <= int(pb[1])):
             raise ConfigError(f"profile_batches must be [first, last] steps with 1 <= first <= last, got {pb}")

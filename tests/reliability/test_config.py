@@ -168,6 +168,8 @@ def test_choices_literal_and_monitor_mode():
     _fails(r"precision = 'float16': expected one of \['float32', 'mixed_float16', 'mixed_bfloat16'\]",
            precision="float16")
     _fails(r"early_stopping\.mode = 'mim': expected one of \['min', 'max'\]", early_stopping={"mode": "mim"})
+    _fails(r"analysis\[0\] = 'difficult': expected one of \['difficulty'\]", analysis=["difficult"])
+    _fails(r"tasks = \['click', 'click'\]: expected distinct names", tasks=["click", "click"])
     _fails(r"early_stopping: mode 'min' with monitor 'val_auc'.*use mode 'max'", early_stopping={"mode": "min"})
     _fails(r"mode 'max' with monitor 'val_click_logloss'.*use mode 'min'",
            early_stopping={"monitor": "val_click_logloss", "mode": "max"})
