@@ -235,7 +235,7 @@ def test_registry_names_and_errors():
     assert backbone_class("DCNv2") is backbone_class("dcnv2")
     with pytest.raises(ValueError, match="unknown backbone 'dcn3'.*known"):
         get_backbone("dcn3", 4, 8)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['dnn_unit'\].*dnn_units"):
+    with pytest.raises(ValueError, match=r"backbone_options\.dnn_unit: unknown option.*dnn_units"):
         get_backbone("deepfm", 4, 8, dnn_unit=[8])
     with pytest.raises(ValueError, match="structure"):
         get_backbone("dcnv2", 4, 8, structure="mixed")
