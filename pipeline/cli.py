@@ -88,7 +88,7 @@ def cmd_export(args):
 def cmd_demo(args):
     from pipeline.demo import run_demo
 
-    run_demo(args.out, fast=args.fast)
+    run_demo(args.out, fast=args.fast, overwrite=args.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="simulate -> preprocess -> train -> evaluate -> export on default data")
     dm.add_argument("--out", default="demo_out")
     dm.add_argument("--fast", action="store_true", help="a much smaller simulation (smoke test)")
+    with_overwrite(dm, "replace folders under --out that the demo's commands did not write (raw, data, "
+                       "runs/dcnv2, serving/dcnv2)")
     dm.set_defaults(fn=cmd_demo)
     return p
 

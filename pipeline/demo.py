@@ -18,7 +18,11 @@ def _banner(text):
     print(f"\n=== {text} " + "=" * max(0, 70 - len(text)), flush=True)
 
 
-def run_demo(out: str, fast: bool = False) -> dict:
+def run_demo(out: str, fast: bool = False, overwrite: bool = False) -> dict:
+    """Run every step into ``out``; re-running replaces the demo's own earlier outputs, while a
+    folder there that the demo's commands did not write is refused unless ``overwrite``
+    (``features.outputs``)."""
+    from features import outputs
     from pipeline.preprocess import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
     from pipeline.simulator import SimulatorConfig, simulate
@@ -30,14 +34,15 @@ def run_demo(out: str, fast: bool = False) -> dict:
     if fast:
         sim_over.update({"num_impressions": 20_000, "rec_impressions": 4_000, "random_impressions": 4_000})
     _banner("1/5 simulate (ads-world simulator)")
-    sim = simulate(load_config(SimulatorConfig, os.path.join(CONFIG_DIR, "simulate_default.yaml"), sim_over))
+    sim = simulate(load_config(SimulatorConfig, os.path.join(CONFIG_DIR, "simulate_default.yaml"), sim_over),
+                   overwrite=overwrite)
     print(json.dumps({k: sim[k] for k in sim if not isinstance(sim[k], (list, dict))}, indent=2, default=str))
 
     _banner("2/5 preprocess (Apache Beam, DirectRunner)")
     pre_cfg = load_config(PreprocessConfig, os.path.join(CONFIG_DIR, "preprocess_sim.yaml"),
                           {"input.path": os.path.join(raw, "ads", "*.parquet"), "output": data,
                            "split.extra_splits": {"random": os.path.join(raw, "random", "*.parquet")}})
-    pre = run_preprocess(pre_cfg)
+    pre = run_preprocess(pre_cfg, overwrite=overwrite)
     print(f"encoded TFRecords, schema.json and vocabularies in {data}")
     _print_accounting(pre)
 
@@ -49,6 +54,7 @@ def run_demo(out: str, fast: bool = False) -> dict:
     if fast:
         train_over.update({"epochs": 1})
     tcfg = load_config(TrainConfig, os.path.join(CONFIG_DIR, "train_sim_dcnv2.yaml"), train_over)
+    outputs.claim_output(os.path.join(runs_dir, "dcnv2"), "train", overwrite=overwrite)  # replace only our run
     summary = train(tcfg, config_name="train_sim_dcnv2", overwrite=True)
     run_dir = summary["run_dir"]
     print(f"run directory: {run_dir} ({summary['epochs_run']} epochs, {summary['seconds']:.1f} s); "
@@ -59,16 +65,16 @@ def run_demo(out: str, fast: bool = False) -> dict:
     print(summary_table(results))
     print(f"report: {os.path.join(run_dir, 'report.md')}")
 
-    _export_step(run_dir, out)
+    _export_step(run_dir, out, overwrite)
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}")
     return {"run_dir": run_dir, "metrics": results}
 
 
-def _export_step(run_dir, out):
+def _export_step(run_dir, out, overwrite=False):
     from serving.export import describe_export, export_run
 
     _banner("5/5 export (SavedModel for TF Serving)")
-    info = export_run(run_dir, os.path.join(out, "serving"))
+    info = export_run(run_dir, os.path.join(out, "serving"), overwrite=overwrite)
     print(describe_export(info))
 
 
