@@ -158,11 +158,10 @@ def test_bad_row_is_quarantined_with_its_reason_and_counted(bad_rows_run, case):
     assert [(r["row_index"], r["field"], r["reason"]) for r in records] == [(BAD_ROW, *expected)]
     if case == "malformed_line":
         assert records[0]["value"] == MALFORMED[fmt]
-    # every split adds up, and exactly the planted rows are missing from the written ones
+    # every split adds up, every row is counted, and exactly this file's bad row is not written
     for name, s in summary["splits"].items():
         assert s["rows_in"] == s["rows_written"] + s["rows_quarantined"], name
-    assert summary["rows_in"] == ROWS * len(cases)
-    assert summary["rows_quarantined"] == len(cases)
+    assert summary["rows_in"] == summary["rows_written"] + summary["rows_quarantined"] == ROWS * len(cases)
     written = np.concatenate([read_columns(out, s, ["row_id"])["row_id"].ravel() for s in ("train", "test")])
     index = list(cases).index(case)
     file_rows = sorted(int(r) - index * 100 for r in written if index * 100 <= r < index * 100 + ROWS)
@@ -281,10 +280,12 @@ def test_user_ids_that_differ_as_strings_are_two_users_in_gauc(tmp_path):
     write_rows(rows, str(tmp_path / "log.csv"), "csv")
     run_preprocess(config(str(tmp_path / "log.csv"), str(tmp_path / "out"), "csv",
                           split={"method": "random", "ratios": {"train": 1.0}}), progress=False)
-    cols = read_columns(str(tmp_path / "out"), "train", ["user_key", "row_id"])
+    cols = read_columns(str(tmp_path / "out"), "train", ["user_key", "user_id", "row_id"])
     key_of = dict(zip(cols["row_id"].ravel().tolist(), cols["user_key"].ravel().tolist()))
     keys = [key_of[r["row_id"]] for r in rows]
     assert len(set(keys)) == 3 and keys[2] == 111  # the canonical integer string stays the integer
+    vocab_id = dict(zip(cols["row_id"].ravel().tolist(), cols["user_id"].ravel().tolist()))
+    assert len({vocab_id[r["row_id"]] for r in rows}) == 3  # three vocabulary entries too
     # per-user AUC by hand: "0111" rows 0, 1, 7; "111" rows 2, 3, 6; "+111" rows 4, 5
     y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
     s = np.array([0.9, 0.2, 0.1, 0.8, 0.6, 0.4, 0.7, 0.3])
