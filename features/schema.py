@@ -166,6 +166,8 @@ class Schema:
                 return cls.from_json(fh.read())
         except FileNotFoundError:
             raise SchemaError(f"no schema at '{path}': run `ctrflow preprocess` first") from None
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"'{path}' is not valid JSON ({exc}): re-run `ctrflow preprocess`") from None
 
     def fingerprint(self) -> str:
         """A short hash of the schema, recorded in every run directory."""

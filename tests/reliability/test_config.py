@@ -94,6 +94,13 @@ def test_missing_config_file_and_missing_data_dir(cli, tmp_path):
     _user_error(cli("train", "--config", config), "no-such-data", "does not exist")
 
 
+def test_corrupt_schema_fails_naming_the_file(cli, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "schema.json").write_text('{"features": [')  # cut off mid-write
+    _user_error(cli("train", "--config", _train_yaml(tmp_path, str(data))), "schema.json", "not valid JSON")
+
+
 @pytest.mark.parametrize("command, config, override, key", [
     ("simulate", "simulate_default.yaml", "num_impressions=-5", "num_impressions"),
     ("preprocess", "preprocess_sim.yaml", "num_shards=-1", "num_shards"),
