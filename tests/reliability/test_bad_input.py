@@ -374,3 +374,17 @@ def test_ad_table_ids_that_differ_as_strings_keep_their_own_ratio(tmp_path):
     ratio = logged_impression_ratio(str(tmp_path / "ads.csv"), schema, data, "ad_id")
     ids = NumpyEncoder(schema.feature("ad_id"), data).encode(np.array(["0111", "111"], dtype=object))[:, 0]
     assert ratio == {int(ids[0]): 0.5, int(ids[1]): 0.2} and ids[0] != ids[1]
+
+
+def test_long_integer_ids_stay_exact_beside_a_bad_value(tmp_path):
+    """A 19-digit id in a CSV int64 column whose chunk also holds a word: once parsed through
+    float64 and written as ...768 instead of ...789, without an error."""
+    rows = good_rows(0)
+    rows[2]["row_id"] = 1234567890123456789
+    rows[3]["row_id"] = "abc"
+    write_rows(rows, str(tmp_path / "log.csv"), "csv")
+    run_preprocess(config(str(tmp_path / "log.csv"), str(tmp_path / "out"), "csv", batch_size=64,
+                          split={"method": "random", "ratios": {"train": 1.0}}), progress=False)
+    assert 1234567890123456789 in read_columns(str(tmp_path / "out"), "train", ["row_id"])["row_id"].ravel().tolist()
+    assert [(r["row_index"], r["field"], r["reason"]) for r in quarantined(str(tmp_path / "out"))] == \
+        [(3, "row_id", "wrong_type")]
