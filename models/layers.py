@@ -74,6 +74,48 @@ def hidden_policy() -> tf.keras.mixed_precision.Policy:
     return _OUTER_POLICIES[0] if _OUTER_POLICIES else tf.keras.mixed_precision.global_policy()
 
 
+# ---- random draws of a training step ---------------------------------------------------
+_STEP_SEEDS: List[list] = []
+
+
+@contextlib.contextmanager
+def step_seed(seed):
+    """Random ops of the layers called inside (dropout, Gumbel noise) draw statelessly from
+    ``seed`` ([2] int64: the global seed and the training step), each op from its own fold of
+    it, so a step's draws are a pure function of (seed, step): a resumed run repeats them.
+    Outside, they draw from TF's stateful generator (inference never draws)."""
+    _STEP_SEEDS.append([seed, 0])
+    try:
+        yield
+    finally:
+        _STEP_SEEDS.pop()
+
+
+def _op_seed():
+    """The next random op's stateless seed in the current :func:`step_seed`, or None."""
+    if not _STEP_SEEDS:
+        return None
+    entry = _STEP_SEEDS[-1]
+    entry[1] += 1
+    return tf.random.experimental.stateless_fold_in(entry[0], entry[1])
+
+
+def random_uniform(shape, minval: float, maxval: float, dtype=tf.float32):
+    """``tf.random.uniform``, stateless inside :func:`step_seed`."""
+    seed = _op_seed()
+    if seed is None:
+        return tf.random.uniform(shape, minval, maxval, dtype)
+    return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype)
+
+
+def dropout(x, rate: float):
+    """``tf.nn.dropout``, stateless inside :func:`step_seed`."""
+    seed = _op_seed()
+    if seed is None:
+        return tf.nn.dropout(x, rate)
+    return tf.nn.experimental.stateless_dropout(x, rate, seed)
+
+
 def _upper_pairs(num_fields: int):
     """Row/column indices (i, j) with i < j of an F x F matrix, row-major."""
     return np.triu_indices(num_fields, k=1)
@@ -107,7 +149,6 @@ class MLP(tf.keras.layers.Layer):
         self.norms = ([tf.keras.layers.BatchNormalization(name=f"bn_{i}", dtype=hidden)
                        for i in range(len(self.units))] if self.batch_norm else [])
         self.act = tf.keras.layers.Activation(activation, dtype=hidden)
-        self.drop = tf.keras.layers.Dropout(self.dropout_rate, dtype=hidden) if self.dropout_rate > 0 else None
 
     def call(self, x, training=None):
         for i, dense in enumerate(self.dense):
@@ -115,8 +156,8 @@ class MLP(tf.keras.layers.Layer):
             if self.batch_norm:
                 x = self.norms[i](x, training=training)
             x = self.act(x)
-            if self.drop is not None:
-                x = self.drop(x, training=training)
+            if training and self.dropout_rate > 0:  # seeded per step (step_seed)
+                x = dropout(x, self.dropout_rate)
         return x
 
     def get_config(self):

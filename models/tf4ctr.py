@@ -32,7 +32,8 @@ import tensorflow as tf
 
 from features.schema import Schema
 from models.backbones import BACKBONES, get_backbone
-from models.ctr_model import _EMBEDDING_OPTIONS
+from models.ctr_model import (_EMBEDDING_OPTIONS, apply_checked_gradients, checked_inputs, finite_or_stop,
+                              step_number, step_randomness)
 from models.factory import register_framework
 from models.layers import plain, precision_sensitive
 from models.losses import check_twin_focus_options, twin_focus_loss
@@ -185,25 +186,25 @@ class TF4CTR(tf.keras.Model):
         return logs
 
     def train_step(self, data):
+        """Algorithm 1's step; inputs, the three logits and the gradients are checked finite
+        and random draws (SSEM dropout, VF's Gumbel noise) seeded by the step, with the
+        helpers CTRModel's step uses (models.ctr_model)."""
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        optimizer = self.optimizer
-        scale = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
-        with tf.GradientTape() as tape:
+        step = step_number(self)
+        x = checked_inputs(self, x, step)
+        with step_randomness(self), tf.GradientTape() as tape:
             out = self.logits(x, training=True)
             y_pred = {self.task: tf.sigmoid(out.fused)}
             loss = self._total_loss(x, y, y_pred, sample_weight, out)
-            target = optimizer.get_scaled_loss(loss) if scale else loss
-        variables = self.trainable_variables
-        grads = tape.gradient(target, list(variables) + [out.simple, out.complex])
-        if scale:
-            grads = optimizer.get_unscaled_gradients(grads)
+            # the loss goes on once the logits are finite (they stay the gradient sources)
+            [loss] = finite_or_stop(list(zip(TF4CTRLogits._fields, out)), "logit", step, release=[loss])
         # first-order weights that neither encoder reads (an MLP's) get no gradient
-        optimizer.apply_gradients([(g, v) for g, v in zip(grads[:-2], variables) if g is not None])
+        grad_zs, grad_zc = apply_checked_gradients(self, tape, loss, step, sources=[out.simple, out.complex])
         # dl_i/dz_i of the per-sample loss: the mean-reduced loss's gradient times the global batch
         global_batch = tf.cast(tf.shape(out.fused)[0], tf.float32) * tf.distribute.get_replica_context(
         ).num_replicas_in_sync
-        self.grad_norm_zs.update_state(tf.abs(grads[-2]) * global_batch)
-        self.grad_norm_zc.update_state(tf.abs(grads[-1]) * global_batch)
+        self.grad_norm_zs.update_state(tf.abs(grad_zs) * global_batch)
+        self.grad_norm_zc.update_state(tf.abs(grad_zc) * global_batch)
         return self._logs(x, y, y_pred, sample_weight)
 
     def test_step(self, data):

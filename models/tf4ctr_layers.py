@@ -176,7 +176,7 @@ class DynamicFusion(tf.keras.layers.Layer):
         if self.mode == "vf":  # Eq. 9
             votes = tf.concat([f32(self.vote_simple(h_s)), f32(self.vote_complex(h_c))], axis=1)  # [B, 2]
             if training:
-                u = tf.random.uniform(tf.shape(votes), minval=1e-10, maxval=1.0)
+                u = L.random_uniform(tf.shape(votes), 1e-10, 1.0)  # seeded per step (L.step_seed)
                 votes = votes - tf.math.log(-tf.math.log(u))  # + Gumbel(0, 1) noise
             p = tf.nn.softmax(votes / self.temperature, axis=-1)
             return p[:, :1] * z_s + p[:, 1:] * z_c

@@ -14,8 +14,13 @@ rows from many files), the batch is parsed with ONE vectorised
 ``deterministic=True`` every stage keeps its order and all shuffles use fixed
 seeds derived from ``seed``: two datasets built alike yield identical batches.
 
+With ``repeat`` the stream is pass after pass over the split, each pass batched on its
+own and shuffled with seeds that are a pure function of (``seed``, pass index), so
+``start_batch`` can resume a stream exactly where an earlier process stopped reading it
+(``pipeline.train`` resumes killed runs so).
+
 ``cache=True`` holds the split in memory as parsed columns (parsed once, with the
-same batched ``parse_example``): each epoch then draws one permutation of the row
+same batched ``parse_example``): each pass then draws one permutation of the row
 indices over the whole split and gathers each batch from the columns, so no record
 is parsed or copied through a shuffle buffer again. This is the fast path for data
 that fits in memory (about rows x sum of widths x 8 bytes); leave it off for larger
@@ -77,34 +82,38 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Union[Schem
                  shuffle: bool = True, repeat: bool = False, deterministic: bool = False, seed: int = 0,
                  cache: bool = False, features: Optional[Sequence[str]] = None,
                  labels: Optional[Sequence[str]] = None, drop_remainder: bool = False,
-                 shuffle_buffer: int = 100_000, cycle_length: int = 8) -> tf.data.Dataset:
+                 shuffle_buffer: int = 100_000, cycle_length: int = 8, start_batch: int = 0) -> tf.data.Dataset:
     """Batches ``(inputs, labels)`` of ``split`` under ``data_dir`` (see the module docstring).
 
     cache: hold the split in memory as parsed columns and shuffle the whole split each
     epoch (module docstring). shuffle_buffer: examples held by the streaming pre-batch shuffle.
-    cycle_length: shard files read concurrently.
+    cycle_length: shard files read concurrently. start_batch (with ``repeat``): the stream
+    starts that many batches in, exactly where a run that read them stopped (a resumed run).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if start_batch and not repeat:
+        raise ValueError("start_batch needs repeat=True (a position in the endless stream of passes)")
     schema = _schema(data_dir, schema)
     labels = list(schema.labels if labels is None else labels)
     spec = parse_spec(schema, features, labels)
     if cache:
         return _in_memory_dataset(data_dir, split, batch_size, schema, list(spec), labels, shuffle, repeat,
-                                  deterministic, seed, drop_remainder)
+                                  deterministic, seed, drop_remainder, start_batch)
     files = split_files(data_dir, split)
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-                       cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
-                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    def one_pass(pass_seed):
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle:
+            ds = ds.shuffle(len(files), seed=pass_seed[0])
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                           cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
+                           num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=pass_seed[1])
+        return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    ds = _passes(seed, shuffle, repeat).flat_map(one_pass).skip(start_batch)  # skipped batches are not parsed
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
@@ -118,15 +127,32 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Union[Schem
     return ds.prefetch(AUTOTUNE)
 
 
-def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shuffle, repeat, deterministic,
-                       seed, drop_remainder) -> tf.data.Dataset:
-    """The ``cache=True`` path: columns parsed once, one index permutation per epoch, gather per batch.
+def _passes(seed: int, shuffle: bool, repeat: bool, first: int = 0) -> tf.data.Dataset:
+    """One stateless shuffle seed ([2] int64) per pass over the split.
 
-    Each epoch draws a whole permutation of the row indices in one op (seeded by a
-    ``Dataset.random`` value that changes on every iteration, so Keras' per-epoch
-    ``iter()`` reshuffles deterministically) and cuts it into batch-sized index
-    vectors: no per-row element crosses tf.data (an epoch of 240 k rows took 310 ms of
-    input work through a shuffle buffer, ~100 ms so; ``docs/benchmarks.md``).
+    With ``repeat`` the passes are first, first + 1, ... and pass p's seed is a pure function
+    of (seed, p): a resumed run (which starts a new process, and a new iterator) sees the
+    order the uninterrupted run saw. Without, one pass per iteration of the dataset, drawn
+    from ``Dataset.random`` so that iterating again (Keras' per-epoch ``iter()``) reshuffles.
+    """
+    if repeat:
+        index = tf.data.Dataset.range(first, np.iinfo(np.int64).max)
+    elif shuffle:
+        index = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    else:
+        index = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+    return index.map(lambda p: tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), p))
+
+
+def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shuffle, repeat, deterministic,
+                       seed, drop_remainder, start_batch) -> tf.data.Dataset:
+    """The ``cache=True`` path: columns parsed once, one index permutation per pass, gather per batch.
+
+    Each pass draws a whole permutation of the row indices in one op (seeded by
+    :func:`_passes`) and cuts it into batch-sized index vectors: no per-row element crosses
+    tf.data (an epoch of 240 k rows took 310 ms of input work through a shuffle buffer,
+    ~100 ms so; ``docs/benchmarks.md``). ``start_batch`` starts at the right pass and skips
+    only index vectors of that pass (nothing is gathered for them).
     """
     arrays = read_columns(data_dir, split, columns, schema=schema)
     tensors = {k: tf.constant(v.reshape(len(v), -1)) for k, v in arrays.items()}
@@ -134,21 +160,21 @@ def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shu
     n = int(next(iter(tensors.values())).shape[0]) if tensors else 0
     full, rest = divmod(n, batch_size)
     tail = rest > 0 and not drop_remainder
+    per_pass = full + tail
+    if start_batch and not per_pass:
+        raise ValueError(f"split '{split}' has {n} rows: no batch of {batch_size} to start at")
 
-    def epoch_batches(epoch_seed):
+    def pass_batches(pass_seed):
         order = tf.range(n, dtype=tf.int64)
         if shuffle:
-            order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([epoch_seed, seed]))
+            order = tf.random.experimental.stateless_shuffle(order, seed=pass_seed)
         batches = tf.data.Dataset.from_tensor_slices(tf.reshape(order[:full * batch_size], [full, batch_size]))
         return batches.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size:])) if tail else batches
 
-    if shuffle:
-        epochs = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    else:
-        epochs = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-    ds = epochs.take(1).flat_map(epoch_batches).apply(tf.data.experimental.assert_cardinality(full + tail))
-    if repeat:
-        ds = ds.repeat()  # each repetition draws a new epoch seed
+    first, skip = divmod(start_batch, per_pass) if start_batch else (0, 0)
+    ds = _passes(seed, shuffle, repeat, first).flat_map(pass_batches).skip(skip)
+    if not repeat:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(per_pass))
 
     def gather(idx):
         return ({k: tf.gather(t, idx) for k, t in tensors.items() if k not in labels},
@@ -158,6 +184,15 @@ def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shu
     options = tf.data.Options()
     options.deterministic = deterministic
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def batches_per_pass(data_dir: str, split: str, batch_size: int, drop_remainder: bool) -> int:
+    """How many batches one pass over ``split`` yields (its records are counted, not parsed)."""
+    files = split_files(data_dir, split)
+    rows = int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(
+        tf.constant(0, tf.int64), lambda count, _: count + 1))
+    full, rest = divmod(rows, batch_size)
+    return full + (rest > 0 and not drop_remainder)
 
 
 def read_columns(data_dir: str, split: str, columns: Sequence[str], schema: Union[Schema, dict, None] = None,

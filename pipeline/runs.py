@@ -6,9 +6,10 @@
         model.json       what rebuilds the model: schema subset, tasks, model config
         weights/         the final (best) weights, TF checkpoint format
         checkpoints/     best-so-far weights during training
-        backup/          BackupAndRestore state: a killed run resumes from here
+        backup/          the latest epoch's model, optimizer, history and callback state:
+                         a killed run resumes from here exactly (write_backup)
         tensorboard/     TensorBoard logs
-        history.csv      per-epoch training log
+        history.csv      per-epoch training log (every epoch once, also after a resume)
         done.json        written last: the run completed
         workers/<task>/  logs of the non-chief workers of a multi-worker run
         metrics.json, report.md, *.png   from ``ctrflow evaluate``
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 from typing import Any, Dict, List
 
+import numpy as np
 import tensorflow as tf
 import yaml
 
@@ -30,6 +32,8 @@ from features import outputs
 from features.schema import Schema
 from pipeline.config import ConfigError
 from pipeline.strategy import is_chief, task_name
+
+BACKUP = "backup"  # the folder a killed run resumes from (write_backup)
 
 
 def git_commit() -> str:
@@ -102,6 +106,60 @@ def mark_done(run_dir: str, summary: Dict[str, Any]) -> None:
     with open(os.path.join(run_dir, "done.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """``obj`` as JSON at ``path``, replacing an earlier file only once completely written."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_backup(run_dir: str, epoch: int, model: tf.keras.Model, state: dict, arrays: List[np.ndarray]) -> None:
+    """The backup after ``epoch`` (1-based) epochs: the model with its optimizer (TF
+    checkpoint), ``state`` (JSON) and ``arrays`` (npz) in ``backup/epoch-<epoch>/``, then
+    ``backup/latest.json`` naming that epoch, replaced atomically last, then the earlier
+    epochs' folders removed. A kill at any instant leaves latest.json naming a complete backup
+    whose parts all belong to one epoch."""
+    backup = os.path.join(run_dir, BACKUP)
+    folder = os.path.join(backup, f"epoch-{epoch}")
+    shutil.rmtree(folder, ignore_errors=True)  # a killed run's partial write of this epoch
+    os.makedirs(folder)
+    tf.train.Checkpoint(model=model).write(os.path.join(folder, "ckpt"))
+    np.savez(os.path.join(folder, "arrays.npz"), *arrays)
+    write_json_atomic(os.path.join(folder, "state.json"), state)
+    write_json_atomic(os.path.join(backup, "latest.json"), {"epoch": epoch})
+    _remove_stale_backups(backup, keep=folder)
+
+
+def read_backup(run_dir: str, model: tf.keras.Model):
+    """(state, arrays) of the latest complete backup, its checkpoint restored into ``model``
+    (variables not built yet are restored when they are created); None if the run has none.
+    Leftovers of a write that a kill interrupted are removed."""
+    backup = os.path.join(run_dir, BACKUP)
+    latest = os.path.join(backup, "latest.json")
+    if not os.path.exists(latest):
+        shutil.rmtree(backup, ignore_errors=True)
+        return None
+    with open(latest) as fh:
+        folder = os.path.join(backup, f"epoch-{json.load(fh)['epoch']}")
+    _remove_stale_backups(backup, keep=folder)
+    with open(os.path.join(folder, "state.json")) as fh:
+        state = json.load(fh)
+    with np.load(os.path.join(folder, "arrays.npz")) as npz:
+        arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    tf.train.Checkpoint(model=model).read(os.path.join(folder, "ckpt")).expect_partial()
+    return state, arrays
+
+
+def _remove_stale_backups(backup: str, keep: str) -> None:
+    for name in os.listdir(backup):
+        path = os.path.join(backup, name)
+        if path != keep and name != "latest.json":
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def load_config(run_dir: str):

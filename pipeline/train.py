@@ -1,31 +1,36 @@
 """The training driver: ``ctrflow train --config train.yaml``.
 
 Keras ``fit`` on the TFRecords under a ``tf.distribute`` strategy, with exact
-validation AUC for early stopping, checkpoints of the best weights,
-``BackupAndRestore`` (a killed run resumes at the epoch it stopped in), TensorBoard
-and CSV logs, deterministic seeds, optional mixed precision and XLA, and a guard
-that stops on a NaN loss naming the epoch and step.
+validation AUC for early stopping, checkpoints of the best weights, a per-epoch backup
+from which a killed run resumes to the same model and history as an uninterrupted one
+(:class:`RunBackup`), TensorBoard and CSV logs, deterministic seeds, optional mixed
+precision and XLA, and non-finite values (inputs, logits, gradients, weights) stopping
+the run with :class:`NanLossError` naming the step (and the feature).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import inspect
 import math
 import os
+import re
 import time
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from features.schema import Schema
 from models.factory import build_model, check_model_options
 from models.losses import check_loss_options
 from models.options import check_options
+from models.ctr_model import NONFINITE_MARK
 from models.layers import global_policy
 from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError, option
-from pipeline.data import make_dataset
+from pipeline.data import batches_per_pass, make_dataset
 from pipeline.predict import predict_labels
 from pipeline.difficulty import ANALYSES, analysis_callbacks
 from pipeline.strategy import StrategyConfig, auto_shard_policy, is_chief, make_strategy
@@ -144,35 +149,106 @@ class TrainConfig:
 
 
 class NanLossError(FloatingPointError):
-    """Training produced a non-finite loss."""
+    """Training met a non-finite value (NaN or infinity) in an input, logit, gradient, weight or
+    the loss; the message names the step (and the feature, logit or weight where known)."""
+
+
+_NONFINITE = re.compile(re.escape(NONFINITE_MARK) + r": ([^\]]*)\] \[([^\]]*)\] \[at step\] \[(\d+)\]")
+
+
+def nonfinite_error(exc: tf.errors.InvalidArgumentError, steps_per_epoch: int) -> Optional[NanLossError]:
+    """The :class:`NanLossError` a failed finiteness check of the compiled training step
+    (``models.ctr_model.finite_or_stop``) stands for, or None for any other error."""
+    found = _NONFINITE.search(str(exc))
+    if found is None:
+        return None
+    what, step = found.group(1), int(found.group(3))
+    names = ", ".join(f"'{n}'" for n in found.group(2).split(", "))
+    epoch, batch = divmod(step - 1, steps_per_epoch)
+    where = f"at training step {step} (epoch {epoch + 1}, batch {batch + 1} of {steps_per_epoch})"
+    if what == "input feature":
+        return NanLossError(f"non-finite value (NaN or infinity) in {what} {names} {where}: the training "
+                            f"data holds it; fix the input (ctrflow preprocess quarantines such rows)")
+    return NanLossError(f"non-finite {what} {names} {where}: training diverged; lower optimizer.learning_rate, "
+                        f"set optimizer.clipnorm, or check the input statistics")
 
 
 class NanGuard(tf.keras.callbacks.Callback):
-    """Stop at the first non-finite epoch loss, saying which epoch.
+    """At each epoch end, stop if the loss or any weight is non-finite, naming the epoch.
 
-    ``ParameterServerStrategy`` allows no batch-level callbacks, so this epoch-level
-    guard is what runs there; :class:`BatchNanGuard` checks every step elsewhere.
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def _check(self, logs, where: str):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.model.stop_training = True
-            raise NanLossError(f"loss became {loss} at epoch {self._epoch + 1}{where}: lower the learning "
-                               f"rate, set optimizer.clipnorm, or check the input statistics")
+    The compiled step checks inputs, logits and gradients (``models.ctr_model``); this
+    epoch-level check is the backstop where those checks do not run (XLA compiles them
+    away) and catches an update that overflowed a weight. It runs before the run's backup,
+    so a non-finite model is never backed up."""
 
     def on_epoch_end(self, epoch, logs=None):
-        self._check(logs, "")
+        loss = (logs or {}).get("loss")
+        bad = [] if loss is None or math.isfinite(float(loss)) else ["the loss"]
+        bad += [w.name for w in self.model.weights if not np.isfinite(w.numpy()).all()]
+        if bad:
+            self.model.stop_training = True
+            raise NanLossError(f"non-finite values at the end of epoch {epoch + 1} (after step "
+                               f"{int(self.model.optimizer.iterations.numpy())}) in {', '.join(bad[:5])}: lower "
+                               f"optimizer.learning_rate, set optimizer.clipnorm, or check the input statistics")
 
 
-class BatchNanGuard(NanGuard):
-    """:class:`NanGuard` checked after every training step, naming the step and batch."""
+class RunBackup(tf.keras.callbacks.Callback):
+    """The run's per-epoch history and its backup (``runs.write_backup``); last in the list.
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._check(logs, f", step {batch + 1} (batch index {batch} of the epoch)")
+    At each epoch end (after EarlyStopping and ModelCheckpoint updated their state) it adds
+    the epoch's logs to the history, backs up the model, optimizer, history and the state of
+    those two callbacks as one epoch, and rewrites ``history.csv`` from the history. At train
+    begin of a resumed run it gives them back the state their own ``on_train_begin`` reset,
+    so the resumed run decides (best epoch, patience, best weights) as the uninterrupted one.
+    """
+
+    def __init__(self, run_dir: str, early_stopping, checkpoint, resumed=None):
+        super().__init__()
+        self.run_dir, self.early_stopping, self.checkpoint = run_dir, early_stopping, checkpoint
+        state, self._best_weights = resumed or ({}, [])
+        self.state = state
+        self.history: Dict[str, List[float]] = {k: list(v) for k, v in state.get("history", {}).items()}
+
+    @property
+    def finished(self) -> bool:
+        """The backed-up run had stopped early (a kill after its last epoch)."""
+        return bool(self.state.get("stopped"))
+
+    def on_train_begin(self, logs=None):
+        es, saved = self.early_stopping, self.state.get("early_stopping")
+        if saved:
+            es.wait, es.stopped_epoch, es.best, es.best_epoch = (saved[k] for k in _ES_STATE)
+            es.best_weights = self._best_weights or None
+            self.checkpoint.best = self.state["checkpoint_best"]
+        self._write_csv()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        es = self.early_stopping
+        self.state = {"epoch": epoch + 1, "history": self.history, "stopped": bool(self.model.stop_training),
+                      "early_stopping": {k: _plain(getattr(es, k)) for k in _ES_STATE},
+                      "checkpoint_best": _plain(self.checkpoint.best)}
+        runs.write_backup(self.run_dir, epoch + 1, self.model, self.state, list(es.best_weights or []))
+        self._write_csv()
+
+    def _write_csv(self):
+        path = os.path.join(self.run_dir, "history.csv")
+        keys = sorted(self.history)
+        rows = len(next(iter(self.history.values()), []))
+        with open(path + ".tmp", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["epoch", *keys])
+            writer.writerows([[e, *(self.history[k][e] for k in keys)] for e in range(rows)])
+        os.replace(path + ".tmp", path)
+
+
+_ES_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
+
+
+def _plain(value):
+    """A JSON-ready number (numpy scalars as Python's; infinities are kept: json writes Infinity)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 class ExactValidation(tf.keras.callbacks.Callback):
@@ -272,17 +348,7 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(cfg.strategy)
     is_ps = cfg.strategy.name == "parameter_server"
-
-    def train_ds(input_context=None):
-        ds = make_dataset(cfg.data_dir, cfg.train_split, _per_replica_batch(cfg, strategy, input_context),
-                          shuffle=True, repeat=is_ps or cfg.steps_per_epoch is not None,
-                          # PS workers build their input inside a tf.function: streaming reader only
-                          deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache and not is_ps,
-                          shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks)
-        if input_context is not None:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        return _with_shard_policy(ds, cfg)
-
+    steps = _steps_per_epoch(cfg, is_ps)
     valid_ds = make_dataset(cfg.data_dir, cfg.valid_split, cfg.eval_batch_size, shuffle=False,
                             deterministic=True, cache=cfg.cache, labels=tasks)
     sdict = model_schema(schema, feats)
@@ -292,28 +358,57 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
                       metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
                       jit_compile=cfg.jit_compile,
                       steps_per_execution=cfg.steps_per_execution)
-    callbacks = _callbacks(cfg, run_dir, valid_ds, tasks, is_ps=is_ps)
-    if is_ps:
-        x = tf.keras.utils.experimental.DatasetCreator(train_ds)
-    else:
-        x = train_ds()
-    steps = cfg.steps_per_epoch
-    if is_ps and steps is None:
-        raise ConfigError("strategy parameter_server needs steps_per_epoch (the input repeats)")
+        model(next(iter(valid_ds))[0], training=False)  # build the weights: a backup restores into them
+    resumed = runs.read_backup(run_dir, model)
+    first_epoch = resumed[0]["epoch"] if resumed else 0
+
+    def train_ds(input_context=None):
+        # one endless stream whose order is a function of (seed, position): a resumed run reads
+        # on from where the killed one stopped; PS workers build it inside a tf.function (streaming only)
+        ds = make_dataset(cfg.data_dir, cfg.train_split, _per_replica_batch(cfg, strategy, input_context),
+                          shuffle=True, repeat=True, start_batch=first_epoch * steps,
+                          deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache and not is_ps,
+                          shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks)
+        if input_context is not None:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        return _with_shard_policy(ds, cfg)
+
+    callbacks = _callbacks(cfg, run_dir, valid_ds, tasks, is_ps=is_ps, resumed=resumed)
+    backup = callbacks[-1]
     t0 = time.time()
-    validation = {}
-    if is_ps:  # PS workers need an endless validation input and a step count (Keras AUC is used there)
-        validation = {"validation_data": valid_ds.repeat(),
-                      "validation_steps": sum(1 for _ in valid_ds)}
-    history = model.fit(x, epochs=cfg.epochs, steps_per_epoch=steps, **validation,
-                        callbacks=callbacks, verbose=cfg.verbose if is_chief() else 0)
-    seconds = time.time() - t0
-    summary = {"run_dir": run_dir, "epochs_run": len(history.history.get("loss", [])),
-               "seconds": seconds, "history": _jsonable(history.history)}
+    if not backup.finished and first_epoch < cfg.epochs:
+        x = tf.keras.utils.experimental.DatasetCreator(train_ds) if is_ps else train_ds()
+        validation = {}
+        if is_ps:  # PS workers need an endless validation input and a step count (Keras AUC is used there)
+            validation = {"validation_data": valid_ds.repeat(),
+                          "validation_steps": sum(1 for _ in valid_ds)}
+        try:
+            model.fit(x, epochs=cfg.epochs, initial_epoch=first_epoch, steps_per_epoch=steps, **validation,
+                      callbacks=callbacks, verbose=cfg.verbose if is_chief() else 0)
+        except tf.errors.InvalidArgumentError as exc:
+            error = nonfinite_error(exc, steps)
+            if error is None:
+                raise
+            raise error from None
+    summary = {"run_dir": run_dir, "epochs_run": len(backup.history.get("loss", [])),
+               "seconds": time.time() - t0, "history": backup.history}
     if is_chief():
         runs.save_model(model, run_dir, sdict, tasks, cfg)
         runs.mark_done(run_dir, summary)
     return summary
+
+
+def _steps_per_epoch(cfg: TrainConfig, is_ps: bool) -> int:
+    """``steps_per_epoch``, or the batches of one pass over the train split (an epoch)."""
+    if cfg.steps_per_epoch is not None:
+        return cfg.steps_per_epoch
+    if is_ps:
+        raise ConfigError("strategy parameter_server needs steps_per_epoch (the input repeats)")
+    steps = batches_per_pass(cfg.data_dir, cfg.train_split, cfg.batch_size, drop_remainder=True)
+    if steps < 1:
+        raise ConfigError(f"batch_size = {cfg.batch_size}: the '{cfg.train_split}' split holds fewer rows; "
+                          f"expected a batch_size of at most its number of rows")
+    return steps
 
 
 def _per_replica_batch(cfg, strategy, input_context):
@@ -328,31 +423,27 @@ def _with_shard_policy(ds, cfg):
     return ds.with_options(options)
 
 
-def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool):
+def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool, resumed=None):
+    """The run's callbacks in the order their epoch ends must run: the guard first (nothing
+    non-finite is validated or backed up), exact validation before everything that reads
+    ``val_*``, :class:`RunBackup` last (it saves the others' state)."""
     es = cfg.early_stopping
-    cbs: List[tf.keras.callbacks.Callback] = [NanGuard() if is_ps else BatchNanGuard()]
+    cbs: List[tf.keras.callbacks.Callback] = [NanGuard()]
     use_exact = not is_ps  # exact validation predicts in-process; PS workers validate with Keras' AUC
     if use_exact:
         cbs.append(ExactValidation(valid_ds, tasks))
     monitor = es.monitor if use_exact else _keras_monitor(tasks)
-    cbs += [
-        tf.keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-        tf.keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "best"), monitor=monitor,
-                                           mode=es.mode, save_best_only=True, save_weights_only=True),
-        tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=es.mode, patience=es.patience,
-                                         restore_best_weights=es.restore_best_weights),
-        tf.keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-        tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
-                                       profile_batch=tuple(cfg.profile_batches or (0, 0))),
-    ]
+    checkpoint = tf.keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "best"), monitor=monitor,
+                                                    mode=es.mode, save_best_only=True, save_weights_only=True)
+    stopping = tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=es.mode, patience=es.patience,
+                                                restore_best_weights=es.restore_best_weights)
+    cbs += [checkpoint, stopping,
+            tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
+                                           profile_batch=tuple(cfg.profile_batches or (0, 0)))]
     if not is_ps:
         cbs += analysis_callbacks(cfg, run_dir, tasks)
-    return cbs
+    return cbs + [RunBackup(run_dir, stopping, checkpoint, resumed)]
 
 
 def _keras_monitor(tasks):
     return "val_auc" if len(tasks) == 1 else f"val_{tasks[0]}_auc"
-
-
-def _jsonable(history):
-    return {k: [float(v) for v in vals] for k, vals in history.items()}
