@@ -90,6 +90,7 @@ def test_unknown_backbone_is_one_line_without_traceback(cli, tmp_path):
 
 def test_missing_config_file_and_missing_data_dir(cli, tmp_path):
     _user_error(cli("train", "--config", str(tmp_path / "nope.yaml")), "nope.yaml", "not found")
+    _user_error(cli("train", "--config", str(tmp_path)), str(tmp_path), "is a directory")
     config = _train_yaml(tmp_path, str(tmp_path / "no-such-data"))
     _user_error(cli("train", "--config", config), "no-such-data", "does not exist")
 
@@ -101,16 +102,20 @@ def test_corrupt_schema_fails_naming_the_file(cli, tmp_path):
     _user_error(cli("train", "--config", _train_yaml(tmp_path, str(data))), "schema.json", "not valid JSON")
 
 
-@pytest.mark.parametrize("command, config, override, key", [
-    ("simulate", "simulate_default.yaml", "num_impressions=-5", "num_impressions"),
-    ("preprocess", "preprocess_sim.yaml", "num_shards=-1", "num_shards"),
+@pytest.mark.parametrize("command, key, args", [
+    ("simulate", "ads.prior_daily_impressions", ["--config", os.path.join(CONFIGS, "simulate_default.yaml"),
+                                                 "--set", "ads.prior_daily_impressions=-5",
+                                                 "--set", "num_impressions=2000", "--set", "num_ads=200"]),
+    ("preprocess", "runner.num_workers", ["--config", os.path.join(CONFIGS, "preprocess_sim.yaml"),
+                                          "--set", "runner.num_workers=-2", "--set", "split.extra_splits={}"]),
 ])
-def test_negative_sizes_fail_at_load_before_any_work(cli, tmp_path, command, config, override, key):
+def test_negative_sizes_fail_at_load_before_any_work(cli, sim_raw, tmp_path, command, key, args):
+    """Once a numpy error (simulate) or an IndexError inside the Beam job (preprocess), exit 1."""
     out = tmp_path / "out"
-    out_key = "out_dir" if command == "simulate" else "output"
-    _user_error(cli(command, "--config", os.path.join(CONFIGS, config), "--set", override,
-                        "--set", f"{out_key}={out}"), key, "-")
-    assert not os.path.exists(out) and os.listdir(tmp_path) == [], "work started before the config was checked"
+    io = (["--set", f"out_dir={out}"] if command == "simulate" else
+          ["--set", f"output={out}", "--set", f"input.path={os.path.join(sim_raw, 'ads', '*.parquet')}"])
+    _user_error(cli(command, *args, *io), key, "-")
+    assert os.listdir(tmp_path) == [], "work started before the config was checked"
 
 
 # ---- from_dict's type rules, in process ---------------------------------------------------------------
