@@ -11,6 +11,7 @@ import os
 from typing import Any, Dict
 
 from features import outputs
+from features.errors import UserError
 from pipeline.loaders.common import DatasetLoader
 from pipeline.loaders.criteo import CRITEO
 from pipeline.loaders.frappe import FRAPPE
@@ -35,7 +36,7 @@ def load_dataset(name: str, src_dir: str, out_dir: str, shard_rows: int = 500_00
     by load is refused unless ``overwrite``, and one holding ``src_dir`` always.
     """
     if name not in LOADERS:
-        raise ValueError(f"unknown dataset '{name}'; known: {sorted(LOADERS)}")
+        raise UserError(f"unknown dataset '{name}'; known: {sorted(LOADERS)}")
     out_dir = os.path.abspath(os.path.expanduser(str(out_dir)))
     with outputs.atomic_output(out_dir, "load", inputs=[str(src_dir)], overwrite=overwrite) as tmp:
         summary = LOADERS[name](src_dir, tmp, shard_rows=shard_rows, chunk_rows=chunk_rows, **options)

@@ -88,6 +88,11 @@ def test_unknown_backbone_is_one_line_without_traceback(cli, tmp_path):
                 "model.backbone", "'dnnx'", "dcnv2")
 
 
+def test_unknown_dataset_is_one_line_without_traceback(cli, tmp_path):
+    _user_error(cli("load", "avazu", "--src", str(tmp_path), "--out", str(tmp_path / "raw")),
+                "unknown dataset 'avazu'", "criteo")
+
+
 def test_missing_config_file_and_missing_data_dir(cli, tmp_path):
     _user_error(cli("train", "--config", str(tmp_path / "nope.yaml")), "nope.yaml", "not found")
     _user_error(cli("train", "--config", str(tmp_path)), str(tmp_path), "is a directory")
