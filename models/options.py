@@ -2,8 +2,9 @@
 framework and loss options): each key must be known and each value must have the type of
 its default, within a declared range, or one :class:`OptionError` names the key.
 
-A default of ``None`` takes any value (the consumer checks it); a list default takes a list
-whose items have the type of the default's first item.
+A default of ``None`` takes any value (the consumer checks it) unless a type is given; a
+list default takes a list whose items have the type of the default's first item (integers
+for an empty default with a range).
 """
 from __future__ import annotations
 
@@ -52,11 +53,11 @@ def _check_value(value: Any, default: Any, rng: Optional[Range], key: str, owner
     if default is None:
         return value
     if isinstance(default, (list, tuple)):
+        item = default[0] if default else (0 if rng else None)  # an empty default with a range: integers
         if not isinstance(value, (list, tuple)):
-            each = f" (each {_kind(default[0])}{_range_text(rng)})" if default else ""
+            each = f" (each {_kind(item)}{_range_text(rng)})" if item is not None else ""
             raise _error(key, value, f"a list{each}", owner)
-        return [_check_value(v, default[0], rng, f"{key}[{i}]", owner) if default else v
-                for i, v in enumerate(value)]
+        return [_check_value(v, item, rng, f"{key}[{i}]", owner) for i, v in enumerate(value)]
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, (int, float)):

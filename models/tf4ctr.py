@@ -61,10 +61,11 @@ DEFAULTS = {
     "tf_loss_weight": 1.0,         # weight of L_TF in Eq. 12 (1); 0 trains on L_ctr alone (Fig. 5b)
 }
 _MODEL_KW = ("name", "trainable", "dtype")
-RANGES = {"easy_embedding_dim": "[1, inf)", "ssem_dropout": "[0, 1)", "vf_temperature": "(0, inf)",
-          "alpha": "[0, 1]", "c": "[0, 1]", "gamma": "[0, inf)", "tf_loss_weight": "[0, inf)"}
+RANGES = {"easy_embedding_dim": "[1, inf)", "ssem_gate_units": "[1, inf)", "ssem_expert_units": "[1, inf)",
+          "ssem_dropout": "[0, 1)", "vf_temperature": "(0, inf)", "alpha": "[0, 1]", "c": "[0, 1]",
+          "gamma": "[0, inf)", "tf_loss_weight": "[0, inf)"}
 CHOICES = {"ssem": SSEM_MODES, "dfm": DFM_MODES}
-TYPES = {"easy_embedding_dim": int}  # options whose default is None
+TYPES = {"easy_embedding_dim": int, "ssem_gate_units": list, "ssem_expert_units": list}  # None defaults
 
 
 class _BatchMean(tf.keras.metrics.Metric):
