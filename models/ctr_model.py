@@ -29,8 +29,12 @@ NONFINITE_MARK = "ctrflow non-finite"  # starts the message of a failed finitene
 
 
 # ---- what every model's train_step shares ---------------------------------------------
-def step_number(model) -> tf.Tensor:
-    """The 1-based global number of the training step being run (int64)."""
+def step_number(model) -> Optional[tf.Tensor]:
+    """The 1-based global number of the training step being run (int64); None under XLA
+    (``jit_compile``), which cannot compile the checks' string data: the checks are then
+    off and the epoch-end guard of ``pipeline.train`` (loss and weights) catches what they would."""
+    if getattr(model, "jit_compile", False):
+        return None
     return tf.cast(model.optimizer.iterations, tf.int64) + 1
 
 
@@ -49,7 +53,7 @@ def finite_or_stop(named: Sequence[Tuple[str, object]], what: str, step, release
     [step]`` (``pipeline.train`` turns it into a FloatingPointError). In-graph: one reduction
     per tensor, no host round trip."""
     release = [t for _, t in named] if release is None else release
-    if not named:
+    if not named or step is None:
         return list(release)
     names = [n for n, _ in named]
     values = [t.values if isinstance(t, tf.IndexedSlices) else t for _, t in named]
