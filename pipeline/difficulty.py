@@ -17,7 +17,7 @@ encoders' logits, ``grad_norm_zs`` / ``grad_norm_zc`` (logged by the tf4ctr fram
     grad_norms.json          {"grad_norm_zs": [[batch values of epoch 1], ...], "grad_norm_zc": ...}
     grad_norms.png           the per-batch curves over the run (Fig. 5)
 
-A resumed run (BackupAndRestore) keeps the records of the epochs before the one it resumes.
+A resumed run (``pipeline.train.RunBackup``) keeps the records of the epochs before the one it resumes.
 :func:`compare_runs` draws several runs' analyses side by side (DualMLP vs TF4CTR, Fig. 10;
 L_ctr + L_TF vs L_ctr alone, Fig. 5).
 """
