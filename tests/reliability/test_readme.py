@@ -2,7 +2,8 @@
 ``ctrflow`` line of the ```bash blocks in docs/, runs as written from a fresh clone.
 
 The commands run in order, through the CLI, in a temporary folder laid out like a clone
-(``configs/`` linked in), so that ``demo_out/`` and every other relative path lands there.
+(``configs/`` linked in; the method grids of docs/results/, tens of runs each, in a test of
+their own after the README's data steps), so that ``demo_out/`` and every other relative path lands there.
 Only these changes are made to a command, and only by appending ``--set`` options (later
 options win):
 
@@ -27,9 +28,11 @@ import shlex
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SKIPPED_PROGRAMS = {"make", "tensorboard", "."}
+RESULT_GRIDS = os.path.join("docs", "results") + os.sep  # method grids: their own test (long)
 SHRINK = {
     "simulate": ["num_impressions=5000", "rec_impressions=500", "random_impressions=1000", "num_users=500",
                  "num_items=300", "num_ads=800", "shard_rows=2000", "chunk_rows=2000"],
@@ -81,7 +84,7 @@ def check_paths(where, argv):
         value = arg.split("=", 1)[-1]  # an option's value, or the argument itself
         if "<" in arg or "..." in arg:
             pytest.fail(f"{where}: placeholder in '{arg}': not runnable as written")
-        if "/" not in value:
+        if "/" not in value and not value.startswith(".."):
             continue
         if value.startswith("~"):
             assert argv[0] == "load" and argv[i - 1] == "--src", f"{where}: '~' path '{value}' outside the clone"
@@ -189,24 +192,49 @@ def test_rules_reject_what_a_user_could_not_run(line, problem, tmp_path):
         runnable("README.md:1", line, str(tmp_path))
 
 
-@pytest.mark.slow
-def test_every_documented_command_runs_as_written(tmp_path, cli):
+def run_in_clone(tmp_path, cli, documented):
+    """Run ``documented`` commands in order in a fresh clone-like folder; returns the clone."""
     clone, home = tmp_path / "clone", tmp_path / "home"
     clone.mkdir()
     home.mkdir()
     os.symlink(os.path.join(REPO, "configs"), clone / "configs")
-    ran = []
-    for where, number, line in commands():
+    for where, number, line in documented:
         argv = runnable(f"{where}:{number}", line, str(home))
         if argv is None:
             continue
         if argv[0] == "load":
             write_download(argv)
-        proc = cli(*argv, cwd=str(clone), timeout=1200)
+        proc = cli(*argv, cwd=str(clone), timeout=3000)
         assert proc.returncode == 0, (f"{where}:{number}: `{line}` exited {proc.returncode}\n"
                                       f"stderr:\n{proc.stderr[-4000:]}\nstdout:\n{proc.stdout[-2000:]}")
-        ran.append(f"{where}:{number}")
-    assert len(ran) >= 10, ran
+    return clone
+
+
+def _is_grid(where):
+    return where.startswith(RESULT_GRIDS)
+
+
+@pytest.mark.slow
+def test_every_documented_command_runs_as_written(tmp_path, cli):
+    """README's commands and docs/*.md's, except the method grids of docs/results (below)."""
+    documented = [c for c in commands() if not _is_grid(c[0])]
+    assert len(documented) >= 12, documented
+    clone = run_in_clone(tmp_path, cli, documented)
     assert (clone / "demo_out" / "runs" / "dcnv2" / "metrics.json").exists()
     assert (clone / "demo_out" / "compare_backbones" / "report.md").exists()
     assert list((clone / "demo_out" / "serving" / "dcnv2").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_results_grids_run_as_written(tmp_path, cli):
+    """docs/results/*.md's method grids (tens of runs each, hence apart), after the README's
+    data steps that write what their base configs read."""
+    grids = [c for c in commands() if _is_grid(c[0])]
+    data_steps = [c for c in commands() if c[0] == "README.md" and c[2].split()[1:2] in (["simulate"], ["preprocess"],
+                                                                                          ["load"])]
+    clone = run_in_clone(tmp_path, cli, data_steps + grids)
+    for _, _, line in grids:
+        config = line.split("--config", 1)[1].split()[0]
+        out_dir = yaml.safe_load(open(os.path.join(REPO, config)))["out_dir"]
+        assert (clone / out_dir / "results.json").exists(), line
