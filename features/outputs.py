@@ -213,6 +213,26 @@ def replace_dir(new: str, path: str) -> None:
             os.remove(old)
 
 
+def set_aside(path: str) -> str:
+    """Move an output that is rewritten in place (train's run directory) out of the way, to a
+    hidden sibling ``.<name>.replaced-<hex>``, where it stays until :func:`drop_set_aside`
+    once the new output is complete (so a killed rewrite never costs the old one)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    aside = os.path.join(parent, f".{name}.replaced-{uuid.uuid4().hex[:12]}")
+    os.replace(path, aside)
+    return aside
+
+
+def drop_set_aside(path: str) -> list:
+    """Delete what :func:`set_aside` kept of ``path`` (marked folders only); returns them."""
+    parent, name = os.path.split(os.path.abspath(path))
+    dropped = [d for d in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.replaced-*"))
+               if read_marker(d) is not None]
+    for d in dropped:
+        shutil.rmtree(d, ignore_errors=True)
+    return dropped
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, command: str, inputs: Sequence[str] = (), overwrite: bool = False) -> Iterator[str]:
     """Write the folder ``path`` atomically: ``with atomic_output(out, "simulate") as tmp:`` write

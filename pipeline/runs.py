@@ -53,8 +53,8 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     The run directory is train's own (``features.outputs`` marker): an existing folder not
     made by train is refused unless ``overwrite`` (then it is deleted first), and never
     when it holds the data directory. A completed run is replaced only with ``overwrite``;
-    it is deleted when the new run starts (the run directory is also the resume state,
-    so it is written in place)."""
+    the run directory is also the resume state, so the new run is written in place and the
+    old one is kept aside (``.<name>.replaced-<hex>``) until :func:`mark_done` of the new one."""
     name = cfg.run_name or f"{config_name}-seed{cfg.seed}"
     run_dir = os.path.abspath(os.path.join(os.path.expanduser(cfg.runs_dir), name))
     _claim_run_dir(run_dir, cfg.data_dir, overwrite, chief=is_chief())
@@ -63,16 +63,18 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     if os.path.exists(os.path.join(run_dir, "done.json")):
         if not overwrite:
             raise ConfigError(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")
-        shutil.rmtree(run_dir)
+        outputs.set_aside(run_dir)
         outputs.open_output(run_dir, "train", [cfg.data_dir])
     resuming = os.path.isdir(os.path.join(run_dir, "backup"))
-    os.makedirs(run_dir, exist_ok=True)
     config_dict = dataclasses.asdict(cfg)
-    if resuming:
-        with open(os.path.join(run_dir, "config.yaml")) as fh:
-            if yaml.safe_load(fh) != config_dict:
-                raise ConfigError(f"run '{run_dir}' exists with a different config: cannot resume it; "
-                                  f"use another run_name or --overwrite")
+    if resuming and _recorded_config(run_dir) != config_dict:
+        if not overwrite:
+            raise ConfigError(f"run '{run_dir}' exists with a different config: cannot resume it; "
+                              f"use another run_name or --overwrite")
+        shutil.rmtree(run_dir)  # train's own unfinished run of another config: --overwrite starts afresh
+        outputs.open_output(run_dir, "train", [cfg.data_dir])
+        resuming = False
+    os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
         yaml.safe_dump(config_dict, fh, sort_keys=False)
     info = {"schema_fingerprint": schema.fingerprint(), "git_commit": git_commit(),
@@ -81,6 +83,15 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     with open(os.path.join(run_dir, "run.json"), "w") as fh:
         json.dump(info, fh, indent=2)
     return run_dir
+
+
+def _recorded_config(run_dir: str):
+    """The config an unfinished run in ``run_dir`` was started with (None when unreadable)."""
+    try:
+        with open(os.path.join(run_dir, "config.yaml")) as fh:
+            return yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def _claim_run_dir(run_dir: str, data_dir: str, overwrite: bool, chief: bool) -> None:
@@ -106,6 +117,7 @@ def mark_done(run_dir: str, summary: Dict[str, Any]) -> None:
     with open(os.path.join(run_dir, "done.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
+    outputs.drop_set_aside(run_dir)  # the completed run that --overwrite replaced
 
 
 def write_json_atomic(path: str, obj) -> None:

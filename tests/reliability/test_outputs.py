@@ -196,6 +196,23 @@ def test_train_refuses_a_run_folder_it_did_not_create(sim_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_overwrite_killed_keeps_the_completed_run(sim_data, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["train", "--config", os.path.join(CONFIGS, "train_sim_dcnv2.yaml"), "--set", f"data_dir={sim_data}",
+            "--set", f"runs_dir={runs}", "--set", "run_name=re", "--set", "model.backbone=dnn",
+            "--set", "model.backbone_options={dnn_units: [16]}", "--set", "eval_splits=[test]"]
+    ctrflow(*args, "--set", "epochs=1", check=0)
+    before = tree_hashes(runs / "re")
+    proc = _start(*args, "--set", "epochs=30", "--overwrite")
+    aside = _wait_for(str(runs / ".re.replaced-*"), proc)
+    _wait_for(str(runs / "re" / "run.json"), proc)  # the new run has started in place
+    _kill(proc)
+    assert tree_hashes(aside) == before  # the completed run, byte for byte, until a new one completes
+    ctrflow(*args, "--set", "epochs=1", "--overwrite", check=0)
+    assert sorted(os.listdir(runs)) == ["re"] and (runs / "re" / "done.json").exists()
+
+
+@pytest.mark.slow
 def test_evaluate_accumulates_splits(run_dir):
     ctrflow("evaluate", run_dir, "--split", "test", check=0)
     with open(os.path.join(run_dir, "metrics.json")) as fh:
