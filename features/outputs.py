@@ -82,7 +82,7 @@ def fixed_prefix(path: str) -> str:
     parts = path.split(os.sep)
     for i, part in enumerate(parts):
         if _GLOB_MAGIC.search(part):
-            return os.sep.join(parts[:i]) or os.sep
+            return os.sep.join(parts[:i]) or (os.sep if path.startswith(os.sep) else os.curdir)
     return path
 
 
@@ -123,13 +123,12 @@ def check_claim(path: str, command: str, entries: Sequence[str], marker: Optiona
         return OWN
     if overwrite:
         return REPLACE
-    what = "a file" if not is_dir else (
-        f"a folder written by 'ctrflow {marker.get('command')}'" if marker else "a folder not written by ctrflow")
     shown = ", ".join(sorted(entries)[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    what = "a file" if not is_dir else (
+        f"a folder written by 'ctrflow {marker.get('command')}'" if marker else "a folder") + f" (holding {shown})"
     raise OutputError(
-        f"{command}: output '{path}' already exists and is {what}" + (f" (holding {shown})" if is_dir else "")
-        + f"; it was not written by 'ctrflow {command}', so it is left alone. Choose another output, or pass "
-          f"--overwrite to replace it.")
+        f"{command}: output '{path}' already exists and is {what}, not an earlier output of 'ctrflow {command}', "
+        f"so it is left alone. Choose another output, or pass --overwrite to replace it.")
 
 
 def claim_output(path: str, command: str, inputs: Sequence[str] = (), overwrite: bool = False) -> str:

@@ -285,3 +285,36 @@ def test_export_refuses_a_model_folder_it_did_not_create(run_dir, tmp_path):
     assert os.listdir(model_base) == ["README"]
     ctrflow("export", run_dir, "--out", tmp_path / "serving", "--overwrite", check=0)  # adopted, nothing deleted
     assert sorted(os.listdir(model_base)) == [MARKER, "1", "README"]
+
+
+# ---- the mechanism itself (features/outputs.py), fast -------------------------------------------------
+def test_leftovers_of_dead_writers_only_are_cleaned_and_a_moved_aside_output_comes_back(tmp_path):
+    from features import outputs
+
+    out = str(tmp_path / "data")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    for kind, pid in (("tmp", dead_pid), ("tmp", os.getpid()), ("old", dead_pid)):
+        folder = tmp_path / f".data.{kind}-{pid}-{'a' * 12}"
+        folder.mkdir()
+        outputs.write_marker(str(folder), "preprocess")
+    unmarked = tmp_path / f".data.tmp-{dead_pid}-{'b' * 12}"  # not ours: no marker
+    unmarked.mkdir()
+    removed = outputs.clean_leftovers(out)
+    assert [os.path.basename(r) for r in removed] == [f".data.tmp-{dead_pid}-{'a' * 12}"]
+    assert os.path.exists(os.path.join(out, MARKER))  # the old output a killed swap had moved aside is back
+    assert sorted(os.listdir(tmp_path)) == sorted(["data", f".data.tmp-{os.getpid()}-{'a' * 12}", unmarked.name])
+
+
+def test_inputs_given_as_globs_protect_their_folder(tmp_path):
+    from features import outputs
+
+    assert outputs.fixed_prefix(os.path.join("raw", "ads", "*.parquet")) == os.path.join("raw", "ads")
+    assert outputs.fixed_prefix("gs://bucket/raw/part-*.parquet") == "gs://bucket/raw"
+    with pytest.raises(outputs.OutputError, match="even with --overwrite"):
+        outputs.claim_output(str(tmp_path), "preprocess", [str(tmp_path / "raw" / "*.parquet")], overwrite=True)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "raw", target_is_directory=True)
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(outputs.OutputError):  # real paths are compared: a symlinked input is still inside
+        outputs.claim_output(str(tmp_path / "raw"), "preprocess", [str(link / "*.parquet")], overwrite=True)
