@@ -234,6 +234,10 @@ class RunBackup(tf.keras.callbacks.Callback):
 
     def _write_csv(self):
         path = os.path.join(self.run_dir, "history.csv")
+        if not self.history:  # a fresh start: no epoch yet (and none of a killed run without backup)
+            if os.path.exists(path):
+                os.remove(path)
+            return
         keys = sorted(self.history)
         rows = len(next(iter(self.history.values()), []))
         with open(path + ".tmp", "w", newline="") as fh:
