@@ -116,7 +116,7 @@ def save_model(model: tf.keras.Model, run_dir: str, schema_dict: dict, tasks: Li
 def mark_done(run_dir: str, summary: Dict[str, Any]) -> None:
     with open(os.path.join(run_dir, "done.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
-    shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
+    drop_backup(run_dir)
     outputs.drop_set_aside(run_dir)  # the completed run that --overwrite replaced
 
 
@@ -145,6 +145,11 @@ def write_backup(run_dir: str, epoch: int, model: tf.keras.Model, state: dict, a
     write_json_atomic(os.path.join(folder, "state.json"), state)
     write_json_atomic(os.path.join(backup, "latest.json"), {"epoch": epoch})
     _remove_stale_backups(backup, keep=folder)
+
+
+def drop_backup(run_dir: str) -> None:
+    """Remove the run's backup: the run (or this worker's part of it) is complete."""
+    shutil.rmtree(os.path.join(run_dir, BACKUP), ignore_errors=True)
 
 
 def read_backup(run_dir: str, model: tf.keras.Model):

@@ -399,6 +399,8 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
     if is_chief():
         runs.save_model(model, run_dir, sdict, tasks, cfg)
         runs.mark_done(run_dir, summary)
+    else:
+        runs.drop_backup(run_dir)  # this worker's part is done; the chief marks the run
     return summary
 
 
