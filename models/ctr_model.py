@@ -85,7 +85,10 @@ def apply_checked_gradients(model, tape, loss, step, sources=()) -> list:
     optimizer = model.optimizer
     scale = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
     variables = list(model.trainable_variables)
-    grads = tape.gradient(optimizer.get_scaled_loss(loss) if scale else loss, variables + list(sources))
+    if scale:
+        with tape:  # the scaling must be recorded on the tape (it is re-entered to record it)
+            loss = optimizer.get_scaled_loss(loss)
+    grads = tape.gradient(loss, variables + list(sources))
     if scale:
         grads = optimizer.get_unscaled_gradients(grads)
     pairs = [(g, v) for g, v in zip(grads[:len(variables)], variables) if g is not None]  # unread weights: None

@@ -120,16 +120,6 @@ def mark_done(run_dir: str, summary: Dict[str, Any]) -> None:
     outputs.drop_set_aside(run_dir)  # the completed run that --overwrite replaced
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """``obj`` as JSON at ``path``, replacing an earlier file only once completely written."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_backup(run_dir: str, epoch: int, model: tf.keras.Model, state: dict, arrays: List[np.ndarray]) -> None:
     """The backup after ``epoch`` (1-based) epochs: the model with its optimizer (TF
     checkpoint), ``state`` (JSON) and ``arrays`` (npz) in ``backup/epoch-<epoch>/``, then
@@ -142,8 +132,8 @@ def write_backup(run_dir: str, epoch: int, model: tf.keras.Model, state: dict, a
     os.makedirs(folder)
     tf.train.Checkpoint(model=model).write(os.path.join(folder, "ckpt"))
     np.savez(os.path.join(folder, "arrays.npz"), *arrays)
-    write_json_atomic(os.path.join(folder, "state.json"), state)
-    write_json_atomic(os.path.join(backup, "latest.json"), {"epoch": epoch})
+    outputs.write_file_atomic(os.path.join(folder, "state.json"), json.dumps(state, indent=1))
+    outputs.write_file_atomic(os.path.join(backup, "latest.json"), json.dumps({"epoch": epoch}))
     _remove_stale_backups(backup, keep=folder)
 
 

@@ -68,13 +68,14 @@ OPTIMIZER_TYPES = {"weight_decay": float, "clipvalue": float, "global_clipnorm":
 def check_optimizer(cfg: OptimizerConfig, prefix: str = "optimizer.") -> Dict[str, Any]:
     """The optimizer's name and ``options`` checked against its constructor (names, types of the
     defaults, :data:`OPTIMIZER_RANGES`); returns the checked options."""
-    try:
-        cls = type(tf.keras.optimizers.get(cfg.name))
-    except ValueError:
-        known = sorted(n.lower() for n, c in vars(tf.keras.optimizers).items()
-                       if isinstance(c, type) and issubclass(c, tf.keras.optimizers.Optimizer)
-                       and c is not tf.keras.optimizers.Optimizer)
-        raise ConfigError(f"{prefix}name = {cfg.name!r}: unknown optimizer; known: {known}") from None
+    # looked up by class name, not built: building one would start TensorFlow's runtime before
+    # the strategy is made (MultiWorkerMirroredStrategy must configure collectives first)
+    classes = {n.lower(): c for n, c in vars(tf.keras.optimizers).items()
+               if isinstance(c, type) and issubclass(c, tf.keras.optimizers.Optimizer)
+               and c is not tf.keras.optimizers.Optimizer}
+    cls = classes.get(cfg.name.lower())
+    if cls is None:
+        raise ConfigError(f"{prefix}name = {cfg.name!r}: unknown optimizer; known: {sorted(classes)}")
     params = inspect.signature(cls.__init__).parameters.values()
     defaults = {p.name: p.default for p in params
                 if p.name not in _OPTIMIZER_OWN and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
