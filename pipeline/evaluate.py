@@ -1,8 +1,10 @@
 """``ctrflow evaluate RUN_DIR``: metrics per task and slice, ``metrics.json`` and ``report.md``.
 
 Metrics: exact AUC, gAUC, LogLoss, ECE (Rec4Ad Eq. 16, K = 100),
-GP-LT / GP-Head / GAP (HDA Def. 3.1, head = top 20 % users of the training
-split), overall and per user-activity quintile and ad impression-ratio group (Rec4Ad
+GP-LT / GP-Head / GAP (HDA Def. 3.1; head / long-tail users are read from the data's
+user-group column, which preprocess wrote with the schema's ``head_user_fraction``: never
+recomputed here; data without that column gets no GP-* and a note in the report), overall
+and per user-activity quintile and ad impression-ratio group (Rec4Ad
 Eq. 2: from the serving log's ratio when ``ad_stats`` names an ad table that has it, such
 as the simulator's ``ads.parquet``; else ads are ordered by training impressions).
 Predictions run with ``training=False`` (dropout and batch norm in inference mode).
@@ -23,6 +25,7 @@ from pipeline import metrics as M
 from pipeline import report, runs
 from pipeline.data import make_dataset, read_columns
 from pipeline.predict import predict_labels
+from pipeline.user_groups import group_of
 
 
 def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: Optional[str] = None,
@@ -37,6 +40,7 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     schema = Schema.load(cfg.data_dir)
     splits = list(splits or cfg.eval_splits)
     user_col = schema.user_column
+    group_col, head_fraction = group_of(schema)
     item_col = item_column or ("ad_id" if "ad_id" in schema.meta or "ad_id" in schema.feature_names else None)
     extra = [c for c in (user_col, item_col) if c]
     if ad_stats and not item_col:
@@ -46,7 +50,7 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     results: Dict[str, dict] = {}
     for split in splits:
         ds = make_dataset(cfg.data_dir, split, batch_size, shuffle=False, deterministic=True, labels=tasks)
-        y, p, cols = predict_labels(model, ds, tasks, extra_columns=extra)
+        y, p, cols = predict_labels(model, ds, tasks, extra_columns=extra + ([group_col] if group_col else []))
         by_task = {}
         for task in tasks:
             by_task[task] = M.evaluate_predictions(
@@ -55,7 +59,8 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
                 train_user_ids=train_cols.get(user_col) if user_col else None,
                 item_ids=cols.get(item_col) if item_col else None,
                 train_item_ids=train_cols.get(item_col) if item_col else None,
-                logged_impression_ratio=ratio)
+                logged_impression_ratio=ratio,
+                user_groups=cols.get(group_col) if group_col else None, head_fraction=head_fraction)
         results[split] = by_task
         if write:
             report.write_eval_report(os.path.join(run_dir, f"eval_{split}"), by_task,

@@ -10,8 +10,10 @@
 * ``group_logloss``: HDA Def. 3.1 — GP(U) = mean over the users of U of each user's mean
   logloss; GP-LT for long-tail users, GP-Head for head users, GAP = |GP-LT - GP-Head|
   (HDA §3.2 "decrease the performance gap |GP(U_L) - GP(U_H)|").
-* Slices: user-activity groups G1..G5 by training-sample counts (G5 = the HDA head users:
-  the top 20 %), and Rec4Ad impression-ratio groups of ads (Eq. 2, sorted descending and
+  Head users are not computed here: they come from the data's user-group column, written
+  by preprocess with :func:`pipeline.user_groups.head_users`.
+* Slices: user-activity groups G1..G5 by training-sample counts (ranked like the head users
+  by :func:`pipeline.user_groups.rank_by_activity`, so G5 = the head users at fraction 0.2), and Rec4Ad impression-ratio groups of ads (Eq. 2, sorted descending and
   split into equal-sized groups, §2.2.1 / §4.2.2).
 
 User ids are compared as strings (:func:`user_keys`): integer ids as their decimal
@@ -24,7 +26,9 @@ import dataclasses
 from typing import Any, Dict, Optional
 
 import numpy as np
+import pandas as pd
 
+from pipeline.user_groups import rank_by_activity
 
 RELIABILITY_STRATEGIES = ("quantile", "uniform")
 
@@ -34,7 +38,6 @@ class EvalConfig:
     """Evaluation knobs, with the papers' defaults (nest it in a job config as ``eval``)."""
 
     ece_bins: int = 100          # Rec4Ad §4.1: K = 100 buckets
-    head_fraction: float = 0.2   # HDA §3.2: the top 20 % most active users are head users
     activity_groups: int = 5     # user-activity quintiles G1..G5
     ir_groups: int = 4           # Rec4Ad §4.2.2: quartiles, IR1 = G_top, IR4 = G_bottom
     reliability_bins: int = 10   # bins of the report's reliability diagram
@@ -45,8 +48,6 @@ class EvalConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"EvalConfig.{name} must be a positive integer, got {value!r}")
-        if not 0.0 < float(self.head_fraction) < 1.0:
-            raise ValueError(f"EvalConfig.head_fraction must be in (0, 1), got {self.head_fraction!r}")
         if self.reliability_strategy not in RELIABILITY_STRATEGIES:
             raise ValueError(f"EvalConfig.reliability_strategy must be one of {RELIABILITY_STRATEGIES}, "
                              f"got {self.reliability_strategy!r}")
@@ -318,22 +319,9 @@ def _rank_desc(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def _users_by_activity(user_ids_train) -> np.ndarray:
-    users, counts = np.unique(user_ids_train, return_counts=True)
-    if len(users) == 0:
+    if len(user_ids_train) == 0:
         raise ValueError("user_ids_train is empty: activity needs the training split's user ids")
-    return _rank_desc(users, counts.astype(np.float64))
-
-
-def head_users_from_counts(user_ids_train, fraction=0.2) -> np.ndarray:
-    """The ceil(fraction * #users) users with most training samples (HDA §3.2), most active first.
-
-    With fraction 0.2 these are exactly the users of activity group G5.
-    """
-    if not 0.0 < float(fraction) < 1.0:
-        raise ValueError(f"head_users_from_counts: fraction must be in (0, 1), got {fraction!r}")
-    ranked = _users_by_activity(*user_keys("user_ids_train", user_ids_train))
-    num_head = int(np.ceil(round(float(fraction) * len(ranked), 9)))
-    return ranked[:num_head]
+    return rank_by_activity(pd.Series(user_ids_train).value_counts(sort=False))
 
 
 def activity_quintiles(user_ids_eval, user_ids_train, num_groups=5) -> np.ndarray:
@@ -414,12 +402,16 @@ def _slice_metrics(y: np.ndarray, p: np.ndarray, users: Optional[np.ndarray], ec
 
 def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None, train_item_ids=None,
                          train_candidate_item_ids=None, logged_impression_ratio=None,
-                         config: Optional[EvalConfig] = None) -> dict:
+                         config: Optional[EvalConfig] = None, user_groups=None,
+                         head_fraction: Optional[float] = None) -> dict:
     """All metrics of one task, overall and per slice.
 
     Returns ``{"overall": {...}, "slices": {"activity": {"G1": {...}, ...},
     "impression_ratio": {"IR1": {...}, ...}}, "config": {...}}``. ``overall`` also holds
-    GP-LT, GP-Head and GAP (head = top ``head_fraction`` users of the training split).
+    GP-LT, GP-Head and GAP, from ``user_groups`` (per row: 1 = head user, 0 = long-tail, the
+    data's group column); without it they are None: head users are never recomputed here.
+    "config" records whether they were given ("user_groups") and ``head_fraction``, the
+    fraction preprocess built them with (for the report's text; None when not recorded).
     Data without users (``user_ids`` and ``train_user_ids`` None, e.g. Criteo) gets gauc,
     GP-* = None and no activity slice; the impression-ratio slice needs ``item_ids`` and
     ``train_item_ids`` (and takes the IR from ``train_candidate_item_ids`` or
@@ -450,10 +442,7 @@ def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None
             [f"IR{k + 1}" for k in range(cfg.ir_groups)])
 
     overall = _slice_metrics(y, p, users, cfg.ece_bins)
-    if users is None:
-        overall.update({"GP-LT": None, "GP-Head": None, "GAP": None})
-    else:
-        overall.update(group_logloss(y, p, users, head_users_from_counts(train_user_ids, cfg.head_fraction)))
+    overall.update(_head_tail(y, p, users, user_groups))
     slices = {}
     for name, (labels, order) in slice_labels.items():
         slices[name] = {}
@@ -461,4 +450,18 @@ def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None
             mask = labels == label
             slices[name][label] = _slice_metrics(y[mask], p[mask], None if users is None else users[mask],
                                                  cfg.ece_bins)
-    return {"overall": overall, "slices": slices, "config": dataclasses.asdict(cfg)}
+    return {"overall": overall, "slices": slices,
+            "config": {**dataclasses.asdict(cfg), "user_groups": users is not None and user_groups is not None,
+                       "head_fraction": head_fraction}}
+
+
+def _head_tail(y: np.ndarray, p: np.ndarray, users: Optional[np.ndarray], user_groups) -> Dict[str, Any]:
+    """GP-LT / GP-Head / GAP from the per-row group column; all None without users or groups."""
+    if users is None or user_groups is None:
+        return {"GP-LT": None, "GP-Head": None, "GAP": None}
+    groups = _as_1d("evaluate_predictions: user_groups", user_groups)
+    _check_same_length("evaluate_predictions", y_true=y, user_groups=groups)
+    if not np.isin(groups, (0, 1)).all():
+        raise ValueError(f"evaluate_predictions: user_groups must be 1 (head) or 0 (long-tail), "
+                         f"got {sorted(set(np.unique(groups).tolist()) - {0, 1})[:5]}")
+    return group_logloss(y, p, users, users[groups == 1])

@@ -59,6 +59,7 @@ from pipeline.raw_io import (ListColumn, list_files, plan_units, read_unit, rela
                              worker_input_error)
 from pipeline.validation import (SOURCE, SPLIT_BY_TIME, USER_GROUP, USER_KEY, ValidatedChunk,
                                  Validator, quarantine_line, uniform_hash)
+from pipeline.user_groups import head_users
 
 SAMPLE_SIZE = 100_000  # rows kept by the bottom-k sample behind quantiles and time cut points
 UNASSIGNED_SPLIT = "unassigned"  # accounting / quarantine name of rows without a known split
@@ -407,22 +408,6 @@ def chunk_train_stats(chunk: ValidatedChunk, train_mask: np.ndarray, needs: Dict
     if USER_KEY in chunk.columns:
         st.users = [pd.Series(chunk.columns[USER_KEY][idx]).value_counts(sort=False)]
     return st
-
-
-def head_users(users: pd.Series, fraction: float) -> np.ndarray:
-    """Sorted keys of the ceil(fraction * #users) users with the most train rows.
-
-    HDA Sec. 3.1: "the top 20% active users with the most samples as head users, and the
-    left 80% users as long-tail users" (fraction = head_user_fraction); ties at the cut are
-    broken by the smaller user key, so the group does not depend on the runner.
-    """
-    if not len(users):
-        return np.zeros(0, np.int64)
-    keys = users.index.to_numpy(np.int64)
-    counts = users.to_numpy(np.int64)
-    order = np.lexsort((keys, -counts))
-    k = int(np.ceil(fraction * len(keys) - 1e-9))
-    return np.sort(keys[order[:k]])
 
 
 # =============================================================================================

@@ -235,6 +235,15 @@ def _pair(task: str, preds) -> tuple:
                      f"or {{'y_true': ..., 'y_prob': ...}}, got {type(preds).__name__}")
 
 
+def _head_text(cfg: dict) -> str:
+    """Who the head users are, as the metrics recorded it (or why GP-* are left out)."""
+    if not cfg.get("user_groups"):
+        return "left out: the data has no user-group column, written by preprocess when `user_column` is set"
+    fraction = cfg.get("head_fraction")
+    share = "its fraction not recorded" if fraction is None else f"top {100 * fraction:g} % users"
+    return f"head / long-tail = the data's user-group column ({share} by training samples)"
+
+
 def write_eval_report(out_dir, metrics_by_task: dict, predictions_by_task: dict, title: str) -> None:
     """Write metrics.json, report.md, reliability_<task>.png and quintile_logloss_<task>.png.
 
@@ -259,8 +268,7 @@ def write_eval_report(out_dir, metrics_by_task: dict, predictions_by_task: dict,
     md = [f"# {title}\n", "## Overall\n",
           "AUC exact; gAUC = impression-weighted mean of per-user AUC over users with both classes "
           f"(DIN); ECE = Rec4Ad Eq. 16 ({cfg['ece_bins']} buckets); GP-LT / GP-Head = mean "
-          "over the users of a group of each user's mean logloss (HDA Def. 3.1; head = top "
-          f"{100 * cfg['head_fraction']:g} % users by training samples); "
+          f"over the users of a group of each user's mean logloss (HDA Def. 3.1; {_head_text(cfg)}); "
           "GAP = |GP-LT − GP-Head|.\n",
           metrics_table(overall, [c for c in OVERALL_COLUMNS if any(c in o for o in overall.values())], {})]
     for task, m in metrics_by_task.items():

@@ -2,10 +2,17 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from pipeline import metrics as M
+from pipeline.user_groups import head_users
+
+
+def _head(train_user_ids, fraction=0.2):
+    """Head users of training ids through the one definition (pipeline/user_groups.py)."""
+    return head_users(pd.Series(train_user_ids).value_counts(), fraction)
 
 
 def _data(n=2000, seed=0, users=60, round_to=1):
@@ -121,7 +128,7 @@ def test_reliability_curve_matches_sklearn(strategy):
 def test_group_logloss_hda_def31_hand_example():
     # training activity: a 5 rows, b 3, c 1, d 1 -> head (top 20 % of 4 users = 1 user) is a
     train_users = ["a"] * 5 + ["b"] * 3 + ["c", "d"]
-    head = M.head_users_from_counts(train_users, 0.2)
+    head = _head(train_users)
     assert head.tolist() == ["a"]
     users = ["a", "a", "b", "c", "c", "c", "d"]
     y = [1, 0, 1, 0, 0, 1, 0]
@@ -155,7 +162,7 @@ def test_activity_quintiles_by_hand():
 def test_head_users_are_exactly_g5(num_users):
     rng = np.random.default_rng(num_users)
     train = np.repeat(np.arange(num_users), rng.integers(1, 6, num_users))
-    head = M.head_users_from_counts(train, 0.2)
+    head = _head(train)
     g5 = np.arange(num_users)[M.activity_quintiles(np.arange(num_users), train) == "G5"]
     assert sorted(head.tolist()) == sorted(g5.tolist())
     assert len(head) == math.ceil(num_users / 5)
@@ -195,15 +202,23 @@ def test_evaluate_predictions_overall_and_slices():
     p = rng.uniform(0.02, 0.6, n)
     y = (rng.random(n) < p).astype(int)
     y[users == 7] = 0
-    out = M.evaluate_predictions(y, p, users, train_users, items, train_items)
+    head = _head(train_users)
+    out = M.evaluate_predictions(y, p, users, train_users, items, train_items,
+                                 user_groups=np.isin(users, head).astype(np.int64), head_fraction=0.2)
     o = out["overall"]
     assert o["auc"] == pytest.approx(roc_auc_score(y, p))
     assert o["gauc"] == pytest.approx(_gauc_loop(y, p, users))
     assert o["logloss"] == pytest.approx(log_loss(y, p))
     assert o["ece"] == M.ece(y, p, 100)
     assert o["count"] == n and o["ctr"] == pytest.approx(y.mean()) and o["mean_pred"] == pytest.approx(p.mean())
-    head = M.head_users_from_counts(train_users, 0.2)
     assert {k: o[k] for k in ("GP-LT", "GP-Head", "GAP")} == M.group_logloss(y, p, users, head)
+    assert out["config"]["head_fraction"] == 0.2 and out["config"]["user_groups"]
+    # without the data's group column GP-* are left out, never recomputed from the training ids
+    bare = M.evaluate_predictions(y, p, users, train_users)
+    assert (bare["overall"]["GP-LT"], bare["overall"]["GP-Head"], bare["overall"]["GAP"]) == (None, None, None)
+    assert bare["config"]["user_groups"] is False
+    with pytest.raises(ValueError, match="user_groups must be 1"):
+        M.evaluate_predictions(y, p, users, train_users, user_groups=np.full(n, 2))
     act = out["slices"]["activity"]
     assert list(act) == ["G1", "G2", "G3", "G4", "G5"]
     assert sum(g["count"] for g in act.values()) == n
@@ -231,8 +246,8 @@ def test_evaluate_predictions_one_class_and_empty_slices():
 def test_eval_config_validates():
     with pytest.raises(ValueError, match="EvalConfig.ece_bins"):
         M.EvalConfig(ece_bins=0)
-    with pytest.raises(ValueError, match="EvalConfig.head_fraction"):
-        M.EvalConfig(head_fraction=1.5)
+    with pytest.raises(ValueError, match="head_user_fraction must be within"):
+        _head(["a"], 1.5)
     cfg = M.EvalConfig(ece_bins=2, activity_groups=2)
     out = M.evaluate_predictions([1, 0, 0, 1], [0.105, 0.107, 0.5, 0.9], ["a", "a", "b", "b"],
                                  ["a", "a", "b"], config=cfg)

@@ -12,6 +12,7 @@ import os
 import sys
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +23,7 @@ from pipeline.data import read_columns
 from pipeline.preprocess import run_preprocess
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.raw_io import RawInputError, read_unit, ReadUnit
+from pipeline.user_groups import head_users
 
 _spec = importlib.util.spec_from_file_location("reliability_conftest", os.path.join(os.path.dirname(__file__),
                                                                                    "conftest.py"))
@@ -300,7 +302,7 @@ def test_user_ids_that_differ_as_strings_are_two_users_in_gauc(tmp_path):
     # mixed ints and strings compare as strings: 111 is "111", not "0111"
     mixed = np.array(["0111", "0111", 111, 111, "+111", "+111", "111", "0111"], dtype=object)
     assert M.gauc(y, s, mixed) == pytest.approx(hand)
-    head = M.head_users_from_counts(mixed, 0.2)
+    head = head_users(pd.Series(M.user_keys("mixed", mixed)[0]).value_counts(), 0.2)
     assert head.tolist() == ["0111"]  # 3 rows each for "0111" and "111": the tie goes to the smaller string
     out = M.group_logloss(y, s, mixed, head)
     assert out["GP-Head"] == pytest.approx(M.logloss(y[[0, 1, 7]], s[[0, 1, 7]]))
