@@ -22,7 +22,12 @@ FRAMEWORKS: Dict[str, Callable[..., tf.keras.Model]] = {"none": CTRModel}
 
 
 def register_framework(name: str):
+    """Class decorator: register a method framework's model class under ``name``; a name
+    taken by another class fails (two frameworks would silently replace one another)."""
+
     def deco(cls):
+        if name in FRAMEWORKS:
+            raise ValueError(f"framework '{name}' is registered twice ({FRAMEWORKS[name].__name__}, {cls.__name__})")
         FRAMEWORKS[name] = cls
         return cls
 

@@ -26,6 +26,7 @@ from pipeline import report, runs
 from pipeline.data import make_dataset, read_columns
 from pipeline.predict import predict_labels
 from pipeline.user_groups import group_of
+from serving import run_artifacts
 
 
 def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: Optional[str] = None,
@@ -36,7 +37,7 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     (see :func:`logged_impression_ratio`) for the impression-ratio slices.
     """
     cfg = runs.load_config(run_dir)
-    model, _, tasks = runs.load_model(run_dir)
+    model, _, tasks = run_artifacts.load_model(run_dir)
     schema = Schema.load(cfg.data_dir)
     splits = list(splits or cfg.eval_splits)
     user_col = schema.user_column

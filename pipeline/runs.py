@@ -1,18 +1,8 @@
-"""One directory per training run (docs/architecture.md, Data flow).
+"""Writing a training run's directory: claim it, record the config and run info, save the
+model, back up each epoch for an exact resume, mark it done.
 
-    <runs_dir>/<run_name>/
-        config.yaml      the resolved training config
-        run.json         schema fingerprint, git commit, versions, start time
-        model.json       what rebuilds the model: schema subset, tasks, model config
-        weights/         the final (best) weights, TF checkpoint format
-        checkpoints/     best-so-far weights during training
-        backup/          the latest epoch's model, optimizer, history and callback state:
-                         a killed run resumes from here exactly (write_backup)
-        tensorboard/     TensorBoard logs
-        history.csv      per-epoch training log (every epoch once, also after a resume)
-        done.json        written last: the run completed
-        workers/<task>/  logs of the non-chief workers of a multi-worker run
-        metrics.json, report.md, *.png   from ``ctrflow evaluate``
+The directory's layout, and reading a completed run's model and data directory (also what
+``ctrflow export`` needs), are in ``serving/run_artifacts.py``.
 """
 from __future__ import annotations
 
@@ -30,8 +20,10 @@ import yaml
 
 from features import outputs
 from features.schema import Schema
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, from_dict
 from pipeline.strategy import is_chief, task_name
+from pipeline.train_config import TrainConfig
+from serving.run_artifacts import CONFIG, DONE, MODEL_SPEC, RUN_INFO, WEIGHTS
 
 BACKUP = "backup"  # the folder a killed run resumes from (write_backup)
 
@@ -60,12 +52,12 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     _claim_run_dir(run_dir, cfg.data_dir, overwrite, chief=is_chief())
     if not is_chief():  # other workers of a multi-worker run keep their logs apart from the chief's
         run_dir = os.path.join(run_dir, "workers", task_name())
-    if os.path.exists(os.path.join(run_dir, "done.json")):
+    if os.path.exists(os.path.join(run_dir, DONE)):
         if not overwrite:
             raise ConfigError(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")
         outputs.set_aside(run_dir)
         outputs.open_output(run_dir, "train", [cfg.data_dir])
-    resuming = os.path.isdir(os.path.join(run_dir, "backup"))
+    resuming = os.path.isdir(os.path.join(run_dir, BACKUP))
     config_dict = dataclasses.asdict(cfg)
     if resuming and _recorded_config(run_dir) != config_dict:
         if not overwrite:
@@ -75,12 +67,12 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
         outputs.open_output(run_dir, "train", [cfg.data_dir])
         resuming = False
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+    with open(os.path.join(run_dir, CONFIG), "w") as fh:
         yaml.safe_dump(config_dict, fh, sort_keys=False)
     info = {"schema_fingerprint": schema.fingerprint(), "git_commit": git_commit(),
             "tensorflow": tf.__version__, "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "resumed": resuming, "data_dir": os.path.abspath(cfg.data_dir)}
-    with open(os.path.join(run_dir, "run.json"), "w") as fh:
+    with open(os.path.join(run_dir, RUN_INFO), "w") as fh:
         json.dump(info, fh, indent=2)
     return run_dir
 
@@ -88,7 +80,7 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
 def _recorded_config(run_dir: str):
     """The config an unfinished run in ``run_dir`` was started with (None when unreadable)."""
     try:
-        with open(os.path.join(run_dir, "config.yaml")) as fh:
+        with open(os.path.join(run_dir, CONFIG)) as fh:
             return yaml.safe_load(fh)
     except (OSError, yaml.YAMLError):
         return None
@@ -108,13 +100,13 @@ def _claim_run_dir(run_dir: str, data_dir: str, overwrite: bool, chief: bool) ->
 
 
 def save_model(model: tf.keras.Model, run_dir: str, schema_dict: dict, tasks: List[str], cfg) -> None:
-    with open(os.path.join(run_dir, "model.json"), "w") as fh:
+    with open(os.path.join(run_dir, MODEL_SPEC), "w") as fh:
         json.dump({"schema": schema_dict, "tasks": tasks, "model": dataclasses.asdict(cfg.model)}, fh, indent=2)
-    model.save_weights(os.path.join(run_dir, "weights", "model"))
+    model.save_weights(os.path.join(run_dir, WEIGHTS))
 
 
 def mark_done(run_dir: str, summary: Dict[str, Any]) -> None:
-    with open(os.path.join(run_dir, "done.json"), "w") as fh:
+    with open(os.path.join(run_dir, DONE), "w") as fh:
         json.dump(summary, fh, indent=2)
     drop_backup(run_dir)
     outputs.drop_set_aside(run_dir)  # the completed run that --overwrite replaced
@@ -169,22 +161,8 @@ def _remove_stale_backups(backup: str, keep: str) -> None:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
-def load_config(run_dir: str):
-    from pipeline.config import from_dict
-    from pipeline.train import TrainConfig
-
-    with open(os.path.join(run_dir, "config.yaml")) as fh:
-        return from_dict(TrainConfig, yaml.safe_load(fh), where=os.path.join(run_dir, "config.yaml"))
-
-
-def load_model(run_dir: str):
-    """Rebuild the trained model of a completed run; returns (model, schema_dict, tasks)."""
-    from models.factory import build_model
-
-    if not os.path.exists(os.path.join(run_dir, "done.json")):
-        raise ConfigError(f"'{run_dir}' is not a completed run (no done.json): train it first")
-    with open(os.path.join(run_dir, "model.json")) as fh:
-        spec = json.load(fh)
-    model = build_model(spec["schema"], spec["tasks"], **spec["model"])
-    model.load_weights(os.path.join(run_dir, "weights", "model")).expect_partial()
-    return model, spec["schema"], spec["tasks"]
+def load_config(run_dir: str) -> TrainConfig:
+    """The run's resolved training config (``config.yaml``), checked as when it was loaded."""
+    path = os.path.join(run_dir, CONFIG)
+    with open(path) as fh:
+        return from_dict(TrainConfig, yaml.safe_load(fh), where=path)

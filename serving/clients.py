@@ -47,6 +47,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from features.encoders import INT_MISSING
+from serving.layout import read_export_metadata
 from serving.signatures import RAW_SIGNATURE, RawInput, raw_inputs, signature_keys
 
 _NP_DTYPES = {"string": object, "int64": np.int64, "float32": np.float32}
@@ -173,8 +174,6 @@ class RequestBuilder:
     @classmethod
     def from_export(cls, export_dir: str, **kw) -> "RequestBuilder":
         """From the request contract an export writes to ``assets.extra/ctrflow_serving.json``."""
-        from serving.export import read_export_metadata  # export builds on this module
-
         meta = read_export_metadata(export_dir)
         return cls([RawInput.from_dict(d) for d in meta["raw_inputs"]], **kw)
 

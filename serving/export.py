@@ -9,8 +9,8 @@
           tf_serving_warmup_requests PredictionLog records TF Serving replays at load time
           ctrflow_serving.json       the request contract: raw inputs, tasks, example row, provenance
 
-The export reads the run's model (``pipeline.runs.load_model``) and its data
-directory (vocabularies), builds :class:`serving.signatures.ServingModule` and saves
+The export reads the run's model and its data directory (vocabularies) through
+``serving/run_artifacts.py``, builds :class:`serving.signatures.ServingModule` and saves
 it; the SavedModel then needs neither the run nor the data directory.
 """
 from __future__ import annotations
@@ -27,10 +27,12 @@ from typing import Any, Dict, Optional, Sequence
 import tensorflow as tf
 
 from features import outputs
-from features.schema import Schema, SchemaError
+from features.schema import Schema
 from models.layers import plain
 from serving import layout
 from serving.clients import LocalModelServer, RequestBuilder, parse_rest_response
+from serving.layout import read_export_metadata
+from serving.run_artifacts import load_model, run_data_dir
 from serving.signatures import ENCODED_SIGNATURE, RAW_SIGNATURE, ServingModule, raw_inputs
 from serving.warmup import example_rows, warmup_requests, write_warmup_requests
 
@@ -66,37 +68,6 @@ def export_model(model: tf.keras.Model, schema_dict: dict, tasks: Sequence[str],
             "signatures": signatures, "warmup_requests": warm}
 
 
-def read_export_metadata(export_dir: str) -> Dict[str, Any]:
-    path = os.path.join(export_dir, METADATA_FILE)
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"'{export_dir}' is not a ctrflow export (no {METADATA_FILE})") from None
-
-
-def run_data_dir(run_dir: str) -> str:
-    """The run's data directory (schema.json + vocabularies), checked against the schema
-    fingerprint recorded at training time so an export never pairs a model with
-    vocabularies it was not trained on."""
-    info = {}
-    run_json = os.path.join(run_dir, "run.json")
-    if os.path.exists(run_json):
-        with open(run_json) as fh:
-            info = json.load(fh)
-    data_dir = info.get("data_dir")
-    if not data_dir or not os.path.exists(os.path.join(data_dir, "schema.json")):
-        from pipeline.runs import load_config  # the run's config.yaml, for runs without run.json
-
-        data_dir = load_config(run_dir).data_dir
-    schema = Schema.load(data_dir)
-    want = info.get("schema_fingerprint")
-    if want and schema.fingerprint() != want:
-        raise SchemaError(f"the schema in '{data_dir}' (fingerprint {schema.fingerprint()}) is not the one run "
-                          f"'{run_dir}' was trained on ({want}): its vocabularies would not match the model")
-    return data_dir
-
-
 def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str] = None,
                warmup_batch_sizes: Sequence[int] = (1, 64), overwrite: bool = False) -> Dict[str, Any]:
     """Export a completed run as the next version of ``BASE/<model_name>`` (default: the run
@@ -106,8 +77,6 @@ def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str]
     ``BASE/<model_name>`` must be export's own folder (``features.outputs`` marker) or new;
     someone else's is refused unless ``overwrite`` (it is then adopted: nothing in it is
     deleted but versions export wrote)."""
-    from pipeline.runs import load_model  # the run directory layout is pipeline's
-
     run_dir = os.path.abspath(run_dir)
     model, schema_dict, tasks = load_model(run_dir)
     data_dir = run_data_dir(run_dir)

@@ -14,10 +14,11 @@ and keeps everything else in it (other models, version policies, labels a user s
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -35,6 +36,17 @@ def check_model_name(name: str) -> str:
     if not _NAME.fullmatch(name or ""):
         raise ValueError(f"model name {name!r} may hold only letters, digits, '_', '.', '-'")
     return name
+
+
+def read_export_metadata(export_dir: str) -> Dict[str, Any]:
+    """An exported version's request contract (:data:`METADATA_FILE`: raw inputs, tasks,
+    example row, provenance), which export writes and request clients read."""
+    path = os.path.join(export_dir, METADATA_FILE)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"'{export_dir}' is not a ctrflow export (no {METADATA_FILE})") from None
 
 
 def list_versions(model_base: str) -> List[int]:

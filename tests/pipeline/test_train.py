@@ -78,9 +78,9 @@ def test_bf16_run_trains_serves_like_keras_and_restores_the_policy(sim_data, tmp
     import tensorflow as tf
 
     from pipeline.data import make_dataset
-    from pipeline.runs import load_model
     from serving.clients import LocalModelServer
     from serving.export import export_run
+    from serving.run_artifacts import load_model
     from serving.signatures import ENCODED_SIGNATURE
 
     summary = train(train_config(sim_data, tmp_path, precision="mixed_bfloat16"))  # the float32 test's config

@@ -1,0 +1,133 @@
+"""The training config: ``TrainConfig`` and its parts, with their checks.
+
+Loaded from YAML by :func:`pipeline.config.load_config`; the free-form option dicts are
+checked against the models' and Keras' option tables when the config is built, so a bad
+option fails before any work. Its own module so that the run directory code
+(``pipeline/runs.py``) and the training driver (``pipeline/train.py``) both read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Dict, List, Optional
+
+import tensorflow as tf
+
+from models.factory import check_model_options
+from models.losses import check_loss_options
+from models.options import check_options
+from pipeline.config import ConfigError, option
+from pipeline.difficulty import ANALYSES
+from pipeline.strategy import StrategyConfig
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = "dcnv2"  # a name from models.backbones.BACKBONES
+    backbone_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    embedding_dim: int = option(16, min=1)
+    embedding_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    framework: str = "none"  # a name from models.factory.FRAMEWORKS
+    framework_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = "adam"  # any tf.keras.optimizers name
+    learning_rate: float = option(1e-3, gt=0)
+    clipnorm: Optional[float] = option(None, gt=0)
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the optimizer's own arguments
+
+
+# options of a Keras optimizer that are not ``optimizer.options`` (own keys, or the trainer's)
+_OPTIMIZER_OWN = ("self", "name", "learning_rate", "clipnorm", "jit_compile")
+OPTIMIZER_RANGES = {"weight_decay": "[0, inf)", "clipvalue": "(0, inf)", "global_clipnorm": "(0, inf)",
+                    "ema_overwrite_frequency": "[1, inf)", "epsilon": "[0, inf)"}
+OPTIMIZER_TYPES = {"weight_decay": float, "clipvalue": float, "global_clipnorm": float,
+                   "ema_overwrite_frequency": int}  # options whose default is None
+
+
+def check_optimizer(cfg: OptimizerConfig, prefix: str = "optimizer.") -> Dict[str, Any]:
+    """The optimizer's name and ``options`` checked against its constructor (names, types of the
+    defaults, :data:`OPTIMIZER_RANGES`); returns the checked options."""
+    # looked up by class name, not built: building one would start TensorFlow's runtime before
+    # the strategy is made (MultiWorkerMirroredStrategy must configure collectives first)
+    classes = {n.lower(): c for n, c in vars(tf.keras.optimizers).items()
+               if isinstance(c, type) and issubclass(c, tf.keras.optimizers.Optimizer)
+               and c is not tf.keras.optimizers.Optimizer}
+    cls = classes.get(cfg.name.lower())
+    if cls is None:
+        raise ConfigError(f"{prefix}name = {cfg.name!r}: unknown optimizer; known: {sorted(classes)}")
+    params = inspect.signature(cls.__init__).parameters.values()
+    defaults = {p.name: p.default for p in params
+                if p.name not in _OPTIMIZER_OWN and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return check_options(cfg.options, defaults, f"{prefix}options.", f"optimizer '{cfg.name}'",
+                         OPTIMIZER_RANGES, types=OPTIMIZER_TYPES)
+
+
+MONITOR_MODES = {"auc": "max", "logloss": "min", "loss": "min"}  # metric suffix -> the improving direction
+
+
+@dataclasses.dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val_auc"  # exact AUC of the first task on the valid split; see logged_metrics()
+    mode: str = option("max", choices=("min", "max"))
+    patience: int = option(2, min=0)
+    restore_best_weights: bool = True
+
+    def __post_init__(self):
+        suffix = self.monitor.rsplit("_", 1)[-1]
+        if suffix in MONITOR_MODES and self.mode != MONITOR_MODES[suffix]:
+            raise ConfigError(f"mode '{self.mode}' with monitor '{self.monitor}': {suffix} improves as it "
+                              f"{'rises' if MONITOR_MODES[suffix] == 'max' else 'falls'}, "
+                              f"use mode '{MONITOR_MODES[suffix]}'")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str
+    runs_dir: str = "runs"
+    run_name: Optional[str] = None
+    tasks: Optional[List[str]] = None  # default: every label of the schema
+    features: Optional[List[str]] = None  # default: every feature of the schema
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    loss: str = "bce"  # a name from models.losses.LOSSES
+    loss_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int = option(4096, min=1)
+    eval_batch_size: int = option(16384, min=1)
+    epochs: int = option(10, min=1)
+    steps_per_epoch: Optional[int] = option(None, min=1)
+    seed: int = option(2024, min=0)
+    deterministic: bool = True
+    shuffle_buffer: int = option(200_000, min=1)
+    cache: bool = True
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
+    # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, CPUs with AVX512-BF16/AMX)
+    precision: str = option("float32", choices=PRECISIONS)
+    jit_compile: bool = False
+    steps_per_execution: int = option(1, min=1)  # training steps per tf.function call (less Python overhead)
+    train_split: str = "train"
+    valid_split: str = "valid"
+    eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
+    analysis: List[str] = option(factory=list, choices=ANALYSES)  # e.g. [difficulty] (on by default for tf4ctr)
+    # [first, last] steps traced by the TF profiler into tensorboard/
+    profile_batches: Optional[List[int]] = option(None, min=1, length=2)
+    verbose: int = option(1, choices=(0, 1, 2))
+
+    def __post_init__(self):
+        """Checks against the models' and Keras' option tables (free-form dicts), naming the key."""
+        for key, value in check_model_options(**dataclasses.asdict(self.model)).items():
+            setattr(self.model, key, value)
+        self.optimizer.options = check_optimizer(self.optimizer)
+        self.loss_options = check_loss_options(self.loss, self.loss_options)
+        for name in ("tasks", "features", "eval_splits"):
+            names = getattr(self, name) or []
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{name} = {names}: expected distinct names")
+        pb = self.profile_batches
+        if pb is not None and not (len(pb) == 2 and 1 <= int(pb[0]) <= int(pb[1])):
+            raise ConfigError(f"profile_batches must be [first, last] steps with 1 <= first <= last, got {pb}")
