@@ -13,8 +13,9 @@
   Head users are not computed here: they come from the data's user-group column, written
   by preprocess with :func:`pipeline.user_groups.head_users`.
 * Slices: user-activity groups G1..G5 by training-sample counts (ranked like the head users
-  by :func:`pipeline.user_groups.rank_by_activity`, so G5 = the head users at fraction 0.2), and Rec4Ad impression-ratio groups of ads (Eq. 2, sorted descending and
-  split into equal-sized groups, §2.2.1 / §4.2.2).
+  by :func:`pipeline.user_groups.rank_by_activity`, so G5 = the head users at fraction 0.2),
+  and Rec4Ad impression-ratio groups of ads (Eq. 2, sorted descending and split into
+  equal-sized groups, §2.2.1 / §4.2.2).
 
 User ids are compared as strings (:func:`user_keys`): integer ids as their decimal
 string, so "0111" and "111" are two users while 111 and "111" are one; float ids are
