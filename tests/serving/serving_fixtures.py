@@ -152,7 +152,7 @@ def keras_predict(model, encoded: dict, tasks=TASKS) -> dict:
 
 
 def make_run_dir(root: str, model, schema_dict: dict, tasks, data_dir: str, backbone: str) -> str:
-    """A completed run directory in ``pipeline.runs``' layout."""
+    """A completed run directory in the layout of ``serving/run_artifacts.py``."""
     run_dir = os.path.join(root, "runs", f"{backbone}-run")
     os.makedirs(run_dir, exist_ok=True)
     spec = {"schema": schema_dict, "tasks": list(tasks),
