@@ -49,7 +49,7 @@ def test_export_run_versions_keep_and_models_config(run_dir, fitted, rows, tmp_p
     (c,) = cfg.model_config_list.config
     assert (c.name, c.base_path, c.model_platform) == ("dcnv2-run", "/models/dcnv2-run", "tensorflow")
     assert c.model_version_policy.latest.num_versions == 1
-    # the exported weights are the run's (restored through pipeline.runs.load_model)
+    # the exported weights are the run's (restored through serving.run_artifacts.load_model)
     got = LocalModelServer(infos[-1]["export_dir"]).predict(
         RequestBuilder.from_export(infos[-1]["export_dir"]).tensors(rows))
     np.testing.assert_allclose(got["click"], expected["click"], rtol=0, atol=TOL)
