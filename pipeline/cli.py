@@ -2,7 +2,7 @@
 
     ctrflow simulate   --config configs/simulate_default.yaml [--set key=value ...] [--overwrite]
     ctrflow load       NAME --src DIR --out DIR [--overwrite]
-    ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...] [--overwrite]
+    ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...] [--schema EARLIER_DATA] [--overwrite]
     ctrflow train      --config configs/train_sim_dcnv2.yaml [--set ...] [--overwrite]
     ctrflow evaluate   RUN_DIR [--split test ...] [--ad-stats RAW/ads.parquet]
     ctrflow compare    --config configs/compare_backbones.yaml
@@ -48,8 +48,10 @@ def cmd_preprocess(args):
     from pipeline.preprocess import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
 
-    summary = run_preprocess(load_config(PreprocessConfig, args.config, _overrides(args.set)),
-                             overwrite=args.overwrite)
+    overrides = _overrides(args.set)
+    if args.schema:
+        overrides["schema_from"] = args.schema
+    summary = run_preprocess(load_config(PreprocessConfig, args.config, overrides), overwrite=args.overwrite)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -112,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_overwrite(with_config("simulate", cmd_simulate, "write the ads-world simulator's raw logs"),
                    "replace an existing out_dir that simulate did not write (the old one stays until the new "
                    "one is complete)")
-    with_overwrite(with_config("preprocess", cmd_preprocess, "Beam job: raw files -> encoded TFRecords + schema"),
-                   "replace an existing output folder that preprocess did not write (the old one stays until "
-                   "the new one is complete)")
+    pre = with_overwrite(with_config("preprocess", cmd_preprocess, "Beam job: raw files -> encoded TFRecords + schema"),
+                         "replace an existing output folder that preprocess did not write (the old one stays until "
+                         "the new one is complete)")
+    pre.add_argument("--schema", metavar="DATA_DIR",
+                     help="encode with this earlier output's schema, vocabularies and head users (sets schema_from)")
     with_overwrite(with_config("train", cmd_train, "train a model (Keras fit under a tf.distribute strategy)"),
                    "replace a completed run of the same name, or a run folder train did not create (deleted "
                    "when the new run starts)")

@@ -52,7 +52,7 @@ import pandas as pd
 
 from features import encoders as E
 from features import outputs
-from features.schema import Feature, Schema
+from features.schema import OOV_ID, Feature, Schema
 from pipeline.config import ConfigError
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.raw_io import (ListColumn, list_files, plan_units, read_unit, relative_names,
@@ -65,6 +65,7 @@ SAMPLE_SIZE = 100_000  # rows kept by the bottom-k sample behind quantiles and t
 UNASSIGNED_SPLIT = "unassigned"  # accounting / quarantine name of rows without a known split
 MANIFEST = "_manifest.json"
 PARTS_DIR = "_parts"  # encoded units' gzip members, until the shard writers concatenate them
+HEAD_USERS = "head_users.txt"  # the head users' user_key values, one per line, ascending
 
 
 # =============================================================================================
@@ -461,6 +462,7 @@ class JobPlan:
             self.sources.append((fixed, list(zip(files, relative_names(files)))))
         self.by_time = split.method == "time"
         self.train_index = self.main_splits.index("train")
+        self.frozen = frozen_payload(self) if config.schema_from else None  # the payload, read not built
 
     def tasks(self) -> List[Tuple[int, int, str, str]]:
         """(source index, file index, path, relative name) of every input file."""
@@ -647,6 +649,69 @@ def _feature_summary(st: Dict[str, Any], feature: Feature) -> Dict[str, Any]:
     return out
 
 
+def frozen_payload(plan: JobPlan) -> Dict[str, Any]:
+    """The payload of the earlier output ``schema_from``: its schema, vocabulary files and head
+    users as they are, so new data is encoded exactly as that data was (same ids, boundaries,
+    MNSE digits, moments, head set; same schema fingerprint) and no statistics are computed."""
+    src = plan.config.schema_from
+    schema_path = os.path.join(src, "schema.json")
+    schema = Schema.from_json(_read_text(schema_path, "schema_from"))
+    check_frozen(plan, schema)
+    vocab = {f.encoding["vocab_file"]: _read_text(os.path.join(src, f.encoding["vocab_file"]), "schema_from")
+             for f in schema.features if "vocab_file" in f.encoding}
+    head = np.zeros(0, np.int64)
+    if schema.group_column:
+        head = np.array(_read_text(os.path.join(src, HEAD_USERS), "schema_from").split(), dtype=np.int64)
+    as_built = dict(schema.to_dict(), meta=meta_columns(plan.config))  # schema.json sorts meta; Examples
+    # list it in config order, as in the run that built the schema (check_frozen: the same columns)
+    return {"schema": as_built, "vocab": vocab, "head_users": head, "train_rows": None,
+            "features": {f.name: {"num_ids": f.num_ids, "width": f.width} for f in schema.features},
+            "users": {"train_users": schema.extra.get("train_users"), "head_users": len(head),
+                      "head_user_fraction": schema.extra.get("head_user_fraction"), "from": src}}
+
+
+def _read_text(path: str, option: str) -> str:
+    """A UTF-8 file read through Beam's FileSystems; a missing one is the user's error naming ``option``."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        raise ConfigError(f"{option}: '{path}' does not exist; expected the output folder of an earlier "
+                          f"`ctrflow preprocess` (schema.json, vocab/, {HEAD_USERS})")
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        return fh.read().decode("utf-8")
+
+
+_SPEC_FIELDS = ("kind", "dtype", "role", "required", "default", "source")
+
+
+def check_frozen(plan: JobPlan, schema: Schema) -> None:
+    """The config must describe the data the frozen schema was built for: the same features
+    (names, order, kind / dtype / role / required / default / source, encoding options the
+    schema records), labels, meta columns and split names. Raises ConfigError naming the first
+    difference."""
+    src, cfg = plan.config.schema_from, plan.config
+    where = f"schema_from '{src}'"
+    names = [s.name for s in plan.specs]
+    if names != schema.feature_names:
+        missing = [n for n in schema.feature_names if n not in names]
+        extra = [n for n in names if n not in schema.feature_names]
+        raise ConfigError(f"{where}: the config's features differ from the schema's: missing {missing}, "
+                          f"not in the schema {extra}" + ("" if missing or extra else ", in another order"))
+    for spec, feature in zip(plan.specs, schema.features):
+        old = {k: getattr(feature, k) for k in _SPEC_FIELDS}
+        old.update({f"encoding.{k}": feature.encoding[k] for k in spec.encoding if k in feature.encoding})
+        new = {k: getattr(spec, k) for k in _SPEC_FIELDS}
+        new.update({f"encoding.{k}": v for k, v in spec.encoding.items() if k in feature.encoding})
+        for key in old:
+            if old[key] != new[key]:
+                raise ConfigError(f"{where}: feature '{spec.name}': {key} is {new[key]!r} in the config but "
+                                  f"{old[key]!r} in the schema; a frozen schema encodes the features it was built with")
+    for what, new, old in (("labels", list(cfg.labels), schema.labels), ("meta columns", meta_columns(cfg), schema.meta),
+                           ("split names", plan.splits, schema.extra.get("splits"))):
+        if new != old:
+            raise ConfigError(f"{where}: the config's {what} {new} differ from the schema's {old}")
+
+
 def meta_columns(cfg: PreprocessConfig) -> Dict[str, str]:
     """Meta column name -> stored dtype (string extra meta is stored as int64 hashes)."""
     meta: Dict[str, str] = {}
@@ -760,6 +825,7 @@ class EncodeUnit(beam.DoFn):
                 name = names[int(s)]
                 _acct(acct, name, rows_written=int(sel.sum()))
                 acct[name]["label_sums"] = {lab: float(cols[lab][sel].sum()) for lab in schema.labels}
+                acct[name]["oov"] = oov_counts(cols, sel, schema)
                 group[sel] = s * n_sh + (np.arange(int(sel.sum())) + offset) % n_sh
             order = np.argsort(group, kind="stable")
             group = group[order]
@@ -818,6 +884,18 @@ class EncodeUnit(beam.DoFn):
             if name not in encoders:
                 out[name] = col if idx is None else col[idx]
         return out, (None if idx is None else keep), errors
+
+
+def oov_counts(cols: Dict[str, np.ndarray], sel: np.ndarray, schema: Schema) -> Dict[str, Dict[str, int]]:
+    """Per vocabulary feature: rows (of ``sel``) holding an OOV id, and OOV values (list
+    elements count one each): values the vocabulary lacks (unseen in train, below min_count)."""
+    n = int(sel.sum())
+    out = {}
+    for f in schema.features:
+        if "vocab_file" in f.encoding:
+            oov = cols[f.name][sel].reshape(n, -1) == OOV_ID
+            out[f.name] = {"rows": int(oov.any(axis=1).sum()), "values": int(oov.sum())}
+    return out
 
 
 def _key_number(key: Tuple[int, int, int]) -> int:
@@ -921,6 +999,8 @@ def write_schema(payload, root: str) -> tuple:
     for rel, text in payload["vocab"].items():
         _write_bytes(os.path.join(root, rel), [text.encode("utf-8")])
     schema = Schema.from_dict(payload["schema"])
+    if schema.group_column:  # what a later frozen-schema run (schema_from) labels head users with
+        _write_bytes(os.path.join(root, HEAD_USERS), ["".join(f"{k}\n" for k in np.sort(payload["head_users"])).encode()])
     _write_bytes(os.path.join(root, "schema.json"), [schema.to_json().encode()])
     return ("schema_done", {"fingerprint": schema.fingerprint(), "features": payload["features"],
                             "users": payload["users"], "train_rows": payload["train_rows"]})
@@ -1000,7 +1080,7 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
     from apache_beam.pvalue import AsSingleton
 
     cfg = plan.config
-    single = until == PASS_ENCODE and payload is None and (cuts is None or not plan.by_time)
+    single = until == PASS_ENCODE and (cuts is None or not plan.by_time)  # side inputs, not passes
     units = (p | "Files" >> beam.Create(plan.tasks())
              | "PlanUnits" >> beam.FlatMap(_plan_file, cfg.input.format)
              | "SpreadUnits" >> beam.Reshuffle())
@@ -1100,14 +1180,10 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
                 cuts = _read_pickle(os.path.join(tmp, _CUTS_FILE))
                 cuts = time_cuts((np.zeros(0), np.zeros(0)), config.split.ratios) if cuts is None else cuts
                 _remove(os.path.join(tmp, _CUTS_FILE))
-            _run(config, lambda p: build_pipeline(p, plan, tmp, until=PASS_STATS, cuts=cuts))
-            payload = _read_pickle(os.path.join(tmp, _PAYLOAD_FILE))
-            if payload is None:
-                payload = build_payload(TrainStats(), plan)  # raises: no train rows
-            _remove(os.path.join(tmp, _PAYLOAD_FILE))
+            payload = plan.frozen or _stats_pass(config, plan, tmp, cuts)
             _run(config, lambda p: build_pipeline(p, plan, tmp, cuts=cuts, payload=payload))
         else:
-            _run(config, lambda p: build_pipeline(p, plan, tmp))
+            _run(config, lambda p: build_pipeline(p, plan, tmp, payload=plan.frozen))
         _remove(os.path.join(tmp, PARTS_DIR))  # the shards hold every member now
         seconds = time.time() - t0
         summary = _summarize(plan, tmp, seconds)
@@ -1126,6 +1202,16 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
         f"{summary['rows_quarantined']} quarantined in {summary['seconds']:.1f} s "
         f"({summary['rows_per_second']:.0f} rows/s)")
     return summary
+
+
+def _stats_pass(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts) -> Dict[str, Any]:
+    """The statistics pass of a job in passes: its payload (Features, head users)."""
+    _run(config, lambda p: build_pipeline(p, plan, tmp, until=PASS_STATS, cuts=cuts))
+    payload = _read_pickle(os.path.join(tmp, _PAYLOAD_FILE))
+    if payload is None:
+        payload = build_payload(TrainStats(), plan)  # raises: no train rows
+    _remove(os.path.join(tmp, _PAYLOAD_FILE))
+    return payload
 
 
 def _run(config: PreprocessConfig, build) -> None:
@@ -1189,7 +1275,7 @@ def _summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
                                f"quarantined {a['rows_quarantined']}")
         splits[name] = {
             "rows_in": a["rows_in"], "rows_written": written, "rows_quarantined": a["rows_quarantined"],
-            "quarantine_reasons": a.get("quarantine_reasons", {}),
+            "quarantine_reasons": a.get("quarantine_reasons", {}), "oov": a.get("oov", {}),
             "label_means": {lab: (sums.get(lab, 0.0) / written if written else None) for lab in plan.config.labels},
             "files": [s["file"] for s in shards], "bytes": sum(s["bytes"] for s in shards)}
     total_in = sum(s["rows_in"] for s in splits.values())
@@ -1202,6 +1288,7 @@ def _summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
         "quarantine_files": [q["file"] for q in manifest["quarantine"]],
         "train_rows_for_statistics": schema.get("train_rows"), "users": schema.get("users"),
         "features": schema.get("features"), "schema_fingerprint": schema.get("fingerprint"),
+        "schema_from": plan.config.schema_from,
         "seconds": seconds, "rows_per_second": total_in / seconds if seconds > 0 else 0.0,
         "runner": {"name": plan.config.runner.name, "num_workers": plan.config.runner.num_workers,
                    "running_mode": plan.config.runner.running_mode},

@@ -115,6 +115,9 @@ class PreprocessConfig:
     # zlib level (0-9) of the gzip shards: 1 is 2x faster than 6 for ~15 % more bytes
     compression_level: int = option(1, min=0, max=9)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
+    # an earlier preprocess output: encode with its schema.json, vocabularies and head users as they
+    # are (no statistics pass; unseen values -> OOV, counted in stats.json); `--schema` sets it
+    schema_from: Optional[str] = None
 
     def feature_specs(self) -> List[FeatureSpec]:
         from pipeline.config import from_dict

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import re
@@ -33,6 +34,7 @@ from pipeline.predict import predict_labels
 from pipeline.strategy import auto_shard_policy, is_chief, make_strategy
 # the config lives in pipeline/train_config.py (runs.py reads it too); importable from here as before
 from pipeline.train_config import EarlyStoppingConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: F401
+from serving import run_artifacts
 
 
 class NanLossError(FloatingPointError):
@@ -222,6 +224,47 @@ def model_schema(schema: Schema, features: List[str]) -> dict:
     return d
 
 
+def check_init_from(cfg: TrainConfig, schema: Schema, sdict: dict, tasks: List[str]) -> None:
+    """``init_from`` must be a completed run trained on this schema (same fingerprint) with the
+    same features, tasks and model config, so its weights fit this model one to one; raises
+    ConfigError naming both fingerprints or the first differing option."""
+    run = cfg.init_from
+    spec = run_artifacts.model_spec(run)
+    theirs, ours = run_artifacts.run_info(run).get("schema_fingerprint"), schema.fingerprint()
+    if theirs != ours:
+        raise ConfigError(f"init_from = '{run}': that run was trained on schema fingerprint {theirs}, but data_dir "
+                          f"'{cfg.data_dir}' has {ours}; warm start needs the same schema (encode new data with "
+                          f"`ctrflow preprocess --schema <that run's data dir>`)")
+    ours_spec = json.loads(json.dumps({"features": [f["name"] for f in sdict["features"]], "tasks": tasks,
+                                       "model": dataclasses.asdict(cfg.model)}))
+    theirs_spec = {"features": [f["name"] for f in spec["schema"]["features"]], "tasks": spec["tasks"],
+                   "model": spec["model"]}
+    where = _first_difference(ours_spec, theirs_spec)
+    if where is not None:
+        key, mine, other = where
+        raise ConfigError(f"init_from = '{run}': {key} is {mine!r} in this config but {other!r} in that run; "
+                          f"warm start needs the same model")
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> Optional[tuple]:
+    """(dotted key, a's value, b's value) of the first difference of two JSON values, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def warm_start(model: tf.keras.Model, run_dir: str, batch) -> None:
+    """Copy the final weights of the completed run ``run_dir`` into the built ``model`` (same
+    config: :func:`check_init_from`); the optimizer and its step count start fresh."""
+    init, _, _ = run_artifacts.load_model(run_dir)
+    init(batch, training=False)
+    model.set_weights(init.get_weights())
+
+
 def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False) -> Dict[str, Any]:
     """Train one model; returns a summary with the run directory and best validation metrics.
 
@@ -233,6 +276,9 @@ def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False)
 
 def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any]:
     schema, tasks, feats = resolve(cfg)
+    sdict = model_schema(schema, feats)
+    if cfg.init_from:
+        check_init_from(cfg, schema, sdict, tasks)
     run_dir = runs.prepare_run_dir(cfg, config_name, schema, overwrite=overwrite)
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -242,7 +288,6 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
     steps = _steps_per_epoch(cfg, is_ps)
     valid_ds = make_dataset(cfg.data_dir, cfg.valid_split, cfg.eval_batch_size, shuffle=False,
                             deterministic=True, cache=cfg.cache, labels=tasks)
-    sdict = model_schema(schema, feats)
     with strategy.scope():
         model = build_model(sdict, tasks, **dataclasses.asdict(cfg.model))
         model.compile(optimizer=make_optimizer(cfg.optimizer), loss=make_losses(cfg, tasks),
@@ -250,6 +295,8 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
                       jit_compile=cfg.jit_compile,
                       steps_per_execution=cfg.steps_per_execution)
         model(next(iter(valid_ds))[0], training=False)  # build the weights: a backup restores into them
+    if cfg.init_from:  # a resumed run's backup (read next) replaces these weights
+        warm_start(model, cfg.init_from, next(iter(valid_ds))[0])
     resumed = runs.read_backup(run_dir, model)
     first_epoch = resumed[0]["epoch"] if resumed else 0
 

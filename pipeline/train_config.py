@@ -117,6 +117,11 @@ class TrainConfig:
     # [first, last] steps traced by the TF profiler into tensorboard/
     profile_batches: Optional[List[int]] = option(None, min=1, length=2)
     verbose: int = option(1, choices=(0, 1, 2))
+    # warm start: a completed run dir whose final weights this run starts from (the optimizer starts
+    # fresh). Its schema fingerprint (run.json), features, tasks and model options must be this run's,
+    # else a UserError names both fingerprints / the differing option. New days of data keep the
+    # fingerprint when encoded with `ctrflow preprocess --schema <that run's data dir>`.
+    init_from: Optional[str] = None
 
     def __post_init__(self):
         """Checks against the models' and Keras' option tables (free-form dicts), naming the key."""

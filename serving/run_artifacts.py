@@ -42,12 +42,17 @@ class RunError(UserError):
     """A run directory that is not a completed run, or lacks what is read from it."""
 
 
-def load_model(run_dir: str) -> Tuple[tf.keras.Model, dict, List[str]]:
-    """Rebuild the trained model of a completed run; returns (model, schema_dict, tasks)."""
+def model_spec(run_dir: str) -> Dict[str, Any]:
+    """What rebuilds a completed run's model (``model.json``: schema subset, tasks, model config)."""
     if not os.path.exists(os.path.join(run_dir, DONE)):
         raise RunError(f"'{run_dir}' is not a completed run (no {DONE}): train it first")
     with open(os.path.join(run_dir, MODEL_SPEC)) as fh:
-        spec = json.load(fh)
+        return json.load(fh)
+
+
+def load_model(run_dir: str) -> Tuple[tf.keras.Model, dict, List[str]]:
+    """Rebuild the trained model of a completed run; returns (model, schema_dict, tasks)."""
+    spec = model_spec(run_dir)
     model = build_model(spec["schema"], spec["tasks"], **spec["model"])
     model.load_weights(os.path.join(run_dir, WEIGHTS)).expect_partial()
     return model, spec["schema"], spec["tasks"]
