@@ -182,6 +182,19 @@ def test_config_that_differs_from_the_frozen_schema_fails_naming_the_feature(sim
     assert not os.path.exists(out)
 
 
+def test_schema_from_a_folder_without_an_earlier_output_fails_naming_the_file(sim_raw, sim_data, tmp_path):
+    old = tmp_path / "old"  # day one's output from before head_users.txt was written
+    shutil.copytree(sim_data, old)
+    os.remove(old / HEAD_USERS)
+    for source, missing in ((str(old), HEAD_USERS), (str(tmp_path / "nowhere"), "schema.json")):
+        out = str(tmp_path / "data")
+        overrides = dict(_preprocess_overrides(sim_raw, out), schema_from=source)
+        with pytest.raises(ConfigError, match=f"schema_from: '{source}/{missing}' does not exist"):
+            run_preprocess(load_config(PreprocessConfig, os.path.join(CONFIGS, "preprocess_sim.yaml"), overrides),
+                           progress=False)
+        assert not os.path.exists(out)
+
+
 # ---- warm start ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def day_one_run(sim_data, tmp_path_factory):
