@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
@@ -262,7 +263,11 @@ def warm_start(model: tf.keras.Model, run_dir: str, batch) -> None:
     config: :func:`check_init_from`); the optimizer and its step count start fresh."""
     init, _, _ = run_artifacts.load_model(run_dir)
     init(batch, training=False)
-    model.set_weights(init.get_weights())
+    with tempfile.TemporaryDirectory(prefix="ctrflow-init-") as tmp:
+        # through a checkpoint of the never-compiled ``init`` (weights, no optimizer): tables
+        # sharded over parameter servers are filled slice by slice, which set_weights cannot do
+        path = tf.train.Checkpoint(model=init).write(os.path.join(tmp, "init"))
+        tf.train.Checkpoint(model=model).read(path).expect_partial()
 
 
 def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False) -> Dict[str, Any]:

@@ -247,6 +247,44 @@ def test_init_from_another_model_config_or_an_unfinished_run_is_refused(day_one_
     assert not os.path.exists(tmp_path / "runs")  # refused before any work
 
 
+PS_WARM_START = """
+import json, sys
+from features import _tfenv
+import numpy as np
+from models.factory import build_model
+from pipeline.data import make_dataset
+from pipeline.strategy import StrategyConfig, make_strategy
+from pipeline.train import warm_start
+from serving.run_artifacts import load_model, model_spec
+data, run = sys.argv[1], sys.argv[2]
+spec = model_spec(run)
+strategy = make_strategy(StrategyConfig(name="parameter_server", in_process={"workers": 1, "ps": 2},
+                                        ps_min_shard_bytes=4096))
+x, _ = next(iter(make_dataset(data, "test", 64, shuffle=False, labels=["click"])))
+with strategy.scope():
+    model = build_model(spec["schema"], spec["tasks"], **spec["model"])
+    model(x, training=False)
+warm_start(model, run, x)
+with strategy.scope():
+    p = model(x, training=False)["click"].numpy()
+table = model.embedding.tables[0]["user_id"]["embedding"]
+q = load_model(run)[0](x, training=False)["click"].numpy()
+print(json.dumps({"shards": len(getattr(table, "variables", [table])), "maxdiff": float(np.abs(p - q).max())}))
+"""
+
+
+@pytest.mark.slow
+def test_warm_start_fills_tables_sharded_over_parameter_servers(day_one_run, day_two):
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", PS_WARM_START, day_two, day_one_run], capture_output=True,
+                         text=True, cwd=REPO, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info == {"shards": 2, "maxdiff": 0.0}  # a sharded table, the earlier run's predictions
+
+
 def _train_yaml(path, data_dir, runs, init_from):
     cfg = {"data_dir": data_dir, "runs_dir": str(runs), "run_name": "cli", "tasks": ["click"],
            "model": {"backbone": "dnn", "backbone_options": {"dnn_units": [32, 16]}, "embedding_dim": 8},
