@@ -28,6 +28,7 @@ splits.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -187,12 +188,22 @@ def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shu
 
 
 def batches_per_pass(data_dir: str, split: str, batch_size: int, drop_remainder: bool) -> int:
-    """How many batches one pass over ``split`` yields (its records are counted, not parsed)."""
-    files = split_files(data_dir, split)
-    rows = int(tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(
-        tf.constant(0, tf.int64), lambda count, _: count + 1))
-    full, rest = divmod(rows, batch_size)
+    """How many batches one pass over ``split`` yields."""
+    full, rest = divmod(split_rows(data_dir, split), batch_size)
     return full + (rest > 0 and not drop_remainder)
+
+
+def split_rows(data_dir: str, split: str) -> int:
+    """The rows of ``split``: the Beam job's own count (``stats.json``: ``rows_written``, which
+    it checked against the shards), else its records counted (data written by other tools)."""
+    stats = os.path.join(data_dir, "stats.json")
+    if tf.io.gfile.exists(stats):
+        with tf.io.gfile.GFile(stats) as fh:
+            written = json.load(fh).get("splits", {}).get(split, {}).get("rows_written")
+        if written is not None:
+            return int(written)
+    return int(tf.data.TFRecordDataset(split_files(data_dir, split), compression_type="GZIP").reduce(
+        tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
 def read_columns(data_dir: str, split: str, columns: Sequence[str], schema: Union[Schema, dict, None] = None,

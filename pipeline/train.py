@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from features import outputs
 from features.schema import Schema
 from models.ctr_model import NONFINITE_MARK
 from models.factory import build_model
@@ -130,11 +132,11 @@ class RunBackup(tf.keras.callbacks.Callback):
             return
         keys = sorted(self.history)
         rows = len(next(iter(self.history.values()), []))
-        with open(path + ".tmp", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["epoch", *keys])
-            writer.writerows([[e, *(self.history[k][e] for k in keys)] for e in range(rows)])
-        os.replace(path + ".tmp", path)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["epoch", *keys])
+        writer.writerows([[e, *(self.history[k][e] for k in keys)] for e in range(rows)])
+        outputs.write_file_atomic(path, text.getvalue())
 
 
 _ES_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
@@ -299,9 +301,10 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
                       metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
                       jit_compile=cfg.jit_compile,
                       steps_per_execution=cfg.steps_per_execution)
-        model(next(iter(valid_ds))[0], training=False)  # build the weights: a backup restores into them
+        sample = next(iter(valid_ds))[0]
+        model(sample, training=False)  # build the weights: a backup restores into them
     if cfg.init_from:  # a resumed run's backup (read next) replaces these weights
-        warm_start(model, cfg.init_from, next(iter(valid_ds))[0])
+        warm_start(model, cfg.init_from, sample)
     resumed = runs.read_backup(run_dir, model)
     first_epoch = resumed[0]["epoch"] if resumed else 0
 
