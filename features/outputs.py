@@ -86,19 +86,20 @@ def fixed_prefix(path: str) -> str:
     return path
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
+    """A local path (not an object-store URL such as gs://...)."""
     return "://" not in path
 
 
 def _norm(path: str) -> str:
     """A comparable form: real absolute path locally, the URL without trailing slash otherwise."""
     path = fixed_prefix(os.path.expanduser(path))
-    return os.path.realpath(path) if _is_local(path) else path.rstrip("/")
+    return os.path.realpath(path) if is_local(path) else path.rstrip("/")
 
 
 def _inside(path: str, folder: str) -> bool:
     """Is (normalised) ``path`` the (normalised) ``folder`` or below it?"""
-    sep = os.sep if _is_local(folder) else "/"
+    sep = os.sep if is_local(folder) else "/"
     return path == folder or path.startswith(folder.rstrip(sep) + sep)
 
 

@@ -1161,7 +1161,7 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
     """
     t0 = time.time()
     plan = JobPlan(config)
-    out = os.path.abspath(os.path.expanduser(config.output)) if _is_local(config.output) else config.output
+    out = os.path.abspath(os.path.expanduser(config.output)) if outputs.is_local(config.output) else config.output
     inputs = [config.input.path, *config.split.extra_splits.values()]
     for path, others in ((out, [f"{out}.quarantine"]), (f"{out}.quarantine", [out])):
         _claim(path, inputs + others, overwrite)
@@ -1190,7 +1190,7 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
         _check_quarantine(summary, config, tmp, out)
         _write_bytes(os.path.join(tmp, "stats.json"), [json.dumps(summary, indent=2, sort_keys=True).encode()])
         _remove(os.path.join(tmp, MANIFEST))
-        if _is_local(tmp):
+        if outputs.is_local(tmp):
             os.makedirs(os.path.join(tmp, "quarantine"), exist_ok=True)
         _commit(tmp, out)
         _remove(f"{out}.quarantine")  # rows kept by an earlier failed run: superseded
@@ -1320,14 +1320,10 @@ def _check_quarantine(summary: Dict[str, Any], config: PreprocessConfig, tmp: st
 
 
 # ---- filesystem helpers: local paths are renamed atomically; object stores are copied --------
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
 def _claim(path: str, inputs: List[str], overwrite: bool) -> None:
     """Refuse ``path`` unless preprocess may replace it (``features.outputs``); object stores
     are checked the same way through Beam's FileSystems (listing + marker file)."""
-    if _is_local(path):
+    if outputs.is_local(path):
         outputs.claim_output(path, "preprocess", inputs, overwrite)
         return
     from apache_beam.io.filesystems import FileSystems
@@ -1344,7 +1340,7 @@ def _claim(path: str, inputs: List[str], overwrite: bool) -> None:
 def _temp_output(out: str) -> str:
     """A new marked temp folder for ``out`` (locally ``.<name>.tmp-<pid>-<hex>`` beside it, after
     removing the leftovers of killed runs; on object stores ``<out>.tmp-<hex>``)."""
-    if _is_local(out):
+    if outputs.is_local(out):
         outputs.clean_leftovers(out)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         return outputs.temp_dir(out, "preprocess")
@@ -1360,7 +1356,7 @@ def _write_marker(folder: str) -> None:
 
 
 def _make_dirs(path: str) -> None:
-    if _is_local(path):
+    if outputs.is_local(path):
         os.makedirs(path)
     else:
         from apache_beam.io.filesystems import FileSystems
@@ -1376,7 +1372,7 @@ def _remote_files(root: str) -> List[str]:
 
 def _remove(path: str) -> None:
     """Delete a file or a directory tree (no error when absent)."""
-    if _is_local(path):
+    if outputs.is_local(path):
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.exists(path):
@@ -1392,7 +1388,7 @@ def _remove(path: str) -> None:
 def _rename(src: str, dst: str) -> None:
     """Move a directory tree; on object stores file by file, ``stats.json`` last (so a reader
     that sees stats.json sees a complete output)."""
-    if _is_local(src):
+    if outputs.is_local(src):
         if os.path.exists(src):
             os.replace(src, dst)
         return
@@ -1408,7 +1404,7 @@ def _commit(tmp: str, out: str) -> None:
     either the complete old output or the complete new one (never a mix). Object stores
     have no directory rename: the old output is deleted, then files are moved, stats.json last.
     Callers have claimed ``out`` first (:func:`_claim`)."""
-    if not _is_local(out):
+    if not outputs.is_local(out):
         _remove(out)
         _rename(tmp, out)
         return
