@@ -43,7 +43,7 @@ def simulate_step(work: str, rows: int) -> dict:
 
 def preprocess_step(work: str, workers: int) -> dict:
     from pipeline.config import load_config
-    from pipeline.preprocess import run_preprocess
+    from pipeline.beam.driver import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
 
     cfg = load_config(PreprocessConfig, os.path.join(REPO, "configs", "preprocess_sim.yaml"),

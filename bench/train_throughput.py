@@ -55,7 +55,7 @@ BATCH, EPOCHS, EMB, UNITS, LR = 4096, 5, 16, [400, 400, 400], 1e-3
 def prepare_data(out: str, rows: int) -> str:
     """Simulate ``rows`` ad impressions and encode the 10 categorical fields."""
     from pipeline.config import load_config
-    from pipeline.preprocess import run_preprocess
+    from pipeline.beam.driver import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
     from pipeline.simulator import SimulatorConfig, simulate
 

@@ -45,7 +45,7 @@ def cmd_load(args):
 
 
 def cmd_preprocess(args):
-    from pipeline.preprocess import run_preprocess
+    from pipeline.beam.driver import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
 
     overrides = _overrides(args.set)

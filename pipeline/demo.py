@@ -23,7 +23,7 @@ def run_demo(out: str, fast: bool = False, overwrite: bool = False) -> dict:
     folder there that the demo's commands did not write is refused unless ``overwrite``
     (``features.outputs``)."""
     from features import outputs
-    from pipeline.preprocess import run_preprocess
+    from pipeline.beam.driver import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
     from pipeline.simulator import SimulatorConfig, simulate
 

@@ -26,7 +26,7 @@ def sim_raw(tmp_path_factory):
 def sim_data(sim_raw):
     """The Beam job run on :func:`sim_raw` (``<raw>/../data``): returns the data dir."""
     from pipeline.config import load_config
-    from pipeline.preprocess import run_preprocess
+    from pipeline.beam.driver import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
 
     data = os.path.join(os.path.dirname(sim_raw), "data")

@@ -17,7 +17,8 @@ from features.encoders import NumpyEncoder
 from features.schema import OOV_ID, Schema
 from pipeline.config import ConfigError, from_dict, load_config
 from pipeline.data import read_columns
-from pipeline.preprocess import ExampleEncoder, gzip_member, run_preprocess, tfrecord_frames
+from pipeline.beam.driver import run_preprocess
+from pipeline.beam.wire import ExampleEncoder, gzip_member, tfrecord_frames
 from pipeline.preprocess_config import PreprocessConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,7 +202,7 @@ def test_the_job_imports_no_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.preprocess, pipeline.validation, pipeline.raw_io; "
+    code = ("import sys, pipeline.beam.driver, pipeline.raw_io; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

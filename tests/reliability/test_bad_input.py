@@ -20,7 +20,7 @@ import pytest
 from pipeline import metrics as M
 from pipeline.config import from_dict
 from pipeline.data import read_columns
-from pipeline.preprocess import run_preprocess
+from pipeline.beam.driver import run_preprocess
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.raw_io import RawInputError, read_unit, ReadUnit
 from pipeline.user_groups import head_users

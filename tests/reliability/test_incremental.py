@@ -18,7 +18,8 @@ from features.schema import Schema
 from pipeline import train as train_mod
 from pipeline.config import ConfigError, load_config
 from pipeline.data import make_dataset, read_columns
-from pipeline.preprocess import HEAD_USERS, run_preprocess
+from pipeline.beam.driver import run_preprocess
+from pipeline.beam.storage import HEAD_USERS
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.user_groups import head_users
 from serving.run_artifacts import RunError, load_model
@@ -137,13 +138,14 @@ def test_day_one_encoded_with_its_own_schema_is_day_one_byte_for_byte(sim_raw, s
                                                                       runner):
     """No statistics are computed with a frozen schema (the steps that would are made to fail),
     and encoding day one's raw data with day one's schema reproduces day one's output."""
-    import pipeline.preprocess as P
+    from pipeline.beam import driver, graph
 
     def no_statistics(*_):
         raise AssertionError("a frozen-schema run computed statistics")
 
-    for name in ("train_stats", "build_payload", "_stats_pass"):
-        monkeypatch.setattr(P, name, no_statistics)
+    for module, name in ((graph, "train_stats"), (graph, "build_payload"), (driver, "build_payload"),
+                         (driver, "_stats_pass")):
+        monkeypatch.setattr(module, name, no_statistics)
     out = str(tmp_path / "data")
     overrides = dict(_preprocess_overrides(sim_raw, out), schema_from=sim_data)
     if runner == "DaskRunner":

@@ -15,7 +15,7 @@ from pipeline import report
 from pipeline.config import load_config
 from pipeline.data import read_columns
 from pipeline.evaluate import evaluate_run
-from pipeline.preprocess import run_preprocess
+from pipeline.beam.driver import run_preprocess
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.user_groups import head_users
 

@@ -1,0 +1,134 @@
+"""The pipeline graph: the Beam DAG of the job, in one pipeline or in passes.
+
+    input files -> read units (Parquet row groups / text files)
+      [time split] read the time column -> bottom-k sample -> cut points (side input)
+      read + validate -> train statistics per chunk -> merged by CombineFns
+                      -> build Features (vocabularies) + head users once -> payload (side input)
+      read + validate -> encode (NumpyEncoder) -> tf.train.Example bytes -> gzip TFRecord members
+                      -> group by (split, shard) -> shard files; quarantine lines; accounting
+      -> schema.json, vocab/*.txt, quarantine/*.jsonl, _manifest.json
+
+Every step that needs rows reads its read units itself (:func:`pipeline.beam.plan.read_chunks`):
+reading again is cheaper than sending every row through the runner, so only small partials
+and references to compressed shard members move between steps.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Tuple
+
+import apache_beam as beam
+import numpy as np
+
+from pipeline.beam.accounting import AccountingFn
+from pipeline.beam.encode import EncodeUnit
+from pipeline.beam.payload import build_payload
+from pipeline.beam.plan import JobPlan, plan_file, read_chunks
+from pipeline.beam.splits import assign, time_cuts
+from pipeline.beam.statistics import (SAMPLE_SIZE, SampleFn, TrainStats, TrainStatsFn, bottom_k,
+                                      chunk_train_stats, sample_priority)
+from pipeline.beam.storage import WriteQuarantine, WriteShard, write_manifest, write_pickle, write_schema
+from pipeline.raw_io import read_unit
+
+
+def time_samples(item, plan: JobPlan) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
+    """Bottom-k samples of the valid times of a main-input read unit (only the time column
+    is read: the cut points are quantiles over every row that has a time)."""
+    s, _, unit = item
+    if plan.sources[s][0] is not None:
+        return
+    cfg = plan.config
+    for raw in read_unit(unit, cfg.input.format, [cfg.split.time_column], [], cfg.batch_size,
+                         cfg.input.csv_delimiter, cfg.input.list_delimiter):
+        t = plan.validator.times(raw)
+        ok = ~np.isnan(t)
+        rows = raw.row_offset + np.flatnonzero(ok)
+        yield bottom_k(sample_priority(raw.file, rows), t[ok], SAMPLE_SIZE)
+
+
+def train_stats(item, plan: JobPlan, cuts=None) -> Iterable[TrainStats]:
+    """Train statistics of a read unit, per chunk (extra inputs never feed statistics)."""
+    if plan.sources[item[0]][0] is None:
+        for chunk in read_chunks(item, plan):
+            train = assign(chunk.split_code, chunk.time, cuts) == plan.train_index
+            yield chunk_train_stats(chunk, train, plan.needs, plan.list_features)
+
+
+def _kind(kind: str):
+    def select(item):
+        return [item[1]] if item[0] == kind else []
+    select.__name__ = f"only_{kind}"
+    return select
+
+
+def _tag(kind: str):
+    def tag(value):
+        return (kind, value)
+    tag.__name__ = f"tag_{kind}"
+    return tag
+
+
+def _merge(pcoll, label: str, fn, defaults: bool):
+    merged = beam.CombineGlobally(fn)
+    return pcoll | label >> (merged if defaults else merged.without_defaults())
+
+
+# The job in passes: what a pass computes, and what it leaves for the next one
+PASS_CUTS, PASS_STATS, PASS_ENCODE = "cuts", "stats", "encode"
+CUTS_FILE, PAYLOAD_FILE = "_cuts.pkl", "_payload.pkl"
+
+
+def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=None, payload=None):
+    """Add the job's transforms to Beam pipeline ``p`` (outputs under ``root``).
+
+    Every step that needs rows reads its read units itself (time sample, train statistics,
+    encoding); only small partials and compressed shard members travel between steps.
+    One pipeline by default: the time cut points and the Features reach later steps as
+    side inputs. With ``until`` / ``cuts`` / ``payload`` the same transforms run as passes
+    (see :data:`RUNNERS_WITHOUT_SIDE_INPUTS`): a pass stops after writing its result, and
+    the next pass gets it as a constant instead of a side input.
+    """
+    from apache_beam.pvalue import AsSingleton
+
+    cfg = plan.config
+    single = until == PASS_ENCODE and (cuts is None or not plan.by_time)  # side inputs, not passes
+    units = (p | "Files" >> beam.Create(plan.tasks())
+             | "PlanUnits" >> beam.FlatMap(plan_file, cfg.input.format)
+             | "SpreadUnits" >> beam.Reshuffle())
+    if plan.by_time and cuts is None:
+        cuts_pc = (_merge(units | "TimeSamples" >> beam.FlatMap(time_samples, plan), "MergeTimeSample",
+                          SampleFn(), single)
+                   | "CutPoints" >> beam.Map(time_cuts, cfg.split.ratios))
+        if until == PASS_CUTS:
+            _ = cuts_pc | "SaveCuts" >> beam.Map(write_pickle, os.path.join(root, CUTS_FILE))
+            return
+        cuts = AsSingleton(cuts_pc)
+    if payload is None:
+        partials = units | "TrainStats" >> beam.FlatMap(train_stats, plan, cuts)
+        payload_pc = (_merge(partials, "MergeTrainStats", TrainStatsFn(), single)
+                      | "BuildFeatures" >> beam.Map(build_payload, plan))
+        if until == PASS_STATS:
+            _ = payload_pc | "SavePayload" >> beam.Map(write_pickle, os.path.join(root, PAYLOAD_FILE))
+            return
+        payload_arg = AsSingleton(payload_pc)
+    else:
+        payload_pc = p | "Payload" >> beam.Create([payload])
+        payload_arg = payload
+    encoded = units | "Encode" >> beam.ParDo(EncodeUnit(plan, root), payload_arg, cuts)
+    n_sh = cfg.num_shards
+    all_groups = p | "AllShards" >> beam.Create([(g, None) for g in range(len(plan.splits) * n_sh)])
+    shards = ((encoded | "Shards" >> beam.FlatMap(_kind("shard")), all_groups) | "WithEmpty" >> beam.Flatten()
+              | "GroupShards" >> beam.GroupByKey()
+              | "WriteShards" >> beam.Map(WriteShard(root, plan.splits, n_sh)))
+    quarantine = (encoded | "Quarantine" >> beam.FlatMap(_kind("quarantine"))
+                  | "GroupQuarantine" >> beam.GroupByKey()
+                  | "WriteQuarantine" >> beam.Map(WriteQuarantine(root, plan.splits)))
+    accounting = (_merge(encoded | "Accounting" >> beam.FlatMap(_kind("accounting")), "MergeAccounting",
+                         AccountingFn(), False)
+                  | "TagAccounting" >> beam.Map(_tag("accounting")))
+    schema_done = payload_pc | "WriteSchema" >> beam.Map(write_schema, root)
+    # one last step that depends on every output: runners that only compute what the last
+    # transform needs (the Dask runner) still run every branch
+    _ = ((shards, quarantine, accounting, schema_done) | "Outputs" >> beam.Flatten()
+         | "Collect" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+         | "Manifest" >> beam.Map(write_manifest, root))

@@ -1,0 +1,75 @@
+"""The job's plan: everything the workers need, resolved and checked on the launcher.
+
+:class:`JobPlan` lists the input files, resolves the split names, the feature specs and the
+statistics each needs, and builds the validator.
+:func:`read_chunks` is how every step gets rows: it reads a read unit (again) and yields its
+validated chunks.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Tuple
+
+from features import encoders as E
+from pipeline.beam.coercion import LIST_ENCODINGS
+from pipeline.beam.splits import UNASSIGNED_SPLIT
+from pipeline.beam.validation import ValidatedChunk, Validator
+from pipeline.config import ConfigError
+from pipeline.preprocess_config import PreprocessConfig
+from pipeline.raw_io import list_files, plan_units, read_unit, relative_names
+
+
+class JobPlan:
+    """Everything the workers need, resolved and checked on the launcher before the run."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+        split = config.split
+        self.main_splits = list(split.ratios)
+        if split.method == "given" and "train" not in self.main_splits:
+            raise ConfigError("split.method 'given' takes its split names from split.ratios, which must "
+                              "include 'train'")
+        clash = sorted(set(split.extra_splits) & set(self.main_splits))
+        if clash or UNASSIGNED_SPLIT in split.extra_splits or UNASSIGNED_SPLIT in self.main_splits:
+            raise ConfigError(f"split.extra_splits names {clash or [UNASSIGNED_SPLIT]} clash with the "
+                              f"main splits {self.main_splits} or the reserved '{UNASSIGNED_SPLIT}'")
+        self.splits = self.main_splits + list(split.extra_splits)
+        self.specs = config.feature_specs()
+        try:
+            self.needs = {s.name: E.analyzers_needed(s) for s in self.specs}
+            E.sort_for_build(self.specs)
+        except E.EncodeError as exc:
+            raise ConfigError(f"features: {exc}") from None
+        self.list_features = {s.name for s in self.specs
+                              if s.encoding.get("type") in LIST_ENCODINGS}
+        for s in self.specs:
+            if s.name in self.list_features and self.needs[s.name] - {"counts"}:
+                raise ConfigError(f"feature '{s.name}': list encodings support only the counts statistic")
+        self.validator = Validator(config, self.main_splits)
+        inputs = [(None, config.input.path)] + [(i, p) for i, p in
+                                                enumerate(split.extra_splits.values(), len(self.main_splits))]
+        self.sources = []  # (fixed split index or None, [(path, relative name)])
+        for fixed, path in inputs:
+            files = list_files(path, config.input.format)
+            self.sources.append((fixed, list(zip(files, relative_names(files)))))
+        self.by_time = split.method == "time"
+        self.train_index = self.main_splits.index("train")
+
+    def tasks(self) -> List[Tuple[int, int, str, str]]:
+        """(source index, file index, path, relative name) of every input file."""
+        return [(s, f, path, rel) for s, (_, files) in enumerate(self.sources)
+                for f, (path, rel) in enumerate(files)]
+
+
+def plan_file(task, fmt):
+    s, f, path, rel = task
+    return [(s, f, u) for u in plan_units(path, rel, fmt)]
+
+
+def read_chunks(item, plan: JobPlan) -> Iterable[ValidatedChunk]:
+    """A read unit's validated chunks."""
+    s, f, unit = item
+    cfg, v = plan.config, plan.validator
+    fixed = plan.sources[s][0]
+    for raw in read_unit(unit, cfg.input.format, v.raw_columns, v.list_columns,
+                         cfg.batch_size, cfg.input.csv_delimiter, cfg.input.list_delimiter):
+        yield v.validate(raw, (s, f, raw.row_offset), fixed)
