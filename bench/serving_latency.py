@@ -105,18 +105,18 @@ def measure(tmp: str, batch_sizes, seconds: float, data_dir: str = None) -> dict
         model_cfg = yaml.safe_load(fh)["model"]
     data_dir = data_dir or synthetic_data_dir(os.path.join(tmp, "data"))
     schema = Schema.load(data_dir)
-    schema_dict, tasks = schema.to_dict(), ["click"]
+    tasks = ["click"]
     tf.keras.utils.set_random_seed(0)
-    model = build_model(schema_dict, tasks, **model_cfg)
+    model = build_model(schema.to_dict(), tasks, **model_cfg)
     t0 = time.perf_counter()
     export_dir = os.path.join(tmp, "export", "dcnv2", "1")
-    export_model(model, schema_dict, tasks, data_dir, export_dir, model_name="dcnv2")
+    export_model(model, schema, tasks, data_dir, export_dir, model_name="dcnv2")
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     loaded = tf.saved_model.load(export_dir)
     load_s = time.perf_counter() - t0
-    builder = RequestBuilder.from_schema(schema_dict)
-    pool = example_rows(schema_dict, data_dir, max(batch_sizes))
+    builder = RequestBuilder.from_schema(schema)
+    pool = example_rows(schema, data_dir, max(batch_sizes))
     results = []
     for b in batch_sizes:
         rows = pool[:b]

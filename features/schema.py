@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from features.errors import UserError
 
@@ -23,6 +23,26 @@ OOV_ID = 1
 
 class SchemaError(UserError):
     """A schema, config or record that does not match the contract."""
+
+
+# Side inputs: meta columns that reach the model as train-only inputs under fixed keys, whatever the
+# dataset calls them. key -> (the Schema field naming the meta column, dtype ("" = the column's own),
+# the value the serving signatures fill in: clients never send them). A schema without the column has
+# no such input, in training and at serving alike, so a framework that needs one can refuse the data.
+SIDE_INPUTS = {
+    "_source": ("source_column", "int64", 1),  # 1 = ad sample, 0 = rec sample; serving: ad
+    "_group": ("group_column", "int64", -1),  # 1 = head user, 0 = tail user; serving: -1 = unknown
+    "_user": ("user_column", "", None),  # the user key; serving: the dtype's UNKNOWN_KEY
+}
+UNKNOWN_KEY = {"string": "", "int64": -1, "float32": -1.0}  # the serving value of an unknown user key
+
+
+class SideColumn(NamedTuple):
+    """One side input of a schema (see :data:`SIDE_INPUTS`): its meta column, dtype and serving value."""
+
+    column: str
+    dtype: str
+    default: Any
 
 
 @dataclasses.dataclass
@@ -108,6 +128,16 @@ class Schema:
     @property
     def feature_names(self) -> List[str]:
         return [f.name for f in self.features]
+
+    def side_columns(self) -> Dict[str, SideColumn]:
+        """{side input key: SideColumn} for the side columns this schema has (:data:`SIDE_INPUTS`)."""
+        out = {}
+        for key, (field, dtype, default) in SIDE_INPUTS.items():
+            column = getattr(self, field)
+            if column is not None:
+                dtype = dtype or self.meta[column]
+                out[key] = SideColumn(column, dtype, UNKNOWN_KEY[dtype] if default is None else default)
+        return out
 
     def features_by_role(self, *roles: str) -> List[Feature]:
         return [f for f in self.features if f.role in roles]

@@ -1,10 +1,17 @@
 """tf.data reader for the encoded TFRecords written by ``ctrflow preprocess``.
 
-``make_dataset`` yields ``(inputs, labels)``: ``inputs`` maps every selected model
-feature to an int64 / float32 ``[batch, width]`` tensor (width from ``schema.json``)
-and every meta column (user key, user group, source, weights, pass-through
-columns) to a ``[batch, 1]`` tensor; ``labels`` maps each task to float32
-``[batch, 1]``.
+``make_dataset`` yields ``(inputs, labels)``, or ``(inputs, labels, sample_weights)`` when
+a weight column is read (``sample_weight``: by default the schema's first weight
+column, if it declares one). ``inputs`` maps every selected model feature to an
+int64 / float32 ``[batch, width]`` tensor (width from ``schema.json``), every meta
+column (user key, user group, source, weights, pass-through columns) to a
+``[batch, 1]`` tensor, and the side inputs the schema has
+(``features.schema.SIDE_INPUTS``: ``_source``, ``_group``, ``_user``) to ``[batch]``
+tensors under those fixed keys, whatever the dataset calls the columns; models ignore
+the inputs they do not read. ``labels`` maps each task to float32 ``[batch, 1]``;
+``sample_weights`` maps each task to the weight column as float32 ``[batch]``
+(what Keras' compiled per-task losses take: ``sum_i w_i * loss_i / batch``).
+Consumers unpack batches with ``tf.keras.utils.unpack_x_y_sample_weight``.
 
 Order of operations (docs/preprocess.md, Reading the data): shard files are listed
 with a stable sort and shuffled per epoch, read with a parallel interleave, single
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -39,12 +46,41 @@ from features.schema import Schema, SchemaError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _DTYPES = {"int64": tf.int64, "float32": tf.float32}
+AUTO = "auto"  # sample_weight: the schema's first weight column, if it declares one
 
 
-def _schema(data_dir: str, schema: Union[Schema, dict, None]) -> Schema:
-    if schema is None:
-        return Schema.load(data_dir)
-    return Schema.from_dict(schema) if isinstance(schema, dict) else schema
+def _schema(data_dir: str, schema: Optional[Schema]) -> Schema:
+    return Schema.load(data_dir) if schema is None else schema
+
+
+def weight_column(schema: Schema, sample_weight: Optional[str] = AUTO) -> Optional[str]:
+    """The meta column read as sample weights: for ``"auto"`` the schema's first weight column
+    (None if it declares none), for None none, else ``sample_weight``, which must be a meta column."""
+    if sample_weight == AUTO:
+        return schema.weight_columns[0] if schema.weight_columns else None
+    if sample_weight is not None and sample_weight not in schema.meta:
+        raise SchemaError(f"sample_weight = {sample_weight!r}: the schema has no such meta column (weight columns "
+                          f"{schema.weight_columns}, meta columns {sorted(schema.meta)}); expected one of them, "
+                          f"'{AUTO}' or null")
+    return sample_weight
+
+
+def batch_structure(schema: Schema, labels: Sequence[str], weight: Optional[str]) -> Callable[[dict], tuple]:
+    """The function turning a batch's parsed columns into ``(inputs, labels[, sample_weights])``
+    (module docstring): side inputs added under their fixed keys, weights per task."""
+    labels = list(labels)
+    side = schema.side_columns()
+
+    def structure(columns: Dict[str, tf.Tensor]) -> tuple:
+        inputs = {k: v for k, v in columns.items() if k not in labels}
+        inputs.update({key: tf.cast(tf.reshape(columns[c.column], [-1]), _DTYPES[c.dtype]) for key, c in side.items()})
+        ys = {t: columns[t] for t in labels}
+        if weight is None:
+            return inputs, ys
+        w = tf.cast(tf.reshape(columns[weight], [-1]), tf.float32)
+        return inputs, ys, {t: w for t in labels}
+
+    return structure
 
 
 def split_files(data_dir: str, split: str) -> List[str]:
@@ -79,17 +115,20 @@ def parse_spec(schema: Schema, features: Optional[Sequence[str]] = None,
     return spec
 
 
-def make_dataset(data_dir: str, split: str, batch_size: int, schema: Union[Schema, dict, None] = None,
+def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Schema] = None,
                  shuffle: bool = True, repeat: bool = False, deterministic: bool = False, seed: int = 0,
                  cache: bool = False, features: Optional[Sequence[str]] = None,
                  labels: Optional[Sequence[str]] = None, drop_remainder: bool = False,
-                 shuffle_buffer: int = 100_000, cycle_length: int = 8, start_batch: int = 0) -> tf.data.Dataset:
-    """Batches ``(inputs, labels)`` of ``split`` under ``data_dir`` (see the module docstring).
+                 shuffle_buffer: int = 100_000, cycle_length: int = 8, start_batch: int = 0,
+                 sample_weight: Optional[str] = AUTO) -> tf.data.Dataset:
+    """Batches ``(inputs, labels[, sample_weights])`` of ``split`` under ``data_dir`` (see the
+    module docstring); ``schema``: the data's parsed schema (default: read from ``data_dir``).
 
     cache: hold the split in memory as parsed columns and shuffle the whole split each
     epoch (module docstring). shuffle_buffer: examples held by the streaming pre-batch shuffle.
     cycle_length: shard files read concurrently. start_batch (with ``repeat``): the stream
     starts that many batches in, exactly where a run that read them stopped (a resumed run).
+    sample_weight: the meta column read as weights (:func:`weight_column`; None: 2-tuples).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -98,8 +137,9 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Union[Schem
     schema = _schema(data_dir, schema)
     labels = list(schema.labels if labels is None else labels)
     spec = parse_spec(schema, features, labels)
+    structure = batch_structure(schema, labels, weight_column(schema, sample_weight))
     if cache:
-        return _in_memory_dataset(data_dir, split, batch_size, schema, list(spec), labels, shuffle, repeat,
+        return _in_memory_dataset(data_dir, split, batch_size, schema, list(spec), structure, shuffle, repeat,
                                   deterministic, seed, drop_remainder, start_batch)
     files = split_files(data_dir, split)
 
@@ -117,9 +157,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Union[Schem
     ds = _passes(seed, shuffle, repeat).flat_map(one_pass).skip(start_batch)  # skipped batches are not parsed
 
     def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        return ({k: v for k, v in parsed.items() if k not in labels},
-                {k: parsed[k] for k in labels})
+        return structure(tf.io.parse_example(serialized, spec))
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
@@ -145,7 +183,7 @@ def _passes(seed: int, shuffle: bool, repeat: bool, first: int = 0) -> tf.data.D
     return index.map(lambda p: tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), p))
 
 
-def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shuffle, repeat, deterministic,
+def _in_memory_dataset(data_dir, split, batch_size, schema, columns, structure, shuffle, repeat, deterministic,
                        seed, drop_remainder, start_batch) -> tf.data.Dataset:
     """The ``cache=True`` path: columns parsed once, one index permutation per pass, gather per batch.
 
@@ -178,8 +216,7 @@ def _in_memory_dataset(data_dir, split, batch_size, schema, columns, labels, shu
         ds = ds.apply(tf.data.experimental.assert_cardinality(per_pass))
 
     def gather(idx):
-        return ({k: tf.gather(t, idx) for k, t in tensors.items() if k not in labels},
-                {k: tf.gather(tensors[k], idx) for k in labels})
+        return structure({k: tf.gather(t, idx) for k, t in tensors.items()})
 
     ds = ds.map(gather, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
@@ -206,7 +243,7 @@ def split_rows(data_dir: str, split: str) -> int:
         tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
-def read_columns(data_dir: str, split: str, columns: Sequence[str], schema: Union[Schema, dict, None] = None,
+def read_columns(data_dir: str, split: str, columns: Sequence[str], schema: Optional[Schema] = None,
                  batch_size: int = 65536) -> Dict[str, np.ndarray]:
     """Every row of ``split`` for ``columns`` (features, labels or meta), in file order, as
     numpy: ``[n]`` for one-value columns, ``[n, width]`` otherwise."""

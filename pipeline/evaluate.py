@@ -47,10 +47,11 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     if ad_stats and not item_col:
         raise ValueError(f"ad_stats '{ad_stats}' given, but the data has no ad column: name it with item_column")
     ratio = logged_impression_ratio(ad_stats, schema, cfg.data_dir, item_col) if ad_stats else None
-    train_cols = read_columns(cfg.data_dir, cfg.train_split, extra) if extra else {}
+    train_cols = read_columns(cfg.data_dir, cfg.train_split, extra, schema=schema) if extra else {}
     results: Dict[str, dict] = {}
     for split in splits:
-        ds = make_dataset(cfg.data_dir, split, batch_size, shuffle=False, deterministic=True, labels=tasks)
+        ds = make_dataset(cfg.data_dir, split, batch_size, schema=schema, shuffle=False, deterministic=True,
+                          labels=tasks)
         y, p, cols = predict_labels(model, ds, tasks, extra_columns=extra + ([group_col] if group_col else []))
         by_task = {}
         for task in tasks:

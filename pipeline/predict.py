@@ -1,4 +1,8 @@
-"""Predictions of a model over a dataset, as numpy, in inference mode (``training=False``)."""
+"""Predictions of a model over a dataset, as numpy, in inference mode (``training=False``).
+
+Batches are ``(inputs, labels)`` or ``(inputs, labels, sample_weights)`` (``pipeline/data.py``),
+unpacked with Keras' own ``unpack_x_y_sample_weight``; metrics here are unweighted.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +15,8 @@ def predict_labels(model, dataset, tasks, extra_columns=()):
     ps = {t: [] for t in tasks}
     cols = {c: [] for c in extra_columns}
     predict = _predict_fn(model)
-    for inputs, labels in dataset:
+    for batch in dataset:
+        inputs, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(batch)  # weighted batches too
         out = predict(inputs)
         for t in tasks:
             ys[t].append(labels[t].numpy().reshape(-1))

@@ -31,7 +31,7 @@ from models.layers import global_policy
 from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError
-from pipeline.data import batches_per_pass, make_dataset
+from pipeline.data import batches_per_pass, make_dataset, weight_column
 from pipeline.difficulty import analysis_callbacks
 from pipeline.predict import predict_labels
 from pipeline.strategy import auto_shard_policy, is_chief, make_strategy
@@ -195,6 +195,7 @@ def resolve(cfg: TrainConfig) -> tuple:
     if not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"data_dir '{cfg.data_dir}' does not exist: run `ctrflow preprocess` first")
     schema = Schema.load(cfg.data_dir)
+    weight_column(schema, cfg.sample_weight)  # a SchemaError naming sample_weight if the column is not there
     tasks = list(cfg.tasks or schema.labels)
     feats = list(cfg.features or schema.feature_names)
     schema.check_names(features=feats, labels=tasks, what="training config")
@@ -294,7 +295,8 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
     is_ps = cfg.strategy.name == "parameter_server"
     steps = _steps_per_epoch(cfg, is_ps)
     valid_ds = make_dataset(cfg.data_dir, cfg.valid_split, cfg.eval_batch_size, shuffle=False,
-                            deterministic=True, cache=cfg.cache, labels=tasks)
+                            deterministic=True, cache=cfg.cache, labels=tasks, schema=schema,
+                            sample_weight=cfg.sample_weight)
     with strategy.scope():
         model = build_model(sdict, tasks, **dataclasses.asdict(cfg.model))
         model.compile(optimizer=make_optimizer(cfg.optimizer), loss=make_losses(cfg, tasks),
@@ -314,7 +316,8 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
         ds = make_dataset(cfg.data_dir, cfg.train_split, _per_replica_batch(cfg, strategy, input_context),
                           shuffle=True, repeat=True, start_batch=first_epoch * steps,
                           deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache and not is_ps,
-                          shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks)
+                          shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks, schema=schema,
+                          sample_weight=cfg.sample_weight)
         if input_context is not None:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         return _with_shard_policy(ds, cfg)

@@ -47,6 +47,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from features.encoders import INT_MISSING
+from features.schema import Schema
 from serving.layout import read_export_metadata
 from serving.signatures import RAW_SIGNATURE, RawInput, raw_inputs, signature_keys
 
@@ -168,8 +169,8 @@ class RequestBuilder:
         self.ignore_unknown = ignore_unknown
 
     @classmethod
-    def from_schema(cls, schema_dict: dict, **kw) -> "RequestBuilder":
-        return cls(raw_inputs(schema_dict), **kw)
+    def from_schema(cls, schema: Schema, **kw) -> "RequestBuilder":
+        return cls(raw_inputs(schema), **kw)
 
     @classmethod
     def from_export(cls, export_dir: str, **kw) -> "RequestBuilder":

@@ -28,7 +28,6 @@ import tensorflow as tf
 
 from features import outputs
 from features.schema import Schema
-from models.layers import plain
 from serving import layout
 from serving.clients import LocalModelServer, RequestBuilder, parse_rest_response
 from serving.layout import read_export_metadata
@@ -39,27 +38,26 @@ from serving.warmup import example_rows, warmup_requests, write_warmup_requests
 METADATA_FILE = layout.METADATA_FILE
 
 
-def export_model(model: tf.keras.Model, schema_dict: dict, tasks: Sequence[str], data_dir: str,
+def export_model(model: tf.keras.Model, schema: Schema, tasks: Sequence[str], data_dir: str,
                  export_dir: str, model_name: str = "model", warmup_batch_sizes: Sequence[int] = (1, 64),
                  metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Save ``model`` with the raw-feature and encoded-feature signatures into ``export_dir``
-    (which must not exist), with warm-up requests and the request contract."""
+    """Save ``model`` (built from ``schema``) with the raw-feature and encoded-feature signatures
+    into ``export_dir`` (which must not exist), with warm-up requests and the request contract."""
     if os.path.exists(export_dir):
         raise FileExistsError(f"export directory '{export_dir}' already exists")
-    schema_dict = plain(schema_dict)  # a model may hold it wrapped in Keras tracking proxies
-    inputs = raw_inputs(schema_dict)
+    inputs = raw_inputs(schema)
     builder = RequestBuilder(inputs)
-    rows = example_rows(schema_dict, data_dir, n=16)
+    rows = example_rows(schema, data_dir, n=16)
     example = {k: tf.constant(v) for k, v in builder.tensors(rows[:2]).items()}
-    module = ServingModule(model, schema_dict, tasks, data_dir, example)
+    module = ServingModule(model, schema, tasks, data_dir, example)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
     warm = write_warmup_requests(export_dir, warmup_requests(builder, rows, model_name, warmup_batch_sizes))
     signatures = {RAW_SIGNATURE: {"inputs": [r.name for r in inputs], "outputs": list(tasks)},
-                  ENCODED_SIGNATURE: {"inputs": sorted(f["name"] for f in schema_dict["features"]),
+                  ENCODED_SIGNATURE: {"inputs": sorted(schema.feature_names),
                                       "outputs": list(tasks)}}
     meta = {"model_name": model_name, "tasks": list(tasks), "raw_inputs": [r.to_dict() for r in inputs],
             "signatures": sorted(signatures), "example_row": rows[0],
-            "model_schema_fingerprint": Schema.from_dict(schema_dict).fingerprint(),
+            "model_schema_fingerprint": schema.fingerprint(),
             "exported": datetime.datetime.now().isoformat(timespec="seconds"),
             "tensorflow": tf.__version__, "num_variables": len(module.model_variables), **(metadata or {})}
     with open(os.path.join(export_dir, METADATA_FILE), "w") as fh:
@@ -78,7 +76,7 @@ def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str]
     someone else's is refused unless ``overwrite`` (it is then adopted: nothing in it is
     deleted but versions export wrote)."""
     run_dir = os.path.abspath(run_dir)
-    model, schema_dict, tasks = load_model(run_dir)
+    model, schema, tasks = load_model(run_dir)
     data_dir = run_data_dir(run_dir)
     name = layout.check_model_name(model_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.basename(run_dir)))
     base = os.path.abspath(os.path.expanduser(base))
@@ -90,7 +88,7 @@ def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str]
     staging = layout.staging_dir(model_base, version)
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted export
     try:
-        info = export_model(model, schema_dict, tasks, data_dir, staging, model_name=name,
+        info = export_model(model, schema, tasks, data_dir, staging, model_name=name,
                             warmup_batch_sizes=warmup_batch_sizes,
                             metadata={"run_dir": run_dir, "data_dir": os.path.abspath(data_dir), "version": version})
         export_dir = layout.publish(staging, model_base, version)

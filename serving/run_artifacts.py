@@ -50,12 +50,15 @@ def model_spec(run_dir: str) -> Dict[str, Any]:
         return json.load(fh)
 
 
-def load_model(run_dir: str) -> Tuple[tf.keras.Model, dict, List[str]]:
-    """Rebuild the trained model of a completed run; returns (model, schema_dict, tasks)."""
+def load_model(run_dir: str) -> Tuple[tf.keras.Model, Schema, List[str]]:
+    """Rebuild the trained model of a completed run; returns (model, the schema it was built
+    from (parsed; the model holds it as a dict for Keras), tasks)."""
     spec = model_spec(run_dir)
-    model = build_model(spec["schema"], spec["tasks"], **spec["model"])
+    schema = Schema.from_dict(spec["schema"])
+    # the model gets its own copy: Keras wraps the containers of the dict a layer holds in tracking proxies
+    model = build_model(schema.to_dict(), spec["tasks"], **spec["model"])
     model.load_weights(os.path.join(run_dir, WEIGHTS)).expect_partial()
-    return model, spec["schema"], spec["tasks"]
+    return model, schema, spec["tasks"]
 
 
 def run_info(run_dir: str) -> Dict[str, Any]:

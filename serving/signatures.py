@@ -21,6 +21,11 @@ signatures, both returning one probability per task (``{task: [batch] float32}``
   feature name, ``[batch, width]`` in the schema's encoded dtype (what the TFRecords
   hold), for callers that run the Beam encoding themselves.
 
+Both fill the model's side inputs (``features.schema.SIDE_INPUTS``: ``_source`` = 1 (ad),
+``_group`` = -1 (unknown), ``_user`` = ``""`` / -1), which training reads from the data's
+meta columns: clients never send them and the signatures' inputs do not include them.
+A schema without a side column has no such input, in training and at serving alike.
+
 Only what serving needs is saved: the model is called with ``training=False``, only
 the task outputs of its ``{task: prob}`` dict are served (extra outputs are dropped),
 and only the variables the two traced signatures read are tracked (discriminators,
@@ -37,7 +42,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from features.encoders import INT_MISSING, make_tf_encoder
-from features.schema import Feature, Schema, SchemaError
+from features.schema import Feature, Schema, SchemaError, SideColumn
 
 RAW_SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "encoded"
@@ -89,9 +94,8 @@ def _shape_of(f: Feature) -> Tuple[str, Optional[int]]:
     return "scalar", None
 
 
-def raw_inputs(schema_dict: dict) -> List[RawInput]:
+def raw_inputs(schema: Schema) -> List[RawInput]:
     """The raw signature's inputs, one per raw column (features sharing a column share it)."""
-    schema = Schema.from_dict(schema_dict)
     by_col: Dict[str, List[Feature]] = {}
     for f in schema.features:
         by_col.setdefault(f.raw_column, []).append(f)
@@ -112,10 +116,15 @@ def raw_inputs(schema_dict: dict) -> List[RawInput]:
     return out
 
 
-def encoded_specs(schema_dict: dict) -> Dict[str, tf.TensorSpec]:
+def encoded_specs(schema: Schema) -> Dict[str, tf.TensorSpec]:
     """The encoded signature's inputs: {feature: TensorSpec([None, width], encoded dtype)}."""
     return {f.name: tf.TensorSpec([None, f.width], tf.int64 if f.is_integer else tf.float32, name=f.name)
-            for f in Schema.from_dict(schema_dict).features}
+            for f in schema.features}
+
+
+def side_defaults(side: Sequence[Tuple[str, SideColumn]], batch: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """The side inputs ``(key, SideColumn)`` at their serving values, ``[batch]`` each (module docstring)."""
+    return {key: tf.fill([batch], tf.constant(c.default, RAW_DTYPES[c.dtype])) for key, c in side}
 
 
 def missing_mask(x: tf.Tensor, dtype: str) -> tf.Tensor:
@@ -178,6 +187,7 @@ class _Plan:
     tasks: Tuple[str, ...]
     inputs: Tuple[RawInput, ...]
     features: Tuple[Feature, ...]
+    side: Tuple[Tuple[str, SideColumn], ...]  # the side inputs filled with their serving values
 
 
 class ServingModule(tf.Module):
@@ -188,17 +198,17 @@ class ServingModule(tf.Module):
     was built) creates and restores its variables outside the traced functions.
     """
 
-    def __init__(self, model: tf.keras.Model, schema_dict: dict, tasks: Sequence[str], data_dir: str,
+    def __init__(self, model: tf.keras.Model, schema: Schema, tasks: Sequence[str], data_dir: str,
                  example: Mapping[str, tf.Tensor]):
         super().__init__(name="ctrflow_serving")
-        schema = Schema.from_dict(schema_dict)
-        self._plan = _Plan(tuple(tasks), tuple(raw_inputs(schema_dict)), tuple(schema.features))
+        self._plan = _Plan(tuple(tasks), tuple(raw_inputs(schema)), tuple(schema.features),
+                           tuple(schema.side_columns().items()))
         self.encoders = {f.name: make_tf_encoder(f, data_dir) for f in schema.features}
         self._model_fn = lambda encoded: model(encoded, training=False)  # untracked: only read variables are kept
         self._predict_encoded(self._encode(dict(example)))  # builds (and restores) the model eagerly
         raw_spec = {r.name: r.tensor_spec() for r in self._plan.inputs}
         self.serve_raw = tf.function(self._serve_raw, input_signature=[raw_spec])
-        self.serve_encoded = tf.function(self._predict_encoded, input_signature=[encoded_specs(schema_dict)])
+        self.serve_encoded = tf.function(self._predict_encoded, input_signature=[encoded_specs(schema)])
         concrete = [self.serve_raw.get_concrete_function(), self.serve_encoded.get_concrete_function()]
         seen, kept = set(), []
         for fn in concrete:
@@ -227,7 +237,8 @@ class ServingModule(tf.Module):
             return {name: tf.identity(enc(raw[by_name[name].raw_column])) for name, enc in self.encoders.items()}
 
     def _predict_encoded(self, encoded):
-        out = self._model_fn(encoded)
+        batch = tf.shape(next(iter(encoded.values())))[0]
+        out = self._model_fn({**encoded, **side_defaults(self._plan.side, batch)})
         missing = [t for t in self._plan.tasks if t not in out]
         if missing:
             raise ValueError(f"the model's outputs {sorted(out)} lack the task(s) {missing}")

@@ -64,15 +64,14 @@ def _cast(f: Feature, v):
     return str(v)
 
 
-def example_rows(schema_dict: dict, data_dir: str, n: int = 1) -> List[Dict[str, Any]]:
+def example_rows(schema: Schema, data_dir: str, n: int = 1) -> List[Dict[str, Any]]:
     """``n`` raw rows (dicts keyed by raw column) with a value for every input."""
-    schema = Schema.from_dict(schema_dict)
     keys = {}
     for f in schema.features:
         vf = f.encoding.get("vocab_file")
         if vf:
             keys[f.name] = vocab.read_vocab(os.path.join(data_dir, vf))
-    first = {r.name: schema.feature(r.features[0]) for r in raw_inputs(schema_dict)}
+    first = {r.name: schema.feature(r.features[0]) for r in raw_inputs(schema)}
     return [{col: _value(f, keys.get(f.name, []), i, n) for col, f in first.items()} for i in range(n)]
 
 

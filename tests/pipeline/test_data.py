@@ -44,12 +44,15 @@ def rows_of(ds):
 
 
 def test_shapes_and_dtypes_follow_the_schema(data_dir):
-    inputs, labels = next(iter(make_dataset(data_dir, "train", 16, shuffle=False)))
+    inputs, labels, weights = next(iter(make_dataset(data_dir, "train", 16, shuffle=False)))
     assert {k: (tuple(v.shape), v.dtype) for k, v in inputs.items()} == {
         "item": ((16, 1), tf.int64), "seq": ((16, 3), tf.int64), "x": ((16, 2), tf.float32),
-        "row": ((16, 1), tf.int64), "user_key": ((16, 1), tf.int64), "w": ((16, 1), tf.float32)}
+        "row": ((16, 1), tf.int64), "user_key": ((16, 1), tf.int64), "w": ((16, 1), tf.float32),
+        "_user": ((16,), tf.int64)}  # the schema's user column as the side input
     assert {k: (tuple(v.shape), v.dtype) for k, v in labels.items()} == {
         "click": ((16, 1), tf.float32), "conv": ((16, 1), tf.float32)}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in weights.items()} == {
+        "click": ((16,), tf.float32), "conv": ((16,), tf.float32)}  # the schema's weight column, per task
     r = inputs["row"].numpy()[:, 0]
     np.testing.assert_array_equal(inputs["seq"].numpy(), np.stack([r, r + 1, r + 2], 1))
     np.testing.assert_allclose(inputs["x"].numpy(), np.stack([r / 10, -r], 1).astype(np.float32))
@@ -87,7 +90,8 @@ def test_features_labels_selection_repeat_and_drop_remainder(data_dir):
                       repeat=True, drop_remainder=True)
     batches = list(ds.take(5))
     assert all(b[0]["seq"].shape == (50, 3) for b in batches)
-    assert set(batches[0][0]) == {"seq", "row", "user_key", "w"} and set(batches[0][1]) == {"conv"}
+    assert set(batches[0][0]) == {"seq", "row", "user_key", "w", "_user"} and set(batches[0][1]) == {"conv"}
+    assert set(batches[0][2]) == {"conv"}  # weights for the selected tasks
     with pytest.raises(SchemaError, match="nope"):
         make_dataset(data_dir, "train", 4, features=["nope"])
 

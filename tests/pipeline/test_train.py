@@ -87,9 +87,9 @@ def test_bf16_run_trains_serves_like_keras_and_restores_the_policy(sim_data, tmp
     assert tf.keras.mixed_precision.global_policy().name == "float32"
     assert max(summary["history"]["val_auc"]) > 0.6, summary["history"]["val_auc"]
     info = export_run(summary["run_dir"], str(tmp_path / "serving"), warmup_batch_sizes=(1,))
-    model, schema_dict, _ = load_model(summary["run_dir"])
+    model, schema, _ = load_model(summary["run_dir"])
     inputs = next(iter(make_dataset(sim_data, "test", 256, shuffle=False, labels=["click"])))[0]
-    encoded = {f["name"]: inputs[f["name"]].numpy() for f in schema_dict["features"]}
+    encoded = {name: inputs[name].numpy() for name in schema.feature_names}
     want = model(encoded, training=False)["click"].numpy().reshape(-1)
     got = LocalModelServer(info["export_dir"]).predict(encoded, signature_name=ENCODED_SIGNATURE)["click"]
     assert np.std(want) > 1e-3

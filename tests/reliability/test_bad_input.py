@@ -319,12 +319,12 @@ def served(tmp_path_factory):
     from serving.export import export_model
 
     specs = [dataclasses.replace(s, required=True) if s.name == "score" else s for s in F.SPECS]
-    data_dir, schema_dict = F.fit_features(str(tmp_path_factory.mktemp("fit")), specs)
+    data_dir, schema = F.fit_features(str(tmp_path_factory.mktemp("fit")), specs)
     rows = [dict(r, score=1.0) for r in F.request_rows(4)]
-    model = F.tiny_model(schema_dict, "dnn", F.encode_rows(schema_dict, data_dir, rows))
+    model = F.tiny_model(schema, "dnn", F.encode_rows(schema, data_dir, rows))
     export_dir = os.path.join(str(tmp_path_factory.mktemp("export")), "ctr", "1")
-    export_model(model, schema_dict, F.TASKS, data_dir, export_dir, model_name="ctr")
-    return LocalModelServer(export_dir, model_name="ctr"), RequestBuilder.from_schema(schema_dict), rows
+    export_model(model, schema, F.TASKS, data_dir, export_dir, model_name="ctr")
+    return LocalModelServer(export_dir, model_name="ctr"), RequestBuilder.from_schema(schema), rows
 
 
 @pytest.mark.slow  # the export behind ``served`` takes ~20 s on a loaded machine

@@ -8,7 +8,7 @@ from serving_fixtures import TASKS, encode_rows, fit_features, keras_predict, re
 
 @pytest.fixture(scope="session")
 def fitted(tmp_path_factory):
-    """(data_dir, schema_dict) fitted on a raw frame written to a temp dir."""
+    """(data_dir, schema) fitted on a raw frame written to a temp dir."""
     return fit_features(str(tmp_path_factory.mktemp("fitted")))
 
 
@@ -19,8 +19,8 @@ def rows():
 
 @pytest.fixture(scope="session")
 def encoded(fitted, rows):
-    data_dir, schema_dict = fitted
-    return encode_rows(schema_dict, data_dir, rows)
+    data_dir, schema = fitted
+    return encode_rows(schema, data_dir, rows)
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +29,12 @@ def exported(fitted, encoded, tmp_path_factory):
     Keras model and its predictions on the request rows."""
     from serving.export import export_model
 
-    data_dir, schema_dict = fitted
-    model = tiny_model(schema_dict, "dcnv2", encoded)
+    data_dir, schema = fitted
+    model = tiny_model(schema, "dcnv2", encoded)
     export_dir = os.path.join(str(tmp_path_factory.mktemp("export")), "ctr", "1")
-    info = export_model(model, schema_dict, TASKS, data_dir, export_dir, model_name="ctr")
+    info = export_model(model, schema, TASKS, data_dir, export_dir, model_name="ctr")
     return {"export_dir": export_dir, "model": model, "info": info, "expected": keras_predict(model, encoded),
-            "schema_dict": schema_dict, "data_dir": data_dir}
+            "schema": schema, "data_dir": data_dir}
 
 
 @pytest.fixture(scope="session")

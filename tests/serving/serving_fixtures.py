@@ -76,8 +76,9 @@ def train_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     })
 
 
-def fit_features(root: str, specs=SPECS) -> tuple:
-    """Write a raw train frame under ``root``, fit the features on it -> (data_dir, schema_dict)."""
+def fit_features(root: str, specs=SPECS, **schema_fields) -> tuple:
+    """Write a raw train frame under ``root``, fit the features on it -> (data_dir, Schema);
+    ``schema_fields``: more fields of the Schema (meta columns, side columns)."""
     raw_path = os.path.join(root, "raw.parquet")
     train_frame().to_parquet(raw_path)
     frame = pd.read_parquet(raw_path)
@@ -88,9 +89,9 @@ def fit_features(root: str, specs=SPECS) -> tuple:
         col = frame[spec.source or spec.name]
         values = [list(v) for v in col] if spec.kind in ("sequence", "dense") else col
         feats[spec.name] = E.build_feature(spec, E.compute_stats(spec, values), data_dir)
-    schema = Schema(features=[feats[s.name] for s in specs], labels=list(TASKS))
+    schema = Schema(features=[feats[s.name] for s in specs], labels=list(TASKS), **schema_fields)
     schema.save(os.path.join(data_dir, "schema.json"))
-    return data_dir, schema.to_dict()
+    return data_dir, schema
 
 
 def request_rows(n: int = 40, seed: int = 1) -> list:
@@ -120,10 +121,10 @@ def request_rows(n: int = 40, seed: int = 1) -> list:
     return rows
 
 
-def encode_rows(schema_dict: dict, data_dir: str, rows: list) -> dict:
+def encode_rows(schema: Schema, data_dir: str, rows: list) -> dict:
     """What the Beam job writes for ``rows``: {feature: encoded array} (the Keras inputs)."""
     out = {}
-    for f in Schema.from_dict(schema_dict).features:
+    for f in schema.features:
         out[f.name] = E.NumpyEncoder(f, data_dir).encode([r.get(f.raw_column) for r in rows])
     return out
 
@@ -137,9 +138,9 @@ def perturb(model, seed: int = 0, scale: float = 0.3) -> None:
             v.assign(rng.normal(0.0, scale, v.shape).astype(v.dtype.as_numpy_dtype))
 
 
-def tiny_model(schema_dict: dict, backbone: str, encoded: dict, tasks=TASKS, seed: int = 0):
+def tiny_model(schema: Schema, backbone: str, encoded: dict, tasks=TASKS, seed: int = 0):
     tf.keras.utils.set_random_seed(seed)
-    model = build_model(schema_dict, tasks, backbone=backbone, backbone_options=SMALL.get(backbone, {}),
+    model = build_model(schema.to_dict(), tasks, backbone=backbone, backbone_options=SMALL.get(backbone, {}),
                         embedding_dim=4)
     model(encoded, training=False)
     perturb(model, seed)
@@ -151,11 +152,11 @@ def keras_predict(model, encoded: dict, tasks=TASKS) -> dict:
     return {t: out[t].numpy().reshape(-1) for t in tasks}
 
 
-def make_run_dir(root: str, model, schema_dict: dict, tasks, data_dir: str, backbone: str) -> str:
+def make_run_dir(root: str, model, schema: Schema, tasks, data_dir: str, backbone: str) -> str:
     """A completed run directory in the layout of ``serving/run_artifacts.py``."""
     run_dir = os.path.join(root, "runs", f"{backbone}-run")
     os.makedirs(run_dir, exist_ok=True)
-    spec = {"schema": schema_dict, "tasks": list(tasks),
+    spec = {"schema": schema.to_dict(), "tasks": list(tasks),
             "model": {"backbone": backbone, "backbone_options": SMALL.get(backbone, {}), "embedding_dim": 4,
                       "embedding_options": {}, "framework": "none", "framework_options": {}}}
     with open(os.path.join(run_dir, "model.json"), "w") as fh:

@@ -24,7 +24,7 @@ def builder(exported):
 
 
 def test_builder_from_export_equals_from_schema(builder, exported):
-    assert builder.inputs == RequestBuilder.from_schema(exported["schema_dict"]).inputs
+    assert builder.inputs == RequestBuilder.from_schema(exported["schema"]).inputs
     price = builder.by_name["price"]
     assert price.features == ("price", "price_bucket")  # one request key feeds both features
 

@@ -25,10 +25,10 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def run_dir(fitted, encoded, tmp_path_factory):
     """A completed single-task run (DCNv2) and its model's predictions on the request rows."""
-    data_dir, schema_dict = fitted
-    model = tiny_model(schema_dict, "dcnv2", encoded, tasks=["click"], seed=3)
+    data_dir, schema = fitted
+    model = tiny_model(schema, "dcnv2", encoded, tasks=["click"], seed=3)
     root = str(tmp_path_factory.mktemp("runs"))
-    return make_run_dir(root, model, schema_dict, ["click"], data_dir, "dcnv2"), keras_predict(model, encoded, ["click"])
+    return make_run_dir(root, model, schema, ["click"], data_dir, "dcnv2"), keras_predict(model, encoded, ["click"])
 
 
 def test_export_run_versions_keep_and_models_config(run_dir, fitted, rows, tmp_path, capsys):
@@ -93,14 +93,14 @@ def test_versions_and_pruning(tmp_path):
 def test_warmup_records_parse_and_replay(exported, server):
     requests = read_warmup_requests(exported["export_dir"])  # parses each record as a PredictionLog
     assert [r.inputs["item_id"].tensor_shape.dim[0].size for r in requests] == [1, 64]
-    schema_dict, data_dir = exported["schema_dict"], exported["data_dir"]
-    ex = example_rows(schema_dict, data_dir, 16)
+    schema, data_dir = exported["schema"], exported["data_dir"]
+    ex = example_rows(schema, data_dir, 16)
     for req in requests:
         assert req.model_spec.name == "ctr" and req.model_spec.signature_name == RAW_SIGNATURE
         out = server.predict_grpc(req)
         n = req.inputs["item_id"].tensor_shape.dim[0].size
         batch = [ex[i % len(ex)] for i in range(n)]
-        want = keras_predict(exported["model"], encode_rows(schema_dict, data_dir, batch))
+        want = keras_predict(exported["model"], encode_rows(schema, data_dir, batch))
         for t in TASKS:
             np.testing.assert_allclose(tf.make_ndarray(out.outputs[t]), want[t], rtol=0, atol=TOL)
 
@@ -121,17 +121,17 @@ def test_export_is_self_contained(exported, rows, tmp_path):
         np.testing.assert_allclose(got[t], exported["expected"][t], rtol=0, atol=TOL)
 
 
-def _one(server, schema_dict, row):
-    return server.predict(RequestBuilder.from_schema(schema_dict).tensors([row]))
+def _one(server, schema, row):
+    return server.predict(RequestBuilder.from_schema(schema).tensors([row]))
 
 
 def test_unknown_category_is_oov_and_missing_optional_takes_default(exported, server, rows):
-    schema_dict, data_dir = exported["schema_dict"], exported["data_dir"]
+    schema, data_dir = exported["schema"], exported["data_dir"]
     row = dict(rows[0], user_id="never-seen-user", gender="m", ad_age=12.0)
-    enc = encode_rows(schema_dict, data_dir, [row])
+    enc = encode_rows(schema, data_dir, [row])
     assert enc["user_id"][0, 0] == OOV_ID
     enc_known = dict(enc, user_id=np.array([[5]]))
-    via_raw = _one(server, schema_dict, row)
+    via_raw = _one(server, schema, row)
     via_oov = server.predict(enc, signature_name=ENCODED_SIGNATURE)
     via_known = server.predict(enc_known, signature_name=ENCODED_SIGNATURE)
     for t in TASKS:
@@ -140,13 +140,13 @@ def test_unknown_category_is_oov_and_missing_optional_takes_default(exported, se
     # gender (default "f") and ad_age (default 3.0) missing -> the defaults
     absent = {k: v for k, v in row.items() if k != "gender"}
     for missing, default in [(absent, dict(row, gender="f")), (dict(row, ad_age=None), dict(row, ad_age=3.0))]:
-        a, b = _one(server, schema_dict, missing), _one(server, schema_dict, default)
+        a, b = _one(server, schema, missing), _one(server, schema, default)
         for t in TASKS:
             assert a[t] == pytest.approx(b[t], abs=TOL)
 
 
 def test_missing_required_fails_naming_the_feature(exported, server, rows):
-    builder = RequestBuilder.from_schema(exported["schema_dict"])
+    builder = RequestBuilder.from_schema(exported["schema"])
     tensors = builder.tensors(rows[:3])
     tensors["item_id"] = np.array(["i1", "", "i2"], dtype=object)  # what a client skipping checks sends
     with pytest.raises(ServingError, match=r"required feature item_id has no value.*rows:\] \[1\]"):
@@ -165,7 +165,7 @@ def test_missing_required_fails_naming_the_feature(exported, server, rows):
 
 
 def test_wrong_dtype_and_unknown_key_fail_naming_the_input(exported, server, rows):
-    tensors = RequestBuilder.from_schema(exported["schema_dict"]).tensors(rows[:2])
+    tensors = RequestBuilder.from_schema(exported["schema"]).tensors(rows[:2])
     bad = dict(tensors, price=np.array(["1.5", "2"], dtype=object))
     with pytest.raises(RequestError, match="price") as err:  # checked against the signature's TensorSpec
         server.predict(bad)
@@ -208,14 +208,14 @@ class _WithDiscriminator(CTRModel):
 
 
 def test_training_only_parts_are_dropped(fitted, encoded, tmp_path):
-    data_dir, schema_dict = fitted
-    model = _WithDiscriminator(schema_dict, ["click"], backbone="dnn", backbone_options={"dnn_units": [8]},
+    data_dir, schema = fitted
+    model = _WithDiscriminator(schema.to_dict(), ["click"], backbone="dnn", backbone_options={"dnn_units": [8]},
                                embedding_dim=4)
     model({k: tf.constant(v) for k, v in encoded.items()}, training=False)
     disc_input = tf.zeros([1, model.embedding.num_fields * 4])
     model.discriminator(disc_input)
     export_dir = str(tmp_path / "m" / "1")
-    info = export_model(model, schema_dict, ["click"], data_dir, export_dir, warmup_batch_sizes=(1,))
+    info = export_model(model, schema, ["click"], data_dir, export_dir, warmup_batch_sizes=(1,))
     loaded = tf.saved_model.load(export_dir)
     assert sorted(loaded.signatures[RAW_SIGNATURE].structured_outputs) == ["click"]
     assert info["signatures"][RAW_SIGNATURE]["outputs"] == ["click"]

@@ -18,13 +18,13 @@ TOL = 1e-5
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_saved_model_equals_keras(backbone, fitted, rows, encoded, tmp_path):
-    data_dir, schema_dict = fitted
-    model = tiny_model(schema_dict, backbone, encoded)
+    data_dir, schema = fitted
+    model = tiny_model(schema, backbone, encoded)
     expected = keras_predict(model, encoded)
     export_dir = str(tmp_path / backbone / "1")
-    export_model(model, schema_dict, TASKS, data_dir, export_dir, warmup_batch_sizes=(1,))
+    export_model(model, schema, TASKS, data_dir, export_dir, warmup_batch_sizes=(1,))
     server = LocalModelServer(export_dir)
-    raw = server.predict(RequestBuilder.from_schema(schema_dict).tensors(rows))
+    raw = server.predict(RequestBuilder.from_schema(schema).tensors(rows))
     enc = server.predict(encoded, signature_name=ENCODED_SIGNATURE)
     for t in TASKS:
         assert raw[t].shape == (len(rows),)
@@ -47,7 +47,7 @@ def _saved_model_cli_run(export_dir, tensors, tmp_path):
 def test_saved_model_cli_run(exported, rows, tmp_path):
     """``saved_model_cli run --inputs`` loads the export in graph mode (as the model server
     does) and reproduces the Keras predictions."""
-    tensors = RequestBuilder.from_schema(exported["schema_dict"]).tensors(rows)
+    tensors = RequestBuilder.from_schema(exported["schema"]).tensors(rows)
     res = _saved_model_cli_run(exported["export_dir"], tensors, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     for t in TASKS:
@@ -58,7 +58,7 @@ def test_saved_model_cli_run(exported, rows, tmp_path):
 
 def test_saved_model_cli_run_enforces_required_features(exported, rows, tmp_path):
     """The required-feature assertion also fires in the graph-mode (session) loader."""
-    tensors = RequestBuilder.from_schema(exported["schema_dict"]).tensors(rows[:3])
+    tensors = RequestBuilder.from_schema(exported["schema"]).tensors(rows[:3])
     tensors["item_id"][2] = ""
     res = _saved_model_cli_run(exported["export_dir"], tensors, tmp_path)
     assert res.returncode != 0
