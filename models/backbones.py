@@ -3,9 +3,10 @@
 A backbone maps :class:`~models.embedding.EmbeddedFields` (fields [B, F, d], first-order
 terms [B, F]) to a :data:`BackboneOutput`: a representation ``repr`` (r_b, [B, h]) and
 a ``logit`` [B, 1], both float32 whatever the compute dtype. Two-branch backbones
-(an explicit/simple branch beside an implicit/deep one) also give each branch's
-own output through ``call_branches`` (TF4CTR Sec. III-D/F); their ``call`` fuses the
-branches as the original paper does: the logits are summed (for DCN / DCN-V2 /
+have a *simple* branch (the explicit interactions: cross network, FM, CIN, attention,
+a shallow MLP) and a *complex* one (the deep MLP); ``backbone(emb, branches=True)``
+gives each branch's own output (TF4CTR's simple and complex encoders, Sec. III-D/F),
+and plain ``backbone(emb)`` fuses the branches as the original paper does: the logits are summed (for DCN / DCN-V2 /
 AutoInt+ "concatenate then one linear unit" is the same sum of per-branch linear
 units) and ``repr`` is the concatenation of the branch representations. FinalMLP
 adds its bilinear term to the sum.
@@ -84,7 +85,7 @@ def _flat(fields: tf.Tensor) -> tf.Tensor:
 class Backbone(tf.keras.layers.Layer):
     """The protocol (see the module docstring). Subclasses set ``defaults``, build their
     layers in ``_build_layers`` and implement ``_forward`` (one branch) or ``_simple`` /
-    ``_deep`` (two branches, named by ``branch_names``)."""
+    ``_complex`` (two branches, named by ``branch_names``)."""
 
     registered_name = "backbone"
     defaults: Dict[str, Any] = {}
@@ -124,7 +125,7 @@ class Backbone(tf.keras.layers.Layer):
 
     @property
     def branches(self) -> Optional[Tuple[str, str]]:
-        """(explicit/simple, implicit/deep) branch names, or None for a one-branch backbone."""
+        """(simple, complex) branch names, or None for a one-branch backbone."""
         return self.branch_names
 
     # ---- subclass hooks ----------------------------------------------------------------
@@ -137,36 +138,30 @@ class Backbone(tf.keras.layers.Layer):
     def _simple(self, emb: EmbeddedFields, training) -> BackboneOutput:
         raise NotImplementedError
 
-    def _deep(self, emb: EmbeddedFields, training) -> BackboneOutput:
+    def _complex(self, emb: EmbeddedFields, training) -> BackboneOutput:
         raise NotImplementedError
 
-    def _fuse(self, simple: BackboneOutput, deep: BackboneOutput, training) -> BackboneOutput:
-        return BackboneOutput(tf.concat([simple.repr, deep.repr], axis=1), simple.logit + deep.logit)
+    def _fuse(self, simple: BackboneOutput, complex_: BackboneOutput, training) -> BackboneOutput:
+        return BackboneOutput(tf.concat([simple.repr, complex_.repr], axis=1), simple.logit + complex_.logit)
 
     def _tower(self, units, name: str) -> L.Tower:
         o = self.options
         return L.Tower(units, o["dnn_activation"], o["dnn_dropout"], o["dnn_batch_norm"], o["dnn_l2"], name=name)
 
     # ---- protocol ----------------------------------------------------------------------
-    def call(self, emb: EmbeddedFields, training=None) -> BackboneOutput:
-        emb = self._prepare(emb)
-        if self.branches:
-            s, d = _float32(self._simple(emb, training)), _float32(self._deep(emb, training))
-            return self._fuse(s, d, training)
-        return _float32(self._forward(emb, training))
-
-    def call_branches(self, emb: EmbeddedFields, training=None,
-                      deep_emb: Optional[EmbeddedFields] = None) -> Tuple[BackboneOutput, BackboneOutput]:
-        """(simple/explicit, deep/implicit) outputs, each with its own repr and logit.
-
-        ``deep_emb`` feeds the deep branch other embeddings than ``emb`` (TF4CTR's SSEM:
-        separate tables, gating or MoE per branch); the default shares ``emb``.
-        """
+    def call(self, emb: EmbeddedFields, training=None, branches=False, complex_emb: Optional[EmbeddedFields] = None):
+        """The fused :data:`BackboneOutput`; with ``branches`` the (simple, complex) pair of a
+        two-branch backbone, each with its own repr and logit. ``complex_emb`` feeds the
+        complex branch other embeddings than ``emb`` (TF4CTR's SSEM: separate tables, gating
+        or MoE per branch); the default shares ``emb``."""
+        if not (branches or self.branches):
+            return _float32(self._forward(self._prepare(emb), training))
         if not self.branches:
             raise TypeError(f"backbone '{self.registered_name}' has a single branch (options: {self.options})")
-        s = self._simple(self._prepare(emb), training)
-        d = self._deep(self._prepare(emb if deep_emb is None else deep_emb), training)
-        return _float32(s), _float32(d)
+        emb = self._prepare(emb)
+        complex_emb = emb if complex_emb is None else self._prepare(complex_emb)
+        simple, complex_ = _float32(self._simple(emb, training)), _float32(self._complex(complex_emb, training))
+        return (simple, complex_) if branches else self._fuse(simple, complex_, training)
 
     def _prepare(self, emb: EmbeddedFields) -> EmbeddedFields:
         if emb.fields.shape[1] != self.num_fields:
@@ -293,7 +288,7 @@ class DualMLP(Backbone):
     def _simple(self, emb, training):
         return BackboneOutput(*self.tower1(_flat(emb.fields), training=training))
 
-    def _deep(self, emb, training):
+    def _complex(self, emb, training):
         return BackboneOutput(*self.tower2(_flat(emb.fields), training=training))
 
 
@@ -327,17 +322,17 @@ class FinalMLP(DualMLP):
     def _simple(self, emb, training):
         return BackboneOutput(*self.tower1(self._stream_input(self.gate1, emb, training), training=training))
 
-    def _deep(self, emb, training):
+    def _complex(self, emb, training):
         return BackboneOutput(*self.tower2(self._stream_input(self.gate2, emb, training), training=training))
 
-    def _fuse(self, simple, deep, training):
-        fused = super()._fuse(simple, deep, training)
-        return BackboneOutput(fused.repr, fused.logit + self.bilinear([simple.repr, deep.repr]))
+    def _fuse(self, simple, complex_, training):
+        fused = super()._fuse(simple, complex_, training)
+        return BackboneOutput(fused.repr, fused.logit + self.bilinear([simple.repr, complex_.repr]))
 
 
 # ---- explicit interaction + DNN ----------------------------------------------------------------
 class _WithDNN(Backbone):
-    """Two-branch base: an explicit branch (``_simple``) beside an MLP over the flat embeddings."""
+    """Two-branch base: an explicit (simple) branch beside an MLP (complex) over the flat embeddings."""
 
     defaults = dict(DNN_DEFAULTS)
 
@@ -348,7 +343,7 @@ class _WithDNN(Backbone):
     def _build_explicit(self):
         raise NotImplementedError
 
-    def _deep(self, emb, training):
+    def _complex(self, emb, training):
         return BackboneOutput(*self.tower(_flat(emb.fields), training=training))
 
 

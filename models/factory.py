@@ -1,24 +1,27 @@
 """Build a model by name from a schema and a model config.
 
 ``framework`` selects the model class: ``none`` is the plain backbone model
-(:class:`models.ctr_model.CTRModel`); method frameworks (TF4CTR, ...) register
-themselves with :func:`register_framework` and wrap a backbone by name; a framework
-class declares its ``framework_options`` as ``option_defaults`` (and ``option_ranges``,
-``option_choices``, ``option_types``: see :func:`models.options.check_options`), checked by
-:func:`check_model_options`.
+(:class:`models.ctr_model.CTRModel`); method frameworks (TF4CTR, ...) live in
+``models/frameworks/`` (one module or folder each), subclass
+:class:`models.framework.FrameworkModel` and register themselves on import with
+:func:`register_framework`; a framework class declares its ``framework_options`` as
+``option_defaults`` (and ``option_ranges``, ``option_choices``, ``option_types``: see
+:func:`models.options.check_options`), checked by :func:`check_model_options`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
-
-import tensorflow as tf
+import importlib
+import inspect
+import pkgutil
+from typing import Any, Dict, List, Optional
 
 from models import embedding
 from models.backbones import BACKBONES, backbone_class
 from models.ctr_model import CTRModel
+from models.heads import check_head_options
 from models.options import OptionError, check_options
 
-FRAMEWORKS: Dict[str, Callable[..., tf.keras.Model]] = {"none": CTRModel}
+FRAMEWORKS: Dict[str, type] = {"none": CTRModel}
 
 
 def register_framework(name: str):
@@ -28,6 +31,7 @@ def register_framework(name: str):
     def deco(cls):
         if name in FRAMEWORKS:
             raise ValueError(f"framework '{name}' is registered twice ({FRAMEWORKS[name].__name__}, {cls.__name__})")
+        cls.framework_name = name
         FRAMEWORKS[name] = cls
         return cls
 
@@ -37,18 +41,35 @@ def register_framework(name: str):
 def build_model(schema_dict: dict, tasks: List[str], backbone: str = "dcnv2",
                 backbone_options: Optional[dict] = None, embedding_dim: int = 16,
                 embedding_options: Optional[dict] = None, framework: str = "none",
-                framework_options: Optional[dict] = None) -> tf.keras.Model:
+                framework_options: Optional[dict] = None, heads: str = "additive",
+                head_options: Optional[dict] = None, field_modules: Optional[List[dict]] = None):
+    """The framework's model class built from a model config (checked first)."""
     check_model_options(backbone, backbone_options or {}, embedding_dim, embedding_options or {}, framework,
-                        framework_options or {}, prefix="")
+                        framework_options or {}, prefix="", heads=heads, head_options=head_options or {},
+                        field_modules=field_modules or [])
     return FRAMEWORKS[framework](schema_dict=schema_dict, tasks=list(tasks), backbone=backbone,
                                  backbone_options=dict(backbone_options or {}),
                                  embedding_dim=embedding_dim,
                                  embedding_options=dict(embedding_options or {}),
+                                 **_structure_options(heads, head_options or {}, field_modules or []),
                                  **dict(framework_options or {}))
 
 
+def _structure_options(heads: str, head_options: dict, field_modules: List[dict]) -> Dict[str, Any]:
+    """The task-head and field-module arguments that differ from the defaults (a framework
+    that has no task heads, such as single-task TF4CTR, is built without them)."""
+    out: Dict[str, Any] = {}
+    if heads != "additive" or head_options:
+        out.update(heads=heads, head_options=dict(head_options))
+    if field_modules:
+        out["field_modules"] = [dict(m) for m in field_modules]
+    return out
+
+
 def check_model_options(backbone: str, backbone_options: dict, embedding_dim: int, embedding_options: dict,
-                        framework: str, framework_options: dict, prefix: str = "model.") -> Dict[str, Any]:
+                        framework: str, framework_options: dict, prefix: str = "model.", heads: str = "additive",
+                        head_options: Optional[dict] = None,
+                        field_modules: Optional[List[dict]] = None) -> Dict[str, Any]:
     """Names, types and ranges of a model config's options, before anything is built; returns
     the checked option dicts (integral floats of int options made ints). Errors are
     :class:`OptionError` naming ``prefix`` + the key (``model.backbone_options.dnn_units``)."""
@@ -61,7 +82,12 @@ def check_model_options(backbone: str, backbone_options: dict, embedding_dim: in
     if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
         raise OptionError(f"{prefix}embedding_dim = {embedding_dim!r}: expected an integer >= 1")
     fw = FRAMEWORKS[framework]
-    return {"backbone_options": cls.check_options(backbone_options, f"{prefix}backbone_options."),
+    accepted = inspect.signature(fw.__init__).parameters
+    for key in _structure_options(heads, head_options or {}, field_modules or []):
+        if key not in accepted:
+            raise OptionError(f"{prefix}{key}: framework '{framework}' has no {key.replace('_', ' ')} "
+                              f"(it is single-task or builds its own fields); leave it unset")
+    return {"head_options": check_head_options(heads, head_options or {}, prefix),"backbone_options": cls.check_options(backbone_options, f"{prefix}backbone_options."),
             "embedding_options": check_options(embedding_options, embedding.OPTION_DEFAULTS,
                                                f"{prefix}embedding_options.", "the embedding",
                                                embedding.OPTION_RANGES),
@@ -79,12 +105,8 @@ def custom_objects() -> Dict[str, type]:
 
 
 def _import_frameworks() -> None:
-    """Frameworks register on import; import the ones that exist."""
-    import importlib
+    """Frameworks register on import: import every module and folder of ``models.frameworks``."""
+    import models.frameworks as package
 
-    for module in ("models.tf4ctr",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")

@@ -116,6 +116,37 @@ def dropout(x, rate: float):
     return tf.nn.experimental.stateless_dropout(x, rate, seed)
 
 
+@tf.custom_gradient
+def _reverse_gradient(x, alpha):
+    def grad(upstream):
+        # -alpha * g computed in float32 and rounded once to g's dtype: the exact value in
+        # float32, the correctly rounded one in bfloat16 / float16
+        return tf.cast(-alpha * tf.cast(upstream, tf.float32), upstream.dtype), tf.zeros_like(alpha)
+
+    return tf.identity(x), grad
+
+
+@_register
+class GradientReversal(tf.keras.layers.Layer):
+    """y = x forward, dL/dx = -alpha dL/dy backward (Ganin & Lempitsky's gradient-reversal
+    layer; Rec4Ad's domain alignment): what follows it is trained to separate, what precedes
+    it to confuse. Keeps the input's dtype; ``alpha`` is a float32 constant of the config."""
+
+    def __init__(self, alpha: float = 1.0, **kw):
+        kw.setdefault("dtype", None)
+        super().__init__(**kw)
+        if not float(alpha) >= 0:
+            raise ValueError(f"GradientReversal: alpha must be >= 0, got {alpha}")
+        self.alpha = float(alpha)
+        self._autocast = False  # the input keeps its dtype (bf16 in, bf16 out)
+
+    def call(self, x):
+        return _reverse_gradient(x, tf.constant(self.alpha, tf.float32))
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
 def _upper_pairs(num_fields: int):
     """Row/column indices (i, j) with i < j of an F x F matrix, row-major."""
     return np.triu_indices(num_fields, k=1)

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from features import outputs
 from features.schema import Schema
-from models.ctr_model import NONFINITE_MARK
+from models.steps import NONFINITE_MARK
 from models.factory import build_model
 from models.layers import global_policy
 from pipeline import metrics as M
@@ -36,7 +36,8 @@ from pipeline.difficulty import analysis_callbacks
 from pipeline.predict import predict_labels
 from pipeline.strategy import auto_shard_policy, is_chief, make_strategy
 # the config lives in pipeline/train_config.py (runs.py reads it too); importable from here as before
-from pipeline.train_config import EarlyStoppingConfig, ModelConfig, OptimizerConfig, TrainConfig  # noqa: F401
+from pipeline.train_config import (MEAN, EarlyStoppingConfig, ModelConfig, OptimizerConfig,  # noqa: F401
+                                   TaskLoss, TrainConfig, monitored_metrics)
 from serving import run_artifacts
 
 
@@ -50,7 +51,7 @@ _NONFINITE = re.compile(re.escape(NONFINITE_MARK) + r": ([^\]]*)\] \[([^\]]*)\] 
 
 def nonfinite_error(exc: tf.errors.InvalidArgumentError, steps_per_epoch: int) -> Optional[NanLossError]:
     """The :class:`NanLossError` a failed finiteness check of the compiled training step
-    (``models.ctr_model.finite_or_stop``) stands for, or None for any other error."""
+    (``models.steps.finite_or_stop``) stands for, or None for any other error."""
     found = _NONFINITE.search(str(exc))
     if found is None:
         return None
@@ -68,7 +69,7 @@ def nonfinite_error(exc: tf.errors.InvalidArgumentError, steps_per_epoch: int) -
 class NanGuard(tf.keras.callbacks.Callback):
     """At each epoch end, stop if the loss or any weight is non-finite, naming the epoch.
 
-    The compiled step checks inputs, logits and gradients (``models.ctr_model``); this
+    The compiled step checks inputs, logits and gradients (``models.steps``); this
     epoch-level check is the backstop where those checks do not run (XLA compiles them
     away) and catches an update that overflowed a weight. It runs before the run's backup,
     so a non-finite model is never backed up."""
@@ -148,28 +149,34 @@ def _plain(value):
 
 
 class ExactValidation(tf.keras.callbacks.Callback):
-    """Exact AUC and LogLoss on the valid split at each epoch end, added to the logs.
+    """Exact AUC and LogLoss of every task on the valid split at each epoch end, added to the logs.
 
-    Runs before EarlyStopping / ModelCheckpoint / CSVLogger / TensorBoard in the
-    callback list so they all see ``val_auc`` (first task) and ``val_<task>_auc``.
+    Runs before EarlyStopping / ModelCheckpoint / TensorBoard / the run's history in the
+    callback list so they all see ``val_<task>_auc`` / ``val_<task>_logloss`` per task, their
+    means over the tasks (``val_mean_auc`` / ``val_mean_logloss``) and the first task's as
+    ``val_auc`` / ``val_logloss`` (:func:`pipeline.train_config.monitored_metrics`).
     Keras' own AUC metric uses 200 thresholds; the papers' AUC is exact.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, tasks: List[str]):
+    def __init__(self, dataset: tf.data.Dataset, tasks: List[str], split: str = "valid"):
         super().__init__()
-        self.dataset = dataset
-        self.tasks = tasks
+        self.dataset, self.tasks, self.split = dataset, tasks, split
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         y, p = predict_labels(self.model, self.dataset, self.tasks)
-        for i, task in enumerate(self.tasks):
-            auc = M.auc(y[task], p[task])
-            ll = M.logloss(y[task], p[task])
-            logs[f"val_{task}_auc"] = auc
-            logs[f"val_{task}_logloss"] = ll
-            if i == 0:
-                logs["val_auc"], logs["val_logloss"] = auc, ll
+        aucs = [self._auc(y[t], p[t], t) for t in self.tasks]
+        loglosses = [M.logloss(y[t], p[t]) for t in self.tasks]
+        for metric, values in (("auc", aucs), ("logloss", loglosses)):
+            logs.update({f"val_{t}_{metric}": v for t, v in zip(self.tasks, values)})
+            logs[f"val_{metric}"], logs[f"val_{MEAN}_{metric}"] = values[0], float(np.mean(values))
+
+    def _auc(self, y, p, task) -> float:
+        """The exact AUC; a split with one class of ``task``'s labels is the user's to fix."""
+        if y.min() == y.max():
+            raise ConfigError(f"task '{task}': the '{self.split}' split holds only labels {y.max():g}, so its "
+                              f"validation AUC is undefined; drop the task from `tasks` or split the data anew")
+        return M.auc(y, p)
 
 
 def make_optimizer(cfg: OptimizerConfig) -> tf.keras.optimizers.Optimizer:
@@ -184,10 +191,22 @@ def make_optimizer(cfg: OptimizerConfig) -> tf.keras.optimizers.Optimizer:
     return opt
 
 
-def make_losses(cfg: TrainConfig, tasks: List[str]):
+def make_losses(cfg: TrainConfig, tasks: List[str]) -> tuple:
+    """({task: loss}, {task: weight}) for ``compile``: the total loss is the weighted sum of the
+    tasks' losses (``TrainConfig.task_losses``, else ``loss`` / ``loss_options`` with weight 1)."""
     from models.losses import get_loss
 
-    return {t: get_loss(cfg.loss, **cfg.loss_options) for t in tasks}
+    specs = {t: cfg.task_loss(t) for t in tasks}
+    return ({t: get_loss(s.loss, **s.options) for t, s in specs.items()},
+            {t: s.weight for t, s in specs.items()})
+
+
+def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str]) -> None:
+    """Compile ``model`` for training: optimizer, per-task losses and weights, Keras' AUC per task."""
+    losses, weights = make_losses(cfg, tasks)
+    model.compile(optimizer=make_optimizer(cfg.optimizer), loss=losses, loss_weights=weights,
+                  metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
+                  jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
 
 
 def resolve(cfg: TrainConfig) -> tuple:
@@ -202,23 +221,8 @@ def resolve(cfg: TrainConfig) -> tuple:
     for split in [cfg.train_split, cfg.valid_split, *cfg.eval_splits]:
         if not os.path.isdir(os.path.join(cfg.data_dir, split)):
             raise ConfigError(f"split '{split}' is missing under data_dir '{cfg.data_dir}'")
-    monitors = monitored_metrics(tasks, cfg.strategy.name == "parameter_server")
-    if cfg.early_stopping.monitor not in monitors:
-        raise ConfigError(f"early_stopping.monitor = {cfg.early_stopping.monitor!r}: not a metric this run "
-                          f"logs; expected one of {monitors}")
+    cfg.check_tasks(tasks)
     return schema, tasks, feats
-
-
-def monitored_metrics(tasks: List[str], is_ps: bool) -> List[str]:
-    """What ``early_stopping.monitor`` may name: the validation metrics the run logs each epoch.
-
-    :class:`ExactValidation` logs ``val_auc`` / ``val_logloss`` (first task) and
-    ``val_<task>_auc`` / ``val_<task>_logloss``; under ``parameter_server`` the run monitors
-    Keras' validation AUC of the first task (``val_auc``, or ``val_<task>_auc`` with several tasks).
-    """
-    if is_ps:
-        return sorted({"val_auc", _keras_monitor(tasks)})
-    return ["val_auc", "val_logloss"] + [f"val_{t}_{m}" for t in tasks for m in ("auc", "logloss")]
 
 
 def model_schema(schema: Schema, features: List[str]) -> dict:
@@ -298,11 +302,8 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
                             deterministic=True, cache=cfg.cache, labels=tasks, schema=schema,
                             sample_weight=cfg.sample_weight)
     with strategy.scope():
-        model = build_model(sdict, tasks, **dataclasses.asdict(cfg.model))
-        model.compile(optimizer=make_optimizer(cfg.optimizer), loss=make_losses(cfg, tasks),
-                      metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
-                      jit_compile=cfg.jit_compile,
-                      steps_per_execution=cfg.steps_per_execution)
+        model = build_model(sdict, tasks, **dataclasses.asdict(cfg.model))  # heads / head_options among them
+        compile_model(model, cfg, tasks)
         sample = next(iter(valid_ds))[0]
         model(sample, training=False)  # build the weights: a backup restores into them
     if cfg.init_from:  # a resumed run's backup (read next) replaces these weights
@@ -382,8 +383,8 @@ def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool, res
     cbs: List[tf.keras.callbacks.Callback] = [NanGuard()]
     use_exact = not is_ps  # exact validation predicts in-process; PS workers validate with Keras' AUC
     if use_exact:
-        cbs.append(ExactValidation(valid_ds, tasks))
-    monitor = es.monitor if use_exact else _keras_monitor(tasks)
+        cbs.append(ExactValidation(valid_ds, tasks, cfg.valid_split))
+    monitor = es.monitor if use_exact else _keras_monitor(es.monitor, tasks)
     checkpoint = tf.keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "best"), monitor=monitor,
                                                     mode=es.mode, save_best_only=True, save_weights_only=True)
     stopping = tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=es.mode, patience=es.patience,
@@ -396,5 +397,7 @@ def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool, res
     return cbs + [RunBackup(run_dir, stopping, checkpoint, resumed)]
 
 
-def _keras_monitor(tasks):
-    return "val_auc" if len(tasks) == 1 else f"val_{tasks[0]}_auc"
+def _keras_monitor(monitor: str, tasks: List[str]) -> str:
+    """The name Keras logs ``monitor`` under (``parameter_server``): with several tasks the first
+    task's AUC is ``val_<task>_auc``, not ``val_auc``."""
+    return f"val_{tasks[0]}_auc" if monitor == "val_auc" and len(tasks) > 1 else monitor

@@ -265,10 +265,10 @@ def test_branches(name):
     if name not in TWO_BRANCH:
         assert bb.branches is None
         with pytest.raises(TypeError, match="single branch"):
-            bb.call_branches(emb)
+            bb(emb, branches=True)
         return
     assert len(bb.branches) == 2
-    simple, deep = bb.call_branches(emb, training=False)
+    simple, deep = bb(emb, training=False, branches=True)
     for part in (simple, deep):
         assert part.logit.shape == (3, 1) and part.repr.shape[0] == 3
     assert out.repr.shape[1] == simple.repr.shape[1] + deep.repr.shape[1]
@@ -278,13 +278,16 @@ def test_branches(name):
     np.testing.assert_allclose(out.logit.numpy(), fused.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_call_branches_accepts_separate_deep_embeddings():
-    """TF4CTR's SER: a narrower table for the simple branch, another for the deep one."""
+def test_branches_accept_separate_complex_embeddings():
+    """TF4CTR's SER: a narrower table for the simple branch, another for the complex one,
+    through the layer's own __call__ (so it is built and tracked as usual)."""
     bb = get_backbone("deepfm", 4, 8, dnn_units=[16])
     easy, hard = fixed_emb(dim=4, seed=1), fixed_emb(dim=8, seed=2)
-    simple, deep = bb.call_branches(easy, deep_emb=hard)
+    simple, deep = bb(easy, branches=True, complex_emb=hard)
+    assert bb.built and bb.trainable_weights
     assert simple.repr.shape == (3, 4) and deep.repr.shape == (3, 16)
-    np.testing.assert_allclose(deep.logit.numpy(), bb.call_branches(fixed_emb(dim=4), deep_emb=hard)[1].logit.numpy())
+    np.testing.assert_allclose(deep.logit.numpy(),
+                               bb(fixed_emb(dim=4), branches=True, complex_emb=hard)[1].logit.numpy())
 
 
 def test_dcnv2_stacked_is_one_branch():

@@ -16,8 +16,7 @@ import tensorflow as tf
 from features.schema import Feature, Schema
 from models.factory import build_model
 from models.losses import twin_focus_loss
-from models.tf4ctr import DEFAULTS, TF4CTR
-from models.tf4ctr_layers import DFM_MODES, SSEM_MODES, DynamicFusion, SampleSelectionEmbedding
+from models.frameworks.tf4ctr import DEFAULTS, TF4CTR, DFM_MODES, SSEM_MODES, DynamicFusion, SampleSelectionEmbedding
 
 N_USERS, N_ITEMS, N_CTX = 30, 30, 6
 SMALL_DUAL = {"mlp1_units": [16], "mlp2_units": [16, 16, 16]}
@@ -150,11 +149,11 @@ def test_ssem_modes():
     ser = SampleSelectionEmbedding(toy_schema(), embedding_dim=8, mode="ser")
     easy, hard = ser(x)
     assert easy.fields.shape == (8, 4, 4) and hard.fields.shape == (8, 4, 8)  # easy table at half width
-    ser6 = SampleSelectionEmbedding(toy_schema(), embedding_dim=8, mode="ser", easy_embedding_dim=6)
+    ser6 = SampleSelectionEmbedding(toy_schema(), embedding_dim=8, mode="ser", simple_embedding_dim=6)
     assert ser6(x)[0].fields.shape == (8, 4, 6)
     gm = SampleSelectionEmbedding(toy_schema(), embedding_dim=8, mode="gm")
     easy, hard = gm(x, training=False)
-    emb = gm.hard_embedding(x)
+    emb = gm.complex_embedding(x)
     g = easy.fields / emb.fields  # one gate per sample, Eq. 4
     np.testing.assert_allclose((easy.fields + hard.fields).numpy(), emb.fields.numpy(), atol=1e-6)
     np.testing.assert_allclose(g.numpy(), np.broadcast_to(g.numpy()[:, :1, :1], g.shape), rtol=1e-4)
@@ -165,8 +164,8 @@ def test_ssem_modes():
     assert not np.allclose(easy.fields.numpy(), hard.fields.numpy())  # different gates
     with pytest.raises(ValueError, match="ssem 'gate'"):
         SampleSelectionEmbedding(toy_schema(), mode="gate")
-    with pytest.raises(ValueError, match="easy_embedding_dim applies to ssem 'ser' only"):
-        SampleSelectionEmbedding(toy_schema(), mode="gm", easy_embedding_dim=4)
+    with pytest.raises(ValueError, match="simple_embedding_dim applies to ssem 'ser' only"):
+        SampleSelectionEmbedding(toy_schema(), mode="gm", simple_embedding_dim=4)
 
 
 def test_dfm_modes_and_vf_noise():

@@ -83,7 +83,7 @@ def test_nan_in_one_record_stops_naming_feature_and_step(poisoned, tmp_path, cli
 
 @pytest.mark.slow
 def test_tf4ctr_stops_on_the_same_nan(poisoned, tmp_path):
-    """TF4CTR's own train_step runs the same check (models.ctr_model)."""
+    """TF4CTR runs the same check (the shared step of models.framework)."""
     from pipeline.train import NanLossError, train
 
     cfg = train_config(poisoned, tmp_path, seed=SEED, batch_size=BATCH, epochs=1,

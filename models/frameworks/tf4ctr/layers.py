@@ -4,11 +4,12 @@
 
 =======  =====================================================================================
 share    one table set; both encoders read the same embeddings (no SSEM)
-ser      Separate Embedding Representations (Eq. 3): two independent table sets E_es, E_hs,
-         each with its own width (the easy one half the hard one by default, as in the
+ser      Separate Embedding Representations (Eq. 3): two independent table sets, E_es (easy
+         samples) for the simple encoder and E_hs (hard samples) for the complex one, each
+         with its own width (the simple one half the complex one by default, as in the
          authors' released SER)
 gm       Gating Mechanism (Eq. 4): one table set, g = sigmoid(Gate(h)) per sample,
-         h_es = g * h, h_hs = (1 - g) * h
+         h_es = g * h (simple), h_hs = (1 - g) * h (complex)
 moe      two experts and two softmax gates over h (Eq. 5):
          h_es = g11 m1 + g12 m2, h_hs = g21 m1 + g22 m2
 =======  =====================================================================================
@@ -46,40 +47,41 @@ DFM_MODES = ("sum", "wsf", "vf", "cf", "moef")
 
 @tf.keras.utils.register_keras_serializable("ctrflow")
 class SampleSelectionEmbedding(tf.keras.layers.Layer):
-    """Encoded feature dict -> (easy EmbeddedFields, hard EmbeddedFields) (SSEM, Eq. 3-5).
+    """Encoded feature dict -> (simple EmbeddedFields, complex EmbeddedFields), the inputs of
+    the simple and complex encoders (SSEM, Eq. 3-5: h_es and h_hs).
 
-    ``embedding_dim`` is the width of the hard (complex-encoder) embeddings and of the
-    only table set of share / gm / moe; ``easy_embedding_dim`` (SER only, default
-    ``embedding_dim // 2``) the width of the easy table set. ``embedding_options`` go to
+    ``embedding_dim`` is the width of the complex encoder's embeddings and of the only
+    table set of share / gm / moe; ``simple_embedding_dim`` (SER only, default
+    ``embedding_dim // 2``) the width of the simple encoder's table set. ``embedding_options`` go to
     every :class:`~models.embedding.FeatureEmbedding` (features, dims, l2_reg, ...).
     """
 
     def __init__(self, schema_dict: dict, embedding_dim: int = 16, mode: str = "ser",
-                 easy_embedding_dim: Optional[int] = None, embedding_options: Optional[dict] = None,
+                 simple_embedding_dim: Optional[int] = None, embedding_options: Optional[dict] = None,
                  gate_units: Optional[Sequence[int]] = None, expert_units: Optional[Sequence[int]] = None,
                  activation: str = "relu", dropout: float = 0.0, batch_norm: bool = True, **kw):
         super().__init__(**kw)
         if mode not in SSEM_MODES:
             raise ValueError(f"tf4ctr ssem '{mode}' is not one of {SSEM_MODES}")
-        if easy_embedding_dim is not None and mode != "ser":
-            raise ValueError(f"tf4ctr easy_embedding_dim applies to ssem 'ser' only (ssem is '{mode}')")
+        if simple_embedding_dim is not None and mode != "ser":
+            raise ValueError(f"tf4ctr simple_embedding_dim applies to ssem 'ser' only (ssem is '{mode}')")
         self.schema_dict, self.mode = schema_dict, mode
         self.embedding_dim = int(embedding_dim)
         self.embedding_options = dict(embedding_options or {})
-        self.easy_embedding_dim = None if easy_embedding_dim is None else int(easy_embedding_dim)
+        self.simple_embedding_dim = None if simple_embedding_dim is None else int(simple_embedding_dim)
         self.gate_units = None if gate_units is None else [int(u) for u in gate_units]
         self.expert_units = None if expert_units is None else [int(u) for u in expert_units]
         self.activation, self.dropout, self.batch_norm = activation, float(dropout), bool(batch_norm)
 
-        self.hard_embedding = FeatureEmbedding(schema_dict, embedding_dim=self.embedding_dim,
-                                               name="embedding_hard" if mode == "ser" else "embedding",
-                                               **self.embedding_options)
-        self.easy_embedding = None
+        self.complex_embedding = FeatureEmbedding(schema_dict, embedding_dim=self.embedding_dim,
+                                                  name="embedding_complex" if mode == "ser" else "embedding",
+                                                  **self.embedding_options)
+        self.simple_embedding = None
         if mode == "ser":
-            easy_dim = self.easy_embedding_dim or max(1, self.embedding_dim // 2)
-            self.easy_embedding = FeatureEmbedding(schema_dict, embedding_dim=easy_dim, name="embedding_easy",
-                                                   **self.embedding_options)
-        width = self.hard_embedding.num_fields * self.embedding_dim  # D = F * d
+            simple_dim = self.simple_embedding_dim or max(1, self.embedding_dim // 2)
+            self.simple_embedding = FeatureEmbedding(schema_dict, embedding_dim=simple_dim,
+                                                     name="embedding_simple", **self.embedding_options)
+        width = self.complex_embedding.num_fields * self.embedding_dim  # D = F * d
         gate_hidden = self.gate_units if self.gate_units is not None else [max(1, width // 4)]
         expert_hidden = self.expert_units if self.expert_units is not None else [max(1, width // 2)]
         # gate i = gate_mlps[i] -> gate_outs[i] (logits); experts output width D
@@ -102,7 +104,7 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
 
     @property
     def num_fields(self) -> int:
-        return self.hard_embedding.num_fields
+        return self.complex_embedding.num_fields
 
     @staticmethod
     def _flat(fields: tf.Tensor) -> tf.Tensor:
@@ -112,11 +114,11 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
         return self.gate_outs[index](self.gate_mlps[index](h, training=training))
 
     def call(self, inputs: dict, training=None) -> Tuple[EmbeddedFields, EmbeddedFields]:
-        emb = self.hard_embedding(inputs, training=training)
+        emb = self.complex_embedding(inputs, training=training)
         if self.mode == "share":
             return emb, emb
         if self.mode == "ser":  # Eq. 3
-            return self.easy_embedding(inputs, training=training), emb
+            return self.simple_embedding(inputs, training=training), emb
         h = self._flat(emb.fields)
         if self.mode == "gm":  # Eq. 4
             g = tf.sigmoid(self._gate_output(0, h, training))[:, :, None]  # [B, 1, 1]
@@ -133,7 +135,7 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "schema_dict": L.plain(self.schema_dict),
                 "embedding_dim": self.embedding_dim, "mode": self.mode,
-                "easy_embedding_dim": self.easy_embedding_dim,
+                "simple_embedding_dim": self.simple_embedding_dim,
                 "embedding_options": L.plain(self.embedding_options),
                 "gate_units": L.plain(self.gate_units), "expert_units": L.plain(self.expert_units),
                 "activation": self.activation, "dropout": self.dropout, "batch_norm": self.batch_norm}
