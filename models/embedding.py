@@ -1,6 +1,8 @@
 """Schema-driven field embeddings: encoded feature tensors -> fields [B, F, d] + first-order terms [B, F].
 
-Each selected feature becomes one or more *fields*, all of width ``embedding_dim``:
+Each selected feature becomes one or more *fields*, all of width ``embedding_dim``; its
+encoding class (``features/encodings/``) says how (``field_kind``: lookup, mnse, scale,
+pooled, project, or None) and names the fields with their column ranges (``fields``):
 
 =================  ===========================================================================
 encoding type      field(s)
@@ -9,7 +11,7 @@ vocab/hash/        a table row per id (width 1); a multi-valued feature (width >
 bucketize          like a sequence (padding id 0 left out)
 mnse               one field per numeral system (+ one for the sign column): the SUM of the
                    embeddings of that system's digit columns (Tencent Eq. 2); column ranges from
-                   ``features.mnse.mnse_groups``
+                   ``features.mnse.mnse_groups`` (fields ``<name>/base<b>``, ``<name>/sign``)
 identity           value * a learned vector (a float of width 1)
 sequence_vocab     mean (or ``pooling={name: "sum"}``) of the rows of the non-padding ids; an
                    all-padding sequence gives zeros
@@ -44,7 +46,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from features.mnse import mnse_groups
+from features.encodings import ENCODINGS, encoding_of
+from features.encodings.values import EncodeError
 from features.schema import OOV_ID, PAD_ID, Feature, Schema, SchemaError
 from models.layers import plain
 from models.options import OptionError, check_options
@@ -52,15 +55,6 @@ from models.options import OptionError, check_options
 EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear"])
 EmbeddedFields.__doc__ = "fields [B, F, d] (compute dtype) and first-order terms linear [B, F] (or None)."
 
-# encoding type -> how its fields are built (None: not an embedding field)
-ENCODING_FIELD_KINDS = {
-    "vocab": "lookup", "hash": "lookup", "bucketize": "lookup",
-    "mnse": "mnse",
-    "identity": "scale",
-    "sequence_vocab": "pooled",
-    "dense": "project",
-    "sequence_float": None,
-}
 POOLINGS = ("mean", "sum")
 # options a caller may set (``embedding_options`` of a model config) and their ranges
 OPTION_DEFAULTS = {"dims": None, "features": None, "num_tables": 1, "l2_reg": 0.0, "pooling": None,
@@ -106,11 +100,12 @@ def plan_fields(schema_dict: dict, features: Optional[Sequence[str]] = None) -> 
 
 
 def _kind(f: Feature) -> Optional[str]:
-    etype = f.encoding.get("type")
-    if etype not in ENCODING_FIELD_KINDS:
-        raise SchemaError(f"feature '{f.name}': encoding type '{etype}' has no embedding rule; known: "
-                          f"{sorted(ENCODING_FIELD_KINDS)} (models/embedding.py ENCODING_FIELD_KINDS)")
-    return ENCODING_FIELD_KINDS[etype]
+    """How the feature's encoding is embedded (its ``field_kind``; None: not a field)."""
+    try:
+        return encoding_of(f).field_kind
+    except EncodeError:
+        raise SchemaError(f"feature '{f.name}': encoding type {f.encoding.get('type')!r} is not registered; "
+                          f"known: {sorted(ENCODINGS)} (features/encodings/)") from None
 
 
 def _feature_fields(f: Feature, kind: str) -> List[FieldSpec]:
@@ -127,13 +122,10 @@ def _feature_fields(f: Feature, kind: str) -> List[FieldSpec]:
         kind = "pooled"  # multi-valued categorical
     if kind == "scale" and f.width != 1:
         raise SchemaError(f"feature '{f.name}': identity encoding needs width 1, got {f.width}")
-    if kind == "mnse":
-        groups = mnse_groups(f)
-        if groups[-1][1] != f.width:
-            raise SchemaError(f"feature '{f.name}': MNSE groups {groups} do not cover width {f.width}")
-        names = [f"{f.name}/base{b}" for b in f.encoding["bases"]] + [f"{f.name}/sign"]
-        return [FieldSpec(names[i], f.name, "mnse", s, e) for i, (s, e) in enumerate(groups)]
-    return [FieldSpec(f.name, f.name, kind, 0, f.width)]
+    fields = encoding_of(f).fields(f)
+    if fields[-1][2] != f.width:
+        raise SchemaError(f"feature '{f.name}': fields {fields} do not cover width {f.width}")
+    return [FieldSpec(name, f.name, kind, start, stop) for name, start, stop in fields]
 
 
 @tf.keras.utils.register_keras_serializable("ctrflow")

@@ -42,13 +42,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from features.encoders import INT_MISSING, make_tf_encoder
+from features.encodings import encoding_of
 from features.schema import Feature, Schema, SchemaError, SideColumn
 
 RAW_SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "encoded"
 RAW_DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 MISSING = {"string": "", "int64": int(INT_MISSING), "float32": math.nan}
-_LIST_TYPES = ("sequence_vocab", "sequence_float")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +86,9 @@ class RawInput:
 
 
 def _shape_of(f: Feature) -> Tuple[str, Optional[int]]:
-    etype = f.encoding["type"]
-    if etype in _LIST_TYPES:
-        return "list", None
-    if etype == "dense":
-        return "vector", f.width
-    return "scalar", None
+    """(request shape, width of a vector) of a feature, as its encoding says (``request_shape``)."""
+    shape = encoding_of(f).request_shape(f.encoding)
+    return shape, f.width if shape == "vector" else None
 
 
 def raw_inputs(schema: Schema) -> List[RawInput]:

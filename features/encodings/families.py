@@ -1,0 +1,140 @@
+"""Families of encodings that share how raw values are read, numpy and TF.
+
+* :class:`CategoricalEncoding`: one key per row -> one id; a subclass writes
+  ``ids(keys)`` and ``tf_ids(keys, tables)`` for the present keys (vocab, hash).
+* :class:`NumericEncoding`: one number per row -> a row of codes; a subclass writes
+  ``codes(x)`` and ``tf_codes(v, tables)`` over float64 values, NaN = missing
+  (bucketize, mnse, identity).
+* :class:`SequenceEncoding`: one list per row -> its last ``max_len`` present elements,
+  right-padded with 0; a subclass writes ``element_codes`` and ``tf_element_codes``
+  (sequence_vocab, sequence_float).
+
+A missing scalar takes the feature's ``default`` (a raw value, encoded like any other)
+when it has one (:meth:`NumericEncoding.fill` may say otherwise), else the padding id;
+a missing value of a ``required`` feature fails naming the rows.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from features.encodings.base import Encoding, int_option
+from features.encodings.values import (categorical_keys, key_of, list_parts, missing_required, numeric_values,
+                                       pack_last, tf_keys, tf_numbers)
+from features.schema import PAD_ID
+
+_NP_DTYPES = {"int64": np.int64, "float32": np.float32}
+
+
+class CategoricalEncoding(Encoding):
+    """A scalar categorical value -> one id (0 when missing and no default)."""
+
+    kinds = ("categorical", "numeric")
+    dtypes = ("string", "int64")
+    reads = "keys"
+
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        """Ids (int64, >= 1) of present keys."""
+        raise NotImplementedError
+
+    def tf_ids(self, keys, tables: Dict[str, Any]):
+        """TF twin of :meth:`ids` (its value at missing keys is masked)."""
+        raise NotImplementedError
+
+    def encode(self, values) -> np.ndarray:
+        f = self.feature
+        keys, missing = categorical_keys(values, f.name)
+        missing_required(f, missing)
+        if f.default is not None:
+            keys[missing] = key_of(f.default)
+            missing = np.zeros_like(missing)
+        ids = np.zeros(len(keys), dtype=np.int64)
+        ids[~missing] = self.ids(keys[~missing])
+        return ids[:, None]
+
+    def tf_encode(self, x, tables: Dict[str, Any]):
+        import tensorflow as tf
+
+        keys, missing = tf_keys(tf.reshape(tf.convert_to_tensor(x), [-1]))
+        if self.feature.default is not None:
+            keys = tf.where(missing, key_of(self.feature.default), keys)
+            missing = tf.zeros_like(missing)
+        return tf.where(missing, tf.constant(PAD_ID, tf.int64), self.tf_ids(keys, tables))[:, None]
+
+
+class NumericEncoding(Encoding):
+    """A scalar number -> a row of codes; missing -> :meth:`fill`, else NaN for ``codes``."""
+
+    kinds = ("numeric",)
+    dtypes = ("int64", "float32")
+
+    def fill(self) -> Optional[float]:
+        """The value a missing number takes before encoding (None: stays NaN)."""
+        return None if self.feature.default is None else float(self.feature.default)
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        """float64 values [n] (NaN = missing) -> [n, width] codes."""
+        raise NotImplementedError
+
+    def tf_codes(self, v, tables: Dict[str, Any]):
+        """TF twin of :meth:`codes` for a float64 tensor [n]."""
+        raise NotImplementedError
+
+    def encode(self, values) -> np.ndarray:
+        x = numeric_values(values, self.feature.dtype, self.feature.name)
+        missing_required(self.feature, np.isnan(x))
+        fill = self.fill()
+        if fill is not None:
+            x = np.where(np.isnan(x), fill, x)
+        return self.codes(x)
+
+    def tf_encode(self, x, tables: Dict[str, Any]):
+        import tensorflow as tf
+
+        v = tf_numbers(tf.reshape(tf.convert_to_tensor(x), [-1]), self.feature.dtype)
+        fill = self.fill()
+        if fill is not None:
+            v = tf.where(tf.math.is_nan(v), tf.constant(fill, tf.float64), v)
+        return self.tf_codes(v, tables)
+
+
+class SequenceEncoding(Encoding):
+    """A list per row -> its last ``max_len`` present elements' codes, right-padded with 0
+    (missing elements are dropped; a missing list is all padding)."""
+
+    kinds = ("sequence",)
+    list_valued = True
+    options = frozenset({"max_len"})
+
+    @classmethod
+    def max_len(cls, spec, params: Dict[str, Any]) -> int:
+        return int_option(spec, params, "max_len", required=True)
+
+    def element_codes(self, flat: np.ndarray, null: Optional[np.ndarray],
+                      lengths: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Flat list elements -> (codes of the present elements, missing-element mask)."""
+        raise NotImplementedError
+
+    def tf_element_codes(self, flat, tables: Dict[str, Any]):
+        """TF twin of :meth:`element_codes`: (codes of every element, missing mask)."""
+        raise NotImplementedError
+
+    def encode(self, values) -> np.ndarray:
+        flat, null, lengths, missing_rows = list_parts(values, self.feature.name)
+        missing_required(self.feature, missing_rows)
+        codes, missing = self.element_codes(flat, null, lengths)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        return pack_last(rows[~missing], codes, len(lengths), self.params["max_len"],
+                         _NP_DTYPES[self.encoded_dtype])
+
+    def tf_encode(self, x, tables: Dict[str, Any]):
+        import tensorflow as tf
+
+        rt = x if isinstance(x, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(tf.convert_to_tensor(x))
+        vals, missing = self.tf_element_codes(rt.flat_values, tables)
+        kept = tf.ragged.boolean_mask(rt.with_flat_values(vals), rt.with_flat_values(~missing))
+        max_len = self.params["max_len"]
+        pad = tf.constant(0, tf.as_dtype(self.encoded_dtype))
+        return kept[:, -max_len:].to_tensor(default_value=pad, shape=[None, max_len])
+
