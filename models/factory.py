@@ -98,6 +98,14 @@ def check_model_options(backbone: str, backbone_options: dict, embedding_dim: in
                                                getattr(fw, "option_types", None))}
 
 
+def framework_class(name: str) -> type:
+    """The model class registered as framework ``name``."""
+    _import_frameworks()
+    if name not in FRAMEWORKS:
+        raise OptionError(f"model.framework = {name!r}: unknown; known: {sorted(FRAMEWORKS)}")
+    return FRAMEWORKS[name]
+
+
 def custom_objects() -> Dict[str, type]:
     """Every registered model class, for ``tf.keras.models.load_model``."""
     _import_frameworks()

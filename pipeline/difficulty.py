@@ -37,7 +37,6 @@ from pipeline.predict import predict_labels
 THRESHOLDS = (0.3, 0.6)
 CATEGORIES = ("well_classified", "poorly_classified", "misclassified")
 GRAD_KEYS = ("grad_norm_zs", "grad_norm_zc")
-ANALYSES = ("difficulty",)
 
 
 def difficulty_counts(y_true, y_prob, thresholds: Tuple[float, float] = THRESHOLDS) -> Dict[str, Dict[str, int]]:
@@ -220,17 +219,9 @@ def compare_runs(run_dirs: Dict[str, str], out_dir: str) -> List[str]:
     return written
 
 
-def analysis_callbacks(cfg, run_dir: str, tasks: List[str]) -> List[tf.keras.callbacks.Callback]:
-    """The analysis callbacks a training config asks for: the sample-difficulty analysis
-    when ``cfg.model.framework == "tf4ctr"`` or ``"difficulty" in cfg.analysis`` (for
-    baselines such as DualMLP, as in Fig. 10); on the valid split and every eval split,
-    for the first task."""
-    requested = list(getattr(cfg, "analysis", None) or [])
-    unknown = sorted(set(requested) - set(ANALYSES))
-    if unknown:
-        raise ValueError(f"analysis: unknown analysis {unknown}; known: {list(ANALYSES)}")
-    if cfg.model.framework != "tf4ctr" and "difficulty" not in requested:
-        return []
+def difficulty_callbacks(cfg, run_dir: str, tasks: List[str]) -> List[tf.keras.callbacks.Callback]:
+    """The sample-difficulty callback of a training run: on the valid split and every eval
+    split, for the first task (``pipeline.analyses`` registers it as ``difficulty``)."""
     from pipeline.data import make_dataset
 
     splits = {s: make_dataset(cfg.data_dir, s, cfg.eval_batch_size, shuffle=False, deterministic=True,

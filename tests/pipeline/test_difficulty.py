@@ -11,7 +11,8 @@ import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 from models.factory import build_model
-from pipeline.difficulty import SampleDifficulty, analysis_callbacks, compare_runs, difficulty_counts
+from pipeline.analyses import analysis_callbacks
+from pipeline.difficulty import SampleDifficulty, compare_runs, difficulty_counts
 from pipeline.predict import predict_labels
 from pipeline.train import ModelConfig, TrainConfig
 
