@@ -8,6 +8,9 @@ scratch virtualenv, never a project dependency) gets the same encoded ids as num
 
     python bench/train_throughput.py                      # simulate + preprocess 300k rows, then measure
     python bench/train_throughput.py --deepctr-python /tmp/deepctr_venv/bin/python --seeds 1 2 3
+    git worktree add /tmp/before <rev>                    # a change's effect: the same workers of an
+    python bench/train_throughput.py --baseline-repo /tmp/before --models dnn dcnv2 --configs float32
+                                                          # earlier checkout, run alternately with ours
 
 Throughput: examples/s of each epoch after the first (tracing and XLA compilation
 excluded); the table gives the rate over all those epochs and that of the best epoch
@@ -50,6 +53,7 @@ MODELS = ("dnn", "deepfm", "dcnv2")
 SPLITS = ("train", "valid", "test")
 CONFIGS = {"float32": (0, "float32"), "float32+xla": (1, "float32"), "mixed_bfloat16": (0, "mixed_bfloat16")}
 BATCH, EPOCHS, EMB, UNITS, LR = 4096, 5, 16, [400, 400, 400], 1e-3
+BASELINE = "ctrflow (baseline)"  # the library label of --baseline-repo's workers
 
 
 def prepare_data(out: str, rows: int) -> str:
@@ -161,8 +165,8 @@ def _worker(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _run(cmd, env=None) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
+def _run(cmd, env=None, cwd=REPO) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -179,6 +183,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                     help="ctrflow configurations to measure (default: all)")
     ap.add_argument("--deepctr-python", default=None, help="python of a virtualenv with deepctr==0.9.4")
+    ap.add_argument("--baseline-repo", default=None,
+                    help="an earlier ctrflow checkout whose workers run beside ours on the same data (ratio table)")
     ap.add_argument("--out", help="also write the JSON document here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -200,10 +206,15 @@ def main() -> None:
     for seed in args.seeds:  # seeds outermost: a slow spell of the machine hits every configuration alike
         for model in args.models:
             for xla, precision in (CONFIGS[c] for c in args.configs):
-                results.append(_run([sys.executable, __file__, "--worker", "--model", model, "--xla", str(xla),
-                                     "--precision", precision, "--seed", str(seed), "--epochs", str(args.epochs),
-                                     "--data", data]))
-                print(json.dumps(results[-1]), flush=True)
+                worker = ["--worker", "--model", model, "--xla", str(xla), "--precision", precision,
+                          "--seed", str(seed), "--epochs", str(args.epochs), "--data", data]
+                for repo in ([args.baseline_repo] if args.baseline_repo else []) + [REPO]:
+                    result = _run([sys.executable, os.path.join(repo, "bench", "train_throughput.py"), *worker],
+                                  cwd=repo)
+                    if repo != REPO:
+                        result["library"] = BASELINE
+                    results.append(result)
+                    print(json.dumps(results[-1]), flush=True)
             if args.deepctr_python:
                 results.append(_run([args.deepctr_python, os.path.join(REPO, "bench", "deepctr_worker.py"),
                                      "--npz", npz, "--model", model, "--epochs", str(args.epochs),
@@ -241,15 +252,17 @@ def tables(results, machine) -> str:
                      f"{speed[key][1]:,.0f} | {med(rs, 'train_cpu_us_per_example'):.1f} | "
                      f"{med(rs, 'predict_examples_per_s'):,.0f} | {statistics.mean(r['test_auc'] for r in rs):.4f} | "
                      f"{med(rs, 'peak_rss_mb'):.0f} |")
-    lines += ["", "| ctrflow configuration | speed / DeepCTR (all epochs) | speed / DeepCTR (best epoch) | "
-              "AUC - DeepCTR's (paired p) |", "|---|---|---|---|"]
-    for key, rs in groups.items():
-        lib, model, xla, prec = key
-        base = ("deepctr", model, False, "float32")
-        if lib != "ctrflow" or base not in groups:
-            continue
-        lines.append(f"| {model} XLA {'on' if xla else 'off'} {prec} | {speed[key][0] / speed[base][0]:.2f}x | "
-                     f"{speed[key][1] / speed[base][1]:.2f}x | {_auc_delta(rs, groups[base])} |")
+    for peer, label in (("deepctr", "DeepCTR"), (BASELINE, "baseline")):
+        rows = []
+        for key, rs in groups.items():
+            lib, model, xla, prec = key
+            base = (peer, model, False, "float32") if peer == "deepctr" else (peer, model, xla, prec)
+            if lib == "ctrflow" and base in groups:
+                rows.append(f"| {model} XLA {'on' if xla else 'off'} {prec} | {speed[key][0] / speed[base][0]:.2f}x | "
+                            f"{speed[key][1] / speed[base][1]:.2f}x | {_auc_delta(rs, groups[base])} |")
+        if rows:
+            lines += ["", f"| ctrflow configuration | speed / {label} (all epochs) | speed / {label} (best epoch) | "
+                      f"AUC - {label}'s (paired p) |", "|---|---|---|---|", *rows]
     return "\n".join(lines)
 
 
