@@ -4,7 +4,7 @@
 ``driver``          ``run_preprocess``: plan, run on the configured runner (or in passes), check, commit
 ``graph``           the Beam DAG: time cut points, train statistics, payload, encode, writers
 ``plan``            ``JobPlan`` (inputs, splits, specs, validator) and ``read_chunks`` (read + validate)
-``coercion``        per-column coercion of raw values to canonical ones (every ``if etype == ...``)
+``coercion``        per-column coercion of raw values to canonical ones (as each encoding class says)
 ``validation``      row checks: good rows in canonical form, bad rows as quarantine records
 ``splits``          random / time / given split codes and time cut points
 ``statistics``      training-split statistics (counts, bottom-k samples, moments, users)

@@ -22,9 +22,9 @@ Canonical columns handed to the encoders (good rows only):
   (float32 for float32 features), null elements dropped (dense: kept as NaN -> 0.0);
 * labels -> float32; meta -> int64 / float32.
 
-Which coercion a feature gets depends on its encoding type: :func:`coerce_feature` and
-:func:`_list_elements` hold every ``if etype == ...`` branch, and :data:`LIST_ENCODINGS`
-names the list-valued encodings (read as list columns).
+Which coercion a feature gets, its encoding class says (``features/encodings/``): whether
+it is ``list_valued`` (read as a list column), whether it ``reads`` categorical keys or
+numbers, and a fixed ``list_length`` (dense: ``dim``, whose lists keep their positions).
 
 Keys: ``user_key`` (and string extra meta) = the raw id when it is an integer (or the
 canonical decimal string of one, e.g. "111" but not "0111" or "+111"), else FarmHash
@@ -41,11 +41,11 @@ import numpy as np
 import pandas as pd
 
 from features.encoders import INT_MISSING, EncodeError, categorical_keys
+from features.encodings import encoding_of
 from pipeline.config import ConfigError
 from pipeline.preprocess_config import FeatureSpec
 from pipeline.raw_io import ListColumn
 
-LIST_ENCODINGS = ("sequence_vocab", "sequence_float", "dense")  # encodings of list-valued columns
 _INT_RE = r"\s*[+-]?\d+\s*"  # an integer written in decimal (int64 range checked apart)
 _CANONICAL_INT_RE = r"0|-?[1-9]\d{0,18}"  # the decimal string str(int) gives: one string per integer
 _INT64_LIMIT = 2.0 ** 63
@@ -294,9 +294,9 @@ def as_time(values: np.ndarray, null: np.ndarray, probs: Problems) -> np.ndarray
 
 
 def coerce_feature(spec: FeatureSpec, values, null, probs: Problems):
-    """A feature's raw column -> its canonical values (the encoding type decides which)."""
-    etype = spec.encoding.get("type")
-    if etype in LIST_ENCODINGS:
+    """A feature's raw column -> its canonical values (the encoding class decides which)."""
+    encoding = encoding_of(spec)
+    if encoding.list_valued:
         if not isinstance(values, ListColumn):
             raise ConfigError(f"feature '{spec.name}': raw column '{spec.source or spec.name}' was not "
                               "read as a list")
@@ -304,7 +304,7 @@ def coerce_feature(spec: FeatureSpec, values, null, probs: Problems):
         if spec.required:
             probs.add(col.null_rows, "missing_required")
         return col
-    if etype in ("vocab", "hash"):
+    if encoding.reads == "keys":
         out = (as_integers if spec.dtype == "int64" else as_keys)(values, null, probs)
         if spec.required:  # an empty string is a missing key (as the encoders see it)
             probs.add(null | missing_keys(out), "missing_required")
@@ -323,12 +323,12 @@ def coerce_feature(spec: FeatureSpec, values, null, probs: Problems):
 
 def _list_elements(col: ListColumn, spec: FeatureSpec, probs_rows: Problems) -> ListColumn:
     """Canonical list elements (null elements dropped); row problems in ``probs_rows``."""
-    etype = spec.encoding.get("type")
+    encoding = encoding_of(spec)
     n = len(col)
     if col.not_list is not None:
         probs_rows.add(col.not_list, "wrong_type")
     sub = Problems()
-    if etype == "sequence_vocab":
+    if encoding.reads == "keys":
         vals = (as_integers if spec.dtype == "int64" else as_keys)(col.values, col.null_values, sub)
         missing = missing_keys(vals)
     else:
@@ -344,11 +344,10 @@ def _list_elements(col: ListColumn, spec: FeatureSpec, probs_rows: Problems) -> 
         rows = np.zeros(n, bool)
         rows[row_of[mask]] = True
         probs_rows.add(rows, reason)
-    if etype == "dense":
-        dim = spec.encoding.get("dim")
-        if isinstance(dim, int):
-            probs_rows.add(~col.null_rows & (col.lengths != dim), "wrong_length")
-        keep = np.ones(len(vals), bool)  # dense keeps positions; NaN rows are already flagged
+    length = encoding.list_length(spec.encoding)
+    if length is not None:
+        probs_rows.add(~col.null_rows & (col.lengths != length), "wrong_length")
+        keep = np.ones(len(vals), bool)  # fixed-length lists keep positions; NaN rows are already flagged
     else:
         keep = ~missing
     lengths = np.bincount(row_of[keep], minlength=n).astype(np.int64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Iterable, List, Tuple
 
 from features import encoders as E
-from pipeline.beam.coercion import LIST_ENCODINGS
+from features.encodings import encoding_of
 from pipeline.beam.splits import UNASSIGNED_SPLIT
 from pipeline.beam.validation import ValidatedChunk, Validator
 from pipeline.config import ConfigError
@@ -40,7 +40,7 @@ class JobPlan:
         except E.EncodeError as exc:
             raise ConfigError(f"features: {exc}") from None
         self.list_features = {s.name for s in self.specs
-                              if s.encoding.get("type") in LIST_ENCODINGS}
+                              if encoding_of(s).list_valued}
         for s in self.specs:
             if s.name in self.list_features and self.needs[s.name] - {"counts"}:
                 raise ConfigError(f"feature '{s.name}': list encodings support only the counts statistic")

@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.beam.coercion import (LIST_ENCODINGS, Problems, as_keys, as_numbers, as_source, as_time,
+from features.encodings import encoding_of
+from pipeline.beam.coercion import (Problems, as_keys, as_numbers, as_source, as_time,
                                     coerce_feature, coerce_meta, keys_to_int64, missing_keys)
 from pipeline.beam.splits import SPLIT_BY_TIME, UNASSIGNED, RandomSplit, given_split
 from pipeline.config import ConfigError
@@ -101,7 +102,7 @@ class Validator:
             raise ConfigError(f"output column name(s) {dup} are used twice among features, labels and meta "
                               f"columns ({USER_KEY!r} holds the user key, {SOURCE!r} the source); rename one")
         list_cols = {c.column for c in checks if c.kind == "feature"
-                     and self.specs[c.field].encoding.get("type") in LIST_ENCODINGS}
+                     and encoding_of(self.specs[c.field]).list_valued}
         scalar_cols = {c.column for c in checks} - list_cols
         both = sorted(list_cols & scalar_cols)
         if both:
