@@ -53,7 +53,7 @@ class Feature:
     dtype:     the raw dtype as it arrives in a request: string | int64 | float32
     role:      user | personal | item | ad | context | sequence
     encoding:  {"type": ..., params...}: vocab, hash, bucketize, mnse, identity,
-               sequence_vocab, dense (see ``features.encoders``)
+               sequence_vocab, sequence_float, dense (one class each in ``features/encodings/``)
     num_ids:   size of the embedding table for integer encodings (0 for float ones)
     width:     values per example after encoding (1 for scalars; sequence length;
                MNSE digit count; dense dimension)
