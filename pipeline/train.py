@@ -32,7 +32,7 @@ from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError
 from pipeline.data import batches_per_pass, make_dataset, weight_column
-from pipeline.difficulty import analysis_callbacks
+from pipeline.analyses import analysis_callbacks
 from pipeline.predict import predict_labels
 from pipeline.strategy import auto_shard_policy, is_chief, make_strategy
 # the config lives in pipeline/train_config.py (runs.py reads it too); importable from here as before

@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 
 from models.factory import check_model_options
-from models.losses import check_loss_options
+from models.losses import LOSSES, check_loss_options
 from models.options import check_options
 from pipeline.config import ConfigError, option
-from pipeline.difficulty import ANALYSES
+from pipeline.analyses import ANALYSES
 from pipeline.strategy import StrategyConfig
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -31,6 +31,8 @@ class ModelConfig:
     embedding_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     framework: str = "none"  # a name from models.factory.FRAMEWORKS
     framework_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    heads: str = "additive"  # task heads, a name from models.heads.HEADS
+    head_options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # models.heads: e.g. towers' units
 
 
 @dataclasses.dataclass
@@ -68,21 +70,49 @@ def check_optimizer(cfg: OptimizerConfig, prefix: str = "optimizer.") -> Dict[st
 
 
 MONITOR_MODES = {"auc": "max", "logloss": "min", "loss": "min"}  # metric suffix -> the improving direction
+MEAN = "mean"  # val_mean_auc / val_mean_logloss: the mean over the tasks
+
+
+def monitored_metrics(tasks: List[str], is_ps: bool) -> List[str]:
+    """What ``early_stopping.monitor`` may name: the validation metrics the run logs each epoch.
+
+    ``pipeline.train.ExactValidation`` logs the exact ``val_<task>_auc`` / ``val_<task>_logloss``
+    of every task, their means over the tasks ``val_mean_auc`` / ``val_mean_logloss``, and the
+    first task's as ``val_auc`` / ``val_logloss``. Under ``parameter_server`` the run validates
+    with Keras' AUC instead: ``val_auc`` (first task) and, with several tasks, ``val_<task>_auc``.
+    """
+    if is_ps:
+        return ["val_auc"] + ([f"val_{t}_auc" for t in tasks] if len(tasks) > 1 else [])
+    return ["val_auc", "val_logloss"] + [f"val_{t}_{m}" for t in [MEAN, *tasks] for m in ("auc", "logloss")]
 
 
 @dataclasses.dataclass
 class EarlyStoppingConfig:
-    monitor: str = "val_auc"  # exact AUC of the first task on the valid split; see logged_metrics()
-    mode: str = option("max", choices=("min", "max"))
+    monitor: str = "val_auc"  # exact AUC of the first task on the valid split; see monitored_metrics()
+    mode: Optional[str] = option(None, choices=("min", "max"))  # default: the monitor's (auc max, logloss min)
     patience: int = option(2, min=0)
     restore_best_weights: bool = True
 
     def __post_init__(self):
         suffix = self.monitor.rsplit("_", 1)[-1]
+        self.mode = self.mode or MONITOR_MODES.get(suffix)  # no suffix of a logged metric: monitor check fails
         if suffix in MONITOR_MODES and self.mode != MONITOR_MODES[suffix]:
             raise ConfigError(f"mode '{self.mode}' with monitor '{self.monitor}': {suffix} improves as it "
                               f"{'rises' if MONITOR_MODES[suffix] == 'max' else 'falls'}, "
                               f"use mode '{MONITOR_MODES[suffix]}'")
+
+
+@dataclasses.dataclass
+class TaskLoss:
+    """One task's loss and its weight in the total loss (``TrainConfig.task_losses``)."""
+    loss: Optional[str] = None  # a name from models.losses.LOSSES; default: TrainConfig.loss
+    weight: float = option(1.0, min=0)
+    # the loss's options; default: TrainConfig.loss_options if the loss is TrainConfig.loss, else none
+    options: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self):
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ConfigError(f"loss = {self.loss!r}: unknown loss; known: {sorted(LOSSES)}")
 
 
 @dataclasses.dataclass
@@ -96,6 +126,9 @@ class TrainConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     loss: str = "bce"  # a name from models.losses.LOSSES
     loss_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # per task: {loss, weight, options}; a task not named takes `loss` / `loss_options` with weight 1.
+    # The total loss is the weighted sum of the tasks' losses.
+    task_losses: Dict[str, TaskLoss] = dataclasses.field(default_factory=dict)
     batch_size: int = option(4096, min=1)
     eval_batch_size: int = option(16384, min=1)
     epochs: int = option(10, min=1)
@@ -113,7 +146,7 @@ class TrainConfig:
     train_split: str = "train"
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
-    analysis: List[str] = option(factory=list, choices=ANALYSES)  # e.g. [difficulty] (on by default for tf4ctr)
+    analysis: List[str] = option(factory=list, choices=tuple(ANALYSES))  # e.g. [difficulty]; a framework adds its own (tf4ctr: difficulty)
     # [first, last] steps traced by the TF profiler into tensorboard/
     profile_batches: Optional[List[int]] = option(None, min=1, length=2)
     verbose: int = option(1, choices=(0, 1, 2))
@@ -133,6 +166,8 @@ class TrainConfig:
             setattr(self.model, key, value)
         self.optimizer.options = check_optimizer(self.optimizer)
         self.loss_options = check_loss_options(self.loss, self.loss_options)
+        for task, entry in self.task_losses.items():
+            self._resolve_task_loss(task, entry)
         for name in ("tasks", "features", "eval_splits"):
             names = getattr(self, name) or []
             if len(set(names)) != len(names):
@@ -140,3 +175,31 @@ class TrainConfig:
         pb = self.profile_batches
         if pb is not None and not (len(pb) == 2 and 1 <= int(pb[0]) <= int(pb[1])):
             raise ConfigError(f"profile_batches must be [first, last] steps with 1 <= first <= last, got {pb}")
+        if self.tasks:
+            self.check_tasks(self.tasks)
+
+    def _resolve_task_loss(self, task: str, entry: TaskLoss) -> None:
+        """``entry``'s defaults filled in from ``loss`` / ``loss_options``, its options checked."""
+        if entry.options is None:
+            entry.options = self.loss_options if entry.loss in (None, self.loss) else {}
+        entry.loss = entry.loss or self.loss
+        entry.options = check_loss_options(entry.loss, entry.options, f"task_losses.{task}.options.")
+
+    def task_loss(self, task: str) -> TaskLoss:
+        """``task``'s loss, options and weight (``task_losses``, else ``loss`` / ``loss_options``, 1)."""
+        return self.task_losses.get(task) or TaskLoss(self.loss, 1.0, dict(self.loss_options))
+
+    def check_tasks(self, tasks: List[str]) -> None:
+        """What depends on the run's tasks (``tasks``, else the schema's labels): ``task_losses``
+        names only tasks of the run, ``early_stopping.monitor`` a metric the run logs."""
+        unknown = sorted(set(self.task_losses) - set(tasks))
+        if unknown:
+            raise ConfigError(f"{', '.join('task_losses.' + t for t in unknown)}: not a task of this run; "
+                              f"tasks: {list(tasks)}")
+        if MEAN in tasks and len(tasks) > 1:
+            raise ConfigError(f"tasks = {list(tasks)}: a task named '{MEAN}' clashes with the mean over tasks "
+                              f"(val_{MEAN}_auc); rename that label")
+        monitors = monitored_metrics(tasks, self.strategy.name == "parameter_server")
+        if self.early_stopping.monitor not in monitors:
+            raise ConfigError(f"early_stopping.monitor = {self.early_stopping.monitor!r}: not a metric this run "
+                              f"logs; expected one of {monitors}")
