@@ -132,3 +132,27 @@ def test_options_are_checked_naming_the_key(name, options, message):
 
 def test_check_head_options_returns_checked_values():
     assert H.check_head_options("towers", {"units": [8.0], "dropout": 0}) == {"units": [8], "dropout": 0.0}
+
+
+def test_a_built_model_gives_the_additive_formula_through_its_heads():
+    """build_model's default heads: each task's probability is sigmoid(z_b + w_t^T r_b + b_t) of
+    the model's own backbone output (the formula of the CTRModel before heads were a module)."""
+    from features.schema import Feature, Schema
+    from models.factory import build_model
+
+    feats = [Feature("user", "categorical", "string", "user", {"type": "vocab"}, num_ids=12),
+             Feature("item", "categorical", "string", "item", {"type": "vocab"}, num_ids=9)]
+    schema = Schema(features=feats, labels=TASKS).to_dict()
+    model = build_model(schema, TASKS, backbone="dnn", backbone_options={"dnn_units": [6]}, embedding_dim=4)
+    rng = np.random.default_rng(3)
+    x = {"user": rng.integers(0, 12, (7, 1)), "item": rng.integers(0, 9, (7, 1))}
+    model(x)
+    heads = [layer for layer in model.submodules if isinstance(layer, H.Heads)]
+    assert len(heads) == 1 and isinstance(heads[0], H.AdditiveHeads)
+    randomize(heads[0])
+    out = model.backbone(model.embedding(x))
+    got = model(x)
+    for t in TASKS:
+        dense = heads[0].task_heads[t]
+        z = out.logit.numpy() + out.repr.numpy() @ dense.kernel.numpy() + dense.bias.numpy()
+        np.testing.assert_allclose(got[t].numpy(), 1 / (1 + np.exp(-z)), rtol=1e-5, atol=1e-6)

@@ -74,6 +74,46 @@ def test_tasks_from_the_schema_are_checked_before_any_work(sim_data, tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "t"))
 
 
+# ---- the exact validation metrics ------------------------------------------------------------
+def exact_validation(conversion_labels):
+    """ExactValidation over 4 rows of a model scoring click 0.2, 0.6, 0.4, 0.8 and conversion 0.9, 0.1, 0.5, 0.3."""
+    import tensorflow as tf
+
+    from pipeline.train import ExactValidation
+
+    class Fixed(tf.keras.Model):
+        def call(self, x, training=None):
+            return {"click": x["c"], "conversion": x["v"]}
+
+    x = {"c": [[0.2], [0.6], [0.4], [0.8]], "v": [[0.9], [0.1], [0.5], [0.3]]}
+    y = {"click": [[0.0], [1.0], [1.0], [0.0]], "conversion": [[v] for v in conversion_labels]}
+    callback = ExactValidation(tf.data.Dataset.from_tensor_slices((x, y)).batch(3), TASKS, "valid")
+    callback.set_model(Fixed())
+    return callback
+
+
+def test_every_task_and_the_mean_are_logged_by_hand():
+    logs = {"loss": 1.0}
+    exact_validation([0.0, 1.0, 0.0, 0.0]).on_epoch_end(0, logs)
+    # click: positives 0.6, 0.4 vs negatives 0.2, 0.8 -> pairs won 2 of 4; conversion: 0.1 is below all 3
+    want_auc = {"click": 0.5, "conversion": 0.0}
+    logloss = lambda y, p: -np.mean(np.log(np.where(np.array(y) == 1, p, 1 - np.array(p))))  # noqa: E731
+    want_ll = {"click": logloss([0, 1, 1, 0], [0.2, 0.6, 0.4, 0.8]),
+               "conversion": logloss([0, 1, 0, 0], [0.9, 0.1, 0.5, 0.3])}
+    for t in TASKS:
+        assert logs[f"val_{t}_auc"] == pytest.approx(want_auc[t]) and logs[f"val_{t}_logloss"] == pytest.approx(want_ll[t])
+    assert logs["val_mean_auc"] == pytest.approx(0.25)
+    assert logs["val_mean_logloss"] == pytest.approx((want_ll["click"] + want_ll["conversion"]) / 2)
+    assert (logs["val_auc"], logs["val_logloss"]) == (logs["val_click_auc"], logs["val_click_logloss"])
+    assert logs["loss"] == 1.0
+
+
+def test_a_task_with_one_class_in_the_valid_split_fails_naming_it():
+    with pytest.raises(ConfigError, match=r"task 'conversion': the 'valid' split holds only labels 0, so its "
+                                          r"validation AUC is undefined"):
+        exact_validation([0.0, 0.0, 0.0, 0.0]).on_epoch_end(0, {})
+
+
 # ---- a two-task run --------------------------------------------------------------------------
 def keras_stop_epoch(values, mode, patience):
     """The number of epochs Keras' EarlyStopping (min_delta 0, no baseline) runs on ``values``."""
