@@ -21,6 +21,7 @@ Example (``configs/preprocess_sim.yaml``)::
     split: {method: random, ratios: {train: 0.8, valid: 0.1, test: 0.1}, seed: 7}
     max_quarantine_fraction: 0.01
     runner: {name: DirectRunner, num_workers: 2}
+    transforms: [{name: negative_downsampling, rate: 0.1}]   # optional; docs/preprocess.md
 
 Raw formats: parquet, csv (``csv_delimiter``, header row), jsonl. List-valued raw
 columns (sequences, dense vectors) are list columns in Parquet/JSON and
@@ -118,8 +119,21 @@ class PreprocessConfig:
     # an earlier preprocess output: encode with its schema.json, vocabularies and head users as they
     # are (no statistics pass; unseen values -> OOV, counted in stats.json); `--schema` sets it
     schema_from: Optional[str] = None
+    # named transforms run over the validated rows, in order: [{name: negative_downsampling, rate: 0.1}]
+    # (pipeline/beam/transforms/; options checked at load)
+    transforms: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        self.transform_steps()
 
     def feature_specs(self) -> List[FeatureSpec]:
         from pipeline.config import from_dict
 
         return [from_dict(FeatureSpec, f, where=f"features[{i}]") for i, f in enumerate(self.features)]
+
+    def transform_steps(self) -> list:
+        """The configured transforms (``pipeline.beam.transforms.Transform``), each entry checked."""
+        # imported here: transform modules may import the Beam job's modules, which import this one
+        from pipeline.beam.transforms import build_transforms
+
+        return build_transforms(self)

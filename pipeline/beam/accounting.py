@@ -1,9 +1,11 @@
-"""Accounting: rows in / written / quarantined per split, checked, and the job's summary (stats.json).
+"""Accounting: rows in / written / quarantined / dropped by transforms per split, checked, and the
+job's summary (stats.json).
 
-Each encoded chunk yields a nested dict of counts per split (:func:`add_counts`);
-:class:`AccountingFn` sums them. :func:`summarize` checks that every split's rows add up
-(rows in = written + quarantined, and the shards hold the written rows) and builds the
-summary written as ``stats.json``; :func:`check_quarantine` fails the job when more than
+Each encoded chunk yields a nested dict of counts per split (:func:`add_counts`; the transforms'
+rows in / out / dropped / added, ``pipeline/beam/stage.py``); :class:`AccountingFn` sums them.
+:func:`summarize` checks that every split's rows add up (rows in + added by transforms =
+written + quarantined + dropped by transforms, and the shards hold the written rows) and builds
+the summary written as ``stats.json``; :func:`check_quarantine` fails the job when more than
 ``max_quarantine_fraction`` of the rows were quarantined, keeping them aside.
 """
 from __future__ import annotations
@@ -72,11 +74,16 @@ def summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
         if sum(s["rows"] for s in shards) != written:
             raise RuntimeError(f"split '{name}': shards hold {sum(s['rows'] for s in shards)} rows but "
                                f"{written} were encoded")
-        if a["rows_in"] != written + a["rows_quarantined"]:
-            raise RuntimeError(f"split '{name}': rows_in {a['rows_in']} != written {written} + "
-                               f"quarantined {a['rows_quarantined']}")
+        transforms = {t.name: {**_NO_ROWS, **a.get("transforms", {}).get(t.name, {})}
+                      for t in plan.transforms if name in t.options["splits"]}
+        dropped = sum(c["rows_dropped"] for c in transforms.values())
+        added = sum(c["rows_added"] for c in transforms.values())
+        if a["rows_in"] + added != written + a["rows_quarantined"] + dropped:
+            raise RuntimeError(f"split '{name}': rows_in {a['rows_in']} + added by transforms {added} != written "
+                               f"{written} + quarantined {a['rows_quarantined']} + dropped by transforms {dropped}")
         splits[name] = {
             "rows_in": a["rows_in"], "rows_written": written, "rows_quarantined": a["rows_quarantined"],
+            "transforms": transforms, "rows_dropped_by_transforms": dropped, "rows_added_by_transforms": added,
             "quarantine_reasons": a.get("quarantine_reasons", {}), "oov": a.get("oov", {}),
             "label_means": {lab: (sums.get(lab, 0.0) / written if written else None) for lab in plan.config.labels},
             "files": [s["file"] for s in shards], "bytes": sum(s["bytes"] for s in shards)}
@@ -86,6 +93,9 @@ def summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
     return {
         "splits": splits, "rows_in": total_in, "rows_written": sum(s["rows_written"] for s in splits.values()),
         "rows_quarantined": total_q, "quarantine_fraction": total_q / total_in if total_in else 0.0,
+        "transforms": _transform_totals(plan, splits),
+        "rows_dropped_by_transforms": sum(s["rows_dropped_by_transforms"] for s in splits.values()),
+        "rows_added_by_transforms": sum(s["rows_added_by_transforms"] for s in splits.values()),
         "max_quarantine_fraction": plan.config.max_quarantine_fraction,
         "quarantine_files": [q["file"] for q in manifest["quarantine"]],
         "train_rows_for_statistics": schema.get("train_rows"), "users": schema.get("users"),
@@ -98,6 +108,18 @@ def summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
                   "files": [rel for _, files in plan.sources for _, rel in files]},
         "sample_size": SAMPLE_SIZE,
     }
+
+
+_NO_ROWS = {"rows_in": 0, "rows_out": 0, "rows_dropped": 0, "rows_added": 0}
+
+
+def _transform_totals(plan: JobPlan, splits: Dict[str, Any]) -> Dict[str, Any]:
+    """Per transform: its options and its row counts summed over the splits it applies to."""
+    out = {}
+    for t in plan.transforms:
+        counts = [s["transforms"][t.name] for s in splits.values() if t.name in s["transforms"]]
+        out[t.name] = {"options": t.options, **{k: sum(c[k] for c in counts) for k in _NO_ROWS}}
+    return out
 
 
 def check_quarantine(summary: Dict[str, Any], config: PreprocessConfig, tmp: str, out: str) -> None:

@@ -12,17 +12,18 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import apache_beam as beam
 import numpy as np
 
 from features import outputs
 from pipeline.beam.accounting import check_quarantine, summarize
-from pipeline.beam.graph import CUTS_FILE, PASS_CUTS, PASS_STATS, PAYLOAD_FILE, build_pipeline
+from pipeline.beam.graph import CUTS_FILE, PASS_CUTS, PASS_STATS, PAYLOAD_FILE, build_pipeline, index_file, index_pass
 from pipeline.beam.payload import build_payload, frozen_payload
 from pipeline.beam.plan import JobPlan
 from pipeline.beam.splits import time_cuts
+from pipeline.beam.stage import IndexFn
 from pipeline.beam.statistics import TrainStats
 from pipeline.beam.storage import (MANIFEST, PARTS_DIR, claim, commit, make_dirs, read_pickle, remove, temp_output,
                                    write_bytes)
@@ -48,9 +49,10 @@ def pipeline_options(config: PreprocessConfig):
     return rc.name, PipelineOptions(flags=[], **opts)
 
 
-# Runners whose side inputs are unreliable run the job in passes. Beam 2.77's DaskRunner
-# computes a side input by re-running its upstream graph inside every consuming task, and its
-# ParDo receivers keep the outputs of earlier runs, so side-input values repeat elements.
+# Runners whose side inputs are unreliable run the job in passes (time cut points, each
+# transform's side index, statistics + features, encoding). Beam 2.77's DaskRunner computes a
+# side input by re-running its upstream graph inside every consuming task, and its ParDo
+# receivers keep the outputs of earlier runs, so side-input values repeat elements.
 RUNNERS_WITHOUT_SIDE_INPUTS = ("DaskRunner",)
 
 
@@ -85,8 +87,9 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
                 cuts = read_pickle(os.path.join(tmp, CUTS_FILE))
                 cuts = time_cuts((np.zeros(0), np.zeros(0)), config.split.ratios) if cuts is None else cuts
                 remove(os.path.join(tmp, CUTS_FILE))
-            payload = frozen or _stats_pass(config, plan, tmp, cuts)
-            _run(config, lambda p: build_pipeline(p, plan, tmp, cuts=cuts, payload=payload))
+            sides = _index_passes(config, plan, tmp, cuts)
+            payload = frozen or _stats_pass(config, plan, tmp, cuts, sides)
+            _run(config, lambda p: build_pipeline(p, plan, tmp, cuts=cuts, sides=sides, payload=payload))
         else:
             _run(config, lambda p: build_pipeline(p, plan, tmp, payload=frozen))
         remove(os.path.join(tmp, PARTS_DIR))  # the shards hold every member now
@@ -109,9 +112,25 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
     return summary
 
 
-def _stats_pass(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts) -> Dict[str, Any]:
+def _index_passes(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts) -> List[Any]:
+    """The transforms' side values in a job in passes: one pass per transform with an index
+    (None for the others), each getting the earlier ones as constants."""
+    sides: List[Any] = []
+    for k, transform in enumerate(plan.transforms):
+        side = None
+        if transform.uses_index:
+            _run(config, lambda p: build_pipeline(p, plan, tmp, until=index_pass(k), cuts=cuts, sides=sides))
+            path = os.path.join(tmp, index_file(k))
+            side = read_pickle(path)
+            side = IndexFn(transform).extract_output([]) if side is None else side  # no training rows
+            remove(path)
+        sides.append(side)
+    return sides
+
+
+def _stats_pass(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts, sides) -> Dict[str, Any]:
     """The statistics pass of a job in passes: its payload (Features, head users)."""
-    _run(config, lambda p: build_pipeline(p, plan, tmp, until=PASS_STATS, cuts=cuts))
+    _run(config, lambda p: build_pipeline(p, plan, tmp, until=PASS_STATS, cuts=cuts, sides=sides))
     payload = read_pickle(os.path.join(tmp, PAYLOAD_FILE))
     if payload is None:
         payload = build_payload(TrainStats(), plan)  # raises: no train rows

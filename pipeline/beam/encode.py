@@ -1,4 +1,4 @@
-"""The encode step: a read unit's validated chunks -> gzip TFRecord members, quarantine lines, accounting."""
+"""The encode step: a read unit's staged chunks -> gzip TFRecord members, quarantine lines, accounting."""
 from __future__ import annotations
 
 import collections
@@ -14,8 +14,9 @@ import numpy as np
 from features import encoders as E
 from features.schema import OOV_ID, Schema
 from pipeline.beam.accounting import add_counts
-from pipeline.beam.plan import JobPlan, read_chunks
-from pipeline.beam.splits import assign, split_name, uniform_hash
+from pipeline.beam.plan import JobPlan
+from pipeline.beam.splits import split_name, uniform_hash
+from pipeline.beam.stage import Staged, staged_chunks
 from pipeline.beam.storage import PARTS_DIR, create_file
 from pipeline.beam.validation import USER_GROUP, USER_KEY, ValidatedChunk, quarantine_line
 from pipeline.beam.wire import ExampleEncoder, gzip_member, tfrecord_frames
@@ -53,13 +54,13 @@ class EncodeUnit(beam.DoFn):
             self._state = (encoders, ExampleEncoder(cols), payload["head_users"], schema)
         return self._state
 
-    def process(self, item, payload, cuts=None) -> Iterable[tuple]:
+    def process(self, item, payload, cuts=None, *sides) -> Iterable[tuple]:
         s, f, unit = item  # a retried unit writes a new part file: only one attempt's references survive
         path = os.path.join(self.parts, f"{s}-{f}-{unit.row_group or 0}-{uuid.uuid4().hex[:12]}.gz")
         out, offset = None, 0
         try:
-            for chunk in read_chunks(item, self.plan):
-                for kind, value in self.encode_chunk(chunk, payload, cuts):
+            for staged in staged_chunks(item, self.plan, cuts, sides):
+                for kind, value in self.encode_chunk(staged, payload):
                     if kind == "shard":
                         group, (key, rows, member) = value
                         if out is None:
@@ -72,18 +73,18 @@ class EncodeUnit(beam.DoFn):
             if out is not None:
                 out.close()
 
-    def encode_chunk(self, chunk: ValidatedChunk, payload, cuts=None) -> Iterable[tuple]:
+    def encode_chunk(self, staged: Staged, payload) -> Iterable[tuple]:
         encoders, example, head, schema = self._setup(payload)
         names, n_sh = self.plan.splits, self.plan.config.num_shards
-        split = assign(chunk.split_code, chunk.time, cuts)
-        records = []
-        for r in chunk.quarantine:
-            t = np.nan if r["time"] is None else r["time"]
-            records.append(dict(r, split=int(assign(np.array([r["split_code"]]), np.array([t]), cuts)[0])))
+        chunk = staged.chunk
+        split = chunk.split_code
+        records = list(chunk.quarantine)
         acct: Dict[str, Any] = {}
-        for code, cnt in zip(*np.unique(np.concatenate([split, [r["split"] for r in records]]).astype(np.int64),
-                                        return_counts=True)):
+        for code, cnt in zip(*np.unique(np.concatenate([staged.validated, [r["split"] for r in records]])
+                                        .astype(np.int64), return_counts=True)):
             add_counts(acct, split_name(names, code), rows_in=int(cnt))
+        for code, done in staged.counts.items():
+            acct[split_name(names, code)]["transforms"] = done
         cols, keep, errors = self._encode(chunk, encoders)
         for i, (feature, reason) in sorted(errors.items()):
             records.append({"file": chunk.file, "row_index": int(chunk.rows[i]), "split": int(split[i]),

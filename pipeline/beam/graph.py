@@ -2,13 +2,15 @@
 
     input files -> read units (Parquet row groups / text files)
       [time split] read the time column -> bottom-k sample -> cut points (side input)
-      read + validate -> train statistics per chunk -> merged by CombineFns
+      [per transform with an index] read + validate + earlier transforms -> train rows
+                      -> index parts -> merged, built (side input)
+      read + validate + transforms -> train statistics per chunk -> merged by CombineFns
                       -> build Features (vocabularies) + head users once -> payload (side input)
-      read + validate -> encode (NumpyEncoder) -> tf.train.Example bytes -> gzip TFRecord members
+      read + validate + transforms -> encode (NumpyEncoder) -> tf.train.Example bytes -> gzip TFRecord members
                       -> group by (split, shard) -> shard files; quarantine lines; accounting
       -> schema.json, vocab/*.txt, quarantine/*.jsonl, _manifest.json
 
-Every step that needs rows reads its read units itself (:func:`pipeline.beam.plan.read_chunks`):
+Every step that needs rows reads its read units itself (:func:`pipeline.beam.stage.staged_chunks`):
 reading again is cheaper than sending every row through the runner, so only small partials
 and references to compressed shard members move between steps.
 """
@@ -23,8 +25,9 @@ import numpy as np
 from pipeline.beam.accounting import AccountingFn
 from pipeline.beam.encode import EncodeUnit
 from pipeline.beam.payload import build_payload
-from pipeline.beam.plan import JobPlan, plan_file, read_chunks
-from pipeline.beam.splits import assign, time_cuts
+from pipeline.beam.plan import JobPlan, plan_file
+from pipeline.beam.splits import time_cuts
+from pipeline.beam.stage import IndexFn, index_parts, staged_chunks
 from pipeline.beam.statistics import (SAMPLE_SIZE, SampleFn, TrainStats, TrainStatsFn, bottom_k,
                                       chunk_train_stats, sample_priority)
 from pipeline.beam.storage import WriteQuarantine, WriteShard, write_manifest, write_pickle, write_schema
@@ -46,12 +49,13 @@ def time_samples(item, plan: JobPlan) -> Iterable[Tuple[np.ndarray, np.ndarray]]
         yield bottom_k(sample_priority(raw.file, rows), t[ok], SAMPLE_SIZE)
 
 
-def train_stats(item, plan: JobPlan, cuts=None) -> Iterable[TrainStats]:
-    """Train statistics of a read unit, per chunk (extra inputs never feed statistics)."""
+def train_stats(item, plan: JobPlan, cuts=None, *sides) -> Iterable[TrainStats]:
+    """Train statistics of a read unit's rows after the transforms, per chunk (extra inputs never
+    feed statistics)."""
     if plan.sources[item[0]][0] is None:
-        for chunk in read_chunks(item, plan):
-            train = assign(chunk.split_code, chunk.time, cuts) == plan.train_index
-            yield chunk_train_stats(chunk, train, plan.needs, plan.list_features)
+        for staged in staged_chunks(item, plan, cuts, sides):
+            chunk = staged.chunk
+            yield chunk_train_stats(chunk, chunk.split_code == plan.train_index, plan.needs, plan.list_features)
 
 
 def _kind(kind: str):
@@ -78,15 +82,25 @@ PASS_CUTS, PASS_STATS, PASS_ENCODE = "cuts", "stats", "encode"
 CUTS_FILE, PAYLOAD_FILE = "_cuts.pkl", "_payload.pkl"
 
 
-def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=None, payload=None):
-    """Add the job's transforms to Beam pipeline ``p`` (outputs under ``root``).
+def index_pass(k: int) -> str:
+    """The pass that builds transform ``k``'s side index."""
+    return f"index-{k}"
 
-    Every step that needs rows reads its read units itself (time sample, train statistics,
-    encoding); only small partials and compressed shard members travel between steps.
-    One pipeline by default: the time cut points and the Features reach later steps as
-    side inputs. With ``until`` / ``cuts`` / ``payload`` the same transforms run as passes
-    (see :data:`RUNNERS_WITHOUT_SIDE_INPUTS`): a pass stops after writing its result, and
-    the next pass gets it as a constant instead of a side input.
+
+def index_file(k: int) -> str:
+    return f"_index-{k}.pkl"
+
+
+def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=None, sides=None, payload=None):
+    """Add the job's steps to Beam pipeline ``p`` (outputs under ``root``).
+
+    Every step that needs rows reads its read units itself (time sample, transform indexes,
+    train statistics, encoding); only small partials and compressed shard members travel
+    between steps. One pipeline by default: the time cut points, the transforms' side indexes
+    and the Features reach later steps as side inputs. With ``until`` / ``cuts`` / ``sides`` (the
+    first transforms' side values) / ``payload`` the same steps run as passes (see
+    ``pipeline.beam.driver.RUNNERS_WITHOUT_SIDE_INPUTS``): a pass stops after writing its
+    result, and the next pass gets it as a constant instead of a side input.
     """
     from apache_beam.pvalue import AsSingleton
 
@@ -103,8 +117,20 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
             _ = cuts_pc | "SaveCuts" >> beam.Map(write_pickle, os.path.join(root, CUTS_FILE))
             return
         cuts = AsSingleton(cuts_pc)
+    sides = list(sides or [])
+    for k in range(len(sides), len(plan.transforms)):
+        transform = plan.transforms[k]
+        if not transform.uses_index:
+            sides.append(None)
+            continue
+        index_pc = _merge(units | f"IndexRows[{transform.name}]" >> beam.FlatMap(index_parts, plan, k, cuts, *sides),
+                          f"BuildIndex[{transform.name}]", IndexFn(transform), single)
+        if until == index_pass(k):
+            _ = index_pc | f"SaveIndex[{transform.name}]" >> beam.Map(write_pickle, os.path.join(root, index_file(k)))
+            return
+        sides.append(AsSingleton(index_pc))
     if payload is None:
-        partials = units | "TrainStats" >> beam.FlatMap(train_stats, plan, cuts)
+        partials = units | "TrainStats" >> beam.FlatMap(train_stats, plan, cuts, *sides)
         payload_pc = (_merge(partials, "MergeTrainStats", TrainStatsFn(), single)
                       | "BuildFeatures" >> beam.Map(build_payload, plan))
         if until == PASS_STATS:
@@ -114,7 +140,7 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
     else:
         payload_pc = p | "Payload" >> beam.Create([payload])
         payload_arg = payload
-    encoded = units | "Encode" >> beam.ParDo(EncodeUnit(plan, root), payload_arg, cuts)
+    encoded = units | "Encode" >> beam.ParDo(EncodeUnit(plan, root), payload_arg, cuts, *sides)
     n_sh = cfg.num_shards
     all_groups = p | "AllShards" >> beam.Create([(g, None) for g in range(len(plan.splits) * n_sh)])
     shards = ((encoded | "Shards" >> beam.FlatMap(_kind("shard")), all_groups) | "WithEmpty" >> beam.Flatten()

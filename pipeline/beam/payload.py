@@ -96,7 +96,7 @@ def frozen_payload(plan: JobPlan) -> Dict[str, Any]:
     head = np.zeros(0, np.int64)
     if schema.group_column:
         head = np.array(_read_text(os.path.join(src, HEAD_USERS), "schema_from").split(), dtype=np.int64)
-    as_built = dict(schema.to_dict(), meta=meta_columns(plan.config))  # schema.json sorts meta; Examples
+    as_built = dict(schema.to_dict(), meta=meta_columns(plan))  # schema.json sorts meta; Examples
     # list it in config order, as in the run that built the schema (check_frozen: the same columns)
     return {"schema": as_built, "vocab": vocab, "head_users": head, "train_rows": None,
             "features": {f.name: {"num_ids": f.num_ids, "width": f.width} for f in schema.features},
@@ -140,14 +140,17 @@ def check_frozen(plan: JobPlan, schema: Schema) -> None:
             if old[key] != new[key]:
                 raise ConfigError(f"{where}: feature '{spec.name}': {key} is {new[key]!r} in the config but "
                                   f"{old[key]!r} in the schema; a frozen schema encodes the features it was built with")
-    for what, new, old in (("labels", list(cfg.labels), schema.labels), ("meta columns", meta_columns(cfg), schema.meta),
+    for what, new, old in (("labels", list(cfg.labels), schema.labels),
+                           ("meta columns", meta_columns(plan), schema.meta),
                            ("split names", plan.splits, schema.extra.get("splits"))):
         if new != old:
             raise ConfigError(f"{where}: the config's {what} {new} differ from the schema's {old}")
 
 
-def meta_columns(cfg: PreprocessConfig) -> Dict[str, str]:
-    """Meta column name -> stored dtype (string extra meta is stored as int64 hashes)."""
+def meta_columns(plan: JobPlan) -> Dict[str, str]:
+    """Meta column name -> stored dtype (string extra meta is stored as int64 hashes), then the
+    columns the transforms add."""
+    cfg = plan.config
     meta: Dict[str, str] = {}
     if cfg.user_column:
         meta[USER_KEY] = "int64"
@@ -158,17 +161,20 @@ def meta_columns(cfg: PreprocessConfig) -> Dict[str, str]:
         meta[w] = "float32"
     for name, dtype in cfg.extra_meta.items():
         meta[name] = "float32" if dtype == "float32" else "int64"
+    for name, column in plan.added_columns().items():
+        meta[name] = column.dtype
     return meta
 
 
 def make_schema(cfg: PreprocessConfig, features: List[Feature], plan: JobPlan, n_users: int,
                 n_head: int) -> Schema:
     return Schema(
-        features=features, labels=list(cfg.labels), meta=meta_columns(cfg),
+        features=features, labels=list(cfg.labels), meta=meta_columns(plan),
         user_column=USER_KEY if cfg.user_column else None,
         group_column=USER_GROUP if cfg.user_column else None,
         source_column=SOURCE if cfg.source_column else None,
-        weight_columns=list(cfg.weight_columns), vocab_dir="vocab",
+        weight_columns=list(cfg.weight_columns) + [n for n, c in plan.added_columns().items() if c.weight],
+        vocab_dir="vocab",
         extra={"splits": plan.splits, "num_shards": cfg.num_shards, "compression": "GZIP",
                "file_pattern": "part-*-of-*.tfrecord.gz", "label_dtype": "float32",
                "raw_user_column": cfg.user_column, "raw_source_column": cfg.source_column,

@@ -1,18 +1,21 @@
 """The job's plan: everything the workers need, resolved and checked on the launcher.
 
 :class:`JobPlan` lists the input files, resolves the split names, the feature specs and the
-statistics each needs, and builds the validator.
+statistics each needs, and builds the validator and the transforms.
 :func:`read_chunks` is how every step gets rows: it reads a read unit (again) and yields its
 validated chunks.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple
+from typing import Dict, Iterable, List, Tuple
+
+import numpy as np
 
 from features import encoders as E
 from features.encodings import encoding_of
 from pipeline.beam.splits import UNASSIGNED_SPLIT
-from pipeline.beam.validation import ValidatedChunk, Validator
+from pipeline.beam.transforms import Column
+from pipeline.beam.validation import USER_GROUP, ValidatedChunk, Validator
 from pipeline.config import ConfigError
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.raw_io import list_files, plan_units, read_unit, relative_names
@@ -45,6 +48,10 @@ class JobPlan:
             if s.name in self.list_features and self.needs[s.name] - {"counts"}:
                 raise ConfigError(f"feature '{s.name}': list encodings support only the counts statistic")
         self.validator = Validator(config, self.main_splits)
+        self.transforms = config.transform_steps()
+        self.transform_splits = {t.name: np.array([self.splits.index(s) for s in t.options["splits"]], np.int64)
+                                 for t in self.transforms}
+        self._check_added_columns()
         inputs = [(None, config.input.path)] + [(i, p) for i, p in
                                                 enumerate(split.extra_splits.values(), len(self.main_splits))]
         self.sources = []  # (fixed split index or None, [(path, relative name)])
@@ -53,6 +60,21 @@ class JobPlan:
             self.sources.append((fixed, list(zip(files, relative_names(files)))))
         self.by_time = split.method == "time"
         self.train_index = self.main_splits.index("train")
+
+    def _check_added_columns(self) -> None:
+        """Columns the transforms add must be new: not a feature, label or meta column, nor another's."""
+        taken = set(self.validator.output_names) | ({USER_GROUP} if self.config.user_column else set())
+        for i, t in enumerate(self.transforms):
+            for name in t.added_columns():
+                if name in taken:
+                    raise ConfigError(f"transforms[{i}] ({t.name}) adds the column '{name}', which the config "
+                                      "already has (a feature, label, meta column or an earlier transform's); choose "
+                                      "another name")
+                taken.add(name)
+
+    def added_columns(self) -> Dict[str, Column]:
+        """The columns the transforms add, in config order."""
+        return {name: c for t in self.transforms for name, c in t.added_columns().items()}
 
     def tasks(self) -> List[Tuple[int, int, str, str]]:
         """(source index, file index, path, relative name) of every input file."""

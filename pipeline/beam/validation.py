@@ -26,7 +26,7 @@ import numpy as np
 from features.encodings import encoding_of
 from pipeline.beam.coercion import (Problems, as_keys, as_numbers, as_source, as_time,
                                     coerce_feature, coerce_meta, keys_to_int64, missing_keys)
-from pipeline.beam.splits import SPLIT_BY_TIME, UNASSIGNED, RandomSplit, given_split
+from pipeline.beam.splits import SPLIT_BY_TIME, UNASSIGNED, RandomSplit, assign, given_split
 from pipeline.config import ConfigError
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.raw_io import ListColumn, RawChunk
@@ -50,7 +50,7 @@ class ValidatedChunk:
     file: str
     rows: np.ndarray  # int64: index in the file of each good row
     columns: Dict[str, Any]
-    split_code: np.ndarray  # int16 per good row (>= 0 split index, SPLIT_BY_TIME, UNASSIGNED)
+    split_code: np.ndarray  # per good row: >= 0 split index, SPLIT_BY_TIME, UNASSIGNED (see resolve_splits)
     time: Optional[np.ndarray]  # float64 per good row (time split only)
     quarantine: List[dict]
 
@@ -58,8 +58,17 @@ class ValidatedChunk:
     def num_rows(self) -> int:
         return len(self.rows)
 
+    def resolve_splits(self, cuts: Optional[np.ndarray]) -> "ValidatedChunk":
+        """This chunk with final split indexes: time-split rows placed by the cut points, in
+        ``split_code`` and as ``split`` of every quarantine record."""
+        records = [dict(r, split=int(assign(np.array([r["split_code"]]),
+                                            np.array([np.nan if r["time"] is None else r["time"]]), cuts)[0]))
+                   for r in self.quarantine]
+        return dataclasses.replace(self, split_code=assign(self.split_code, self.time, cuts), quarantine=records)
 
-def _take(col, idx: np.ndarray):
+
+def take_column(col, idx: np.ndarray):
+    """Rows ``idx`` of a canonical column (numpy array or ListColumn)."""
     return col.take(idx) if isinstance(col, ListColumn) else col[idx]
 
 
@@ -173,7 +182,7 @@ class Validator:
         good = np.flatnonzero(~bad)
         return ValidatedChunk(
             key=key, file=chunk.file, rows=rows[good],
-            columns={k: _take(v, good) for k, v in canon.items()},
+            columns={k: take_column(v, good) for k, v in canon.items()},
             split_code=split_code[good], time=None if time is None else time[good],
             quarantine=self._records(chunk, rows, bad, problems, split_code, time))
 

@@ -1,0 +1,151 @@
+"""The transform protocol and registry of the preprocess job's transform stage.
+
+A transform is a :class:`Transform` subclass registered by name with
+:func:`register_transform`; a config lists the ones to run (``transforms: [{name: ...,
+<options>}]`` in ``pipeline/preprocess_config.py``), and :func:`build_transforms` checks each
+entry when the config is loaded. The job (``pipeline/beam/stage.py``) runs them in config
+order over the validated rows of the splits they apply to, a chunk of rows at a time:
+
+* ``index_part`` / ``merge_index`` / ``build_index`` (only when ``uses_index``): a side
+  index built from the **training split's** rows as they reach this transform, computed once
+  as a Beam side input (a combine: a part per chunk, merged in any order, then finished);
+* ``apply(batch, side)``: the output rows, 0..n per input row, given as the input row of each
+  output row (``Output.take``) plus the columns the transform adds or replaces.
+
+Columns a transform adds (:meth:`Transform.added_columns`) become meta columns of the schema,
+sample weights among them also ``weight_columns``; rows of splits it does not apply to get the
+column's ``fill`` value.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from models.options import OptionError, check_options
+
+TRANSFORMS: Dict[str, type] = {}
+
+
+def register_transform(name: str):
+    """Class decorator: register a :class:`Transform` subclass under ``name`` (a taken name fails)."""
+
+    def deco(cls):
+        if name in TRANSFORMS:
+            raise ValueError(f"transform '{name}' is registered twice ({TRANSFORMS[name].__name__}, {cls.__name__})")
+        cls.name = name
+        TRANSFORMS[name] = cls
+        return cls
+
+    return deco
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A column a transform adds: its dtype, its value on rows of the splits the transform does not
+    apply to, and whether it is a sample weight (listed in the schema's ``weight_columns``)."""
+
+    dtype: str  # int64 | float32
+    fill: float
+    weight: bool = False
+
+
+@dataclasses.dataclass
+class Batch:
+    """Validated rows of one input file's chunk, all of splits the transform applies to.
+
+    ``columns`` are the canonical columns by output name (``pipeline/beam/coercion.py``):
+    features (keys, numbers, or ``ListColumn`` for list encodings), labels (float32), meta
+    (``user_key``, ``source``, weights, extra meta) and earlier transforms' columns.
+    """
+
+    columns: Dict[str, Any]
+    split: np.ndarray  # int64 split index per row (``JobPlan.splits``)
+    file: str  # the input file, relative to the input's common folder
+    rows: np.ndarray  # int64 row index in ``file``: (file, row) is the row's stable key
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclasses.dataclass
+class Output:
+    """What :meth:`Transform.apply` returns: ``take[i]`` is the batch row output row i comes from
+    (None: every row once, in order); ``columns`` hold added or replaced columns, one value per
+    output row (numpy arrays; list-valued feature columns cannot be replaced)."""
+
+    take: Optional[np.ndarray] = None
+    columns: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+class Transform:
+    """Base class of the transforms (see the module docstring). Subclasses declare ``defaults``
+    (every option and its default; ``splits`` is common to all), ``ranges`` / ``choices`` /
+    ``types`` as :func:`models.options.check_options` takes them, and implement :meth:`apply`."""
+
+    name = ""  # set by register_transform
+    defaults: Dict[str, Any] = {}
+    ranges: Dict[str, str] = {}
+    choices: Dict[str, tuple] = {}
+    types: Dict[str, type] = {}
+    uses_index = False  # True: index_part / merge_index / build_index build a side index from train rows
+    COMMON = {"splits": ["train"]}  # the splits whose rows the transform sees
+
+    def __init__(self, **options):
+        self.options = {**self.COMMON, **self.defaults, **options}
+
+    # ---- configuration --------------------------------------------------------------------
+    def check(self, config, where: str) -> None:
+        """Checks against the rest of the preprocess config (``where`` names the entry, e.g.
+        ``transforms[0]``); raises OptionError. Subclasses extend it (calling super)."""
+        known = list(config.split.ratios) + list(config.split.extra_splits)
+        for s in self.options["splits"]:
+            if s not in known:
+                raise OptionError(f"{where}.splits: '{s}' is not a split of this config; known: {known} "
+                                  f"(transform '{self.name}')")
+
+    def added_columns(self) -> Dict[str, Column]:
+        """The columns :meth:`apply` adds, by name."""
+        return {}
+
+    # ---- side index (uses_index) ---------------------------------------------------------
+    def index_part(self, batch: Batch) -> Any:
+        """The index's part from a batch of training rows."""
+        raise NotImplementedError
+
+    def merge_index(self, parts: List[Any]) -> Any:
+        """One part from several (the runner merges in any order, so the result must not depend on it)."""
+        raise NotImplementedError
+
+    def build_index(self, part: Any) -> Any:
+        """The side value :meth:`apply` receives, from the merged part (None when train has no rows)."""
+        return part
+
+    # ---- the rows ------------------------------------------------------------------------
+    def apply(self, batch: Batch, side: Any) -> Output:
+        """The output rows of ``batch`` (``side``: the built index, or None without one)."""
+        raise NotImplementedError
+
+
+def build_transforms(config) -> List[Transform]:
+    """The transforms of ``config.transforms`` in order, every entry checked: a known ``name``
+    listed once, known options of the right type and range, consistent with the config.
+    Raises OptionError naming ``transforms[i]`` and the key."""
+    out: List[Transform] = []
+    for i, entry in enumerate(config.transforms):
+        where = f"transforms[{i}]"
+        name = entry.get("name")
+        if not isinstance(name, str) or name not in TRANSFORMS:
+            given = f" = {name!r}:" if "name" in entry else ": missing;"
+            raise OptionError(f"{where}.name{given} expected a registered transform, one of {sorted(TRANSFORMS)}")
+        if any(t.name == name for t in out):
+            raise OptionError(f"{where}.name = {name!r}: this transform is listed twice; list it once")
+        cls = TRANSFORMS[name]
+        options = {k: v for k, v in entry.items() if k != "name"}
+        options = check_options(options, {**Transform.COMMON, **cls.defaults}, f"{where}.", f"transform '{name}'",
+                                cls.ranges, cls.choices, cls.types)
+        transform = cls(**options)
+        transform.check(config, where)
+        out.append(transform)
+    return out
