@@ -144,6 +144,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Sc
     files = split_files(data_dir, split)
 
     def one_pass(pass_seed):
+        _allow_tensor_seeds()
         ds = tf.data.Dataset.from_tensor_slices(files)
         if shuffle:
             ds = ds.shuffle(len(files), seed=pass_seed[0])
@@ -164,6 +165,17 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Sc
     options.deterministic = deterministic
     ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE)
+
+
+def _allow_tensor_seeds() -> None:
+    """Let the dataset function being traced seed shuffles with tensors under a global seed of 0.
+
+    TF's seed logic compares ``(global seed, op seed) == (0, 0)`` in Python, which fails on a
+    tensor op seed when the global seed is 0 (``tf.keras.utils.set_random_seed(0)``, as
+    ``train`` does for ``seed: 0``). Such a function graph's seed is cleared, so its shuffles
+    take TF's default graph seed; any other global seed is kept, and with it the order."""
+    if tf.compat.v1.get_default_graph().seed == 0:
+        tf.compat.v1.set_random_seed(None)
 
 
 def _passes(seed: int, shuffle: bool, repeat: bool, first: int = 0) -> tf.data.Dataset:
