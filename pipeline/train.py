@@ -245,8 +245,10 @@ def check_init_from(cfg: TrainConfig, schema: Schema, sdict: dict, tasks: List[s
                           f"`ctrflow preprocess --schema <that run's data dir>`)")
     ours_spec = json.loads(json.dumps({"features": [f["name"] for f in sdict["features"]], "tasks": tasks,
                                        "model": dataclasses.asdict(cfg.model)}))
+    # a key that run's model.json lacks (an option added since) had its default
+    defaults = json.loads(json.dumps(dataclasses.asdict(ModelConfig())))
     theirs_spec = {"features": [f["name"] for f in spec["schema"]["features"]], "tasks": spec["tasks"],
-                   "model": spec["model"]}
+                   "model": {**defaults, **spec["model"]}}
     where = _first_difference(ours_spec, theirs_spec)
     if where is not None:
         key, mine, other = where

@@ -74,6 +74,30 @@ def test_tasks_from_the_schema_are_checked_before_any_work(sim_data, tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "t"))
 
 
+def test_init_from_a_run_recorded_before_the_heads_options(sim_data, tmp_path):
+    """A run whose model.json predates ``model.heads`` / ``head_options`` was built with their
+    defaults: warm start from it passes the model check; another heads choice fails naming it."""
+    import dataclasses
+    import json
+
+    from features.schema import Schema
+    from pipeline.train import check_init_from, model_schema
+
+    schema = Schema.load(sim_data)
+    sdict = model_schema(schema, schema.feature_names)
+    old = tmp_path / "old"
+    old.mkdir()
+    cfg = train_config(sim_data, tmp_path, tasks=TASKS, init_from=str(old))
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("heads", "head_options")}
+    (old / "model.json").write_text(json.dumps({"schema": sdict, "tasks": TASKS, "model": model}))
+    (old / "run.json").write_text(json.dumps({"schema_fingerprint": schema.fingerprint()}))
+    (old / "done.json").write_text("{}")
+    check_init_from(cfg, schema, sdict, TASKS)
+    towers = train_config(sim_data, tmp_path, tasks=TASKS, init_from=str(old), **{"model.heads": "towers"})
+    with pytest.raises(ConfigError, match=r"model\.heads is 'towers' in this config but 'additive' in that run"):
+        check_init_from(towers, schema, sdict, TASKS)
+
+
 # ---- the exact validation metrics ------------------------------------------------------------
 def exact_validation(conversion_labels):
     """ExactValidation over 4 rows of a model scoring click 0.2, 0.6, 0.4, 0.8 and conversion 0.9, 0.1, 0.5, 0.3."""
