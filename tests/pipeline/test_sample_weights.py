@@ -182,3 +182,19 @@ def test_zero_weights_leave_the_model_unchanged(data_dir, tmp_path, optimizer):
 
     assert all(step("zero"))
     assert not all(step("wt"))
+
+
+def test_train_reads_the_configured_weights(data_dir, tmp_path):
+    """``train`` end to end on weighted batches: with all-zero weights no step moves the model,
+    so every epoch's exact validation LogLoss is the same; with the data's weights it changes."""
+    from pipeline.train import train
+
+    def val_logloss(sample_weight):
+        cfg = train_config(data_dir, tmp_path, run_name=f"w-{sample_weight}", sample_weight=sample_weight,
+                           batch_size=16, eval_batch_size=N, epochs=3, tasks=TASKS,
+                           **{"early_stopping.patience": 5})
+        return train(cfg)["history"]["val_logloss"]
+
+    frozen = val_logloss("zero")
+    assert len(frozen) == 3 and len(set(frozen)) == 1
+    assert len(set(val_logloss("auto"))) == 3
