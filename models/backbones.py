@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import tensorflow as tf
 
+from features.registry import registrar
 from models import layers as L
 from models.embedding import EmbeddedFields
 from models.options import OptionError, check_options
@@ -48,18 +49,13 @@ OPTION_CHOICES = {"structure": STRUCTURES}
 OPTION_TYPES = {"projection_dim": int}  # options whose default is None
 
 
+_register = registrar(BACKBONES, "backbone", key=str.lower)
+
+
 def register_backbone(name: str):
-    """Class decorator: register a :class:`Backbone` subclass under ``name`` (lower case)."""
-
-    def deco(cls):
-        key = name.lower()
-        if key in BACKBONES:
-            raise ValueError(f"backbone '{key}' is registered twice ({BACKBONES[key].__name__}, {cls.__name__})")
-        cls.registered_name = key
-        BACKBONES[key] = cls
-        return tf.keras.utils.register_keras_serializable("ctrflow")(cls)
-
-    return deco
+    """Class decorator: register a :class:`Backbone` subclass under ``name`` (lower case; a
+    taken name fails) and make it Keras-serializable."""
+    return lambda cls: tf.keras.utils.register_keras_serializable("ctrflow")(_register(name)(cls))
 
 
 def backbone_class(name: str) -> type:

@@ -15,6 +15,7 @@ import inspect
 import pkgutil
 from typing import Any, Dict, List, Optional
 
+from features.registry import registrar
 from models import embedding
 from models.backbones import BACKBONES, backbone_class
 from models.ctr_model import CTRModel
@@ -24,18 +25,8 @@ from models.options import OptionError, check_options
 FRAMEWORKS: Dict[str, type] = {"none": CTRModel}
 
 
-def register_framework(name: str):
-    """Class decorator: register a method framework's model class under ``name``; a name
-    taken by another class fails (two frameworks would silently replace one another)."""
-
-    def deco(cls):
-        if name in FRAMEWORKS:
-            raise ValueError(f"framework '{name}' is registered twice ({FRAMEWORKS[name].__name__}, {cls.__name__})")
-        cls.framework_name = name
-        FRAMEWORKS[name] = cls
-        return cls
-
-    return deco
+# class decorator: register a method framework's model class under a name (a taken name fails)
+register_framework = registrar(FRAMEWORKS, "framework", attr="framework_name")
 
 
 def build_model(schema_dict: dict, tasks: List[str], backbone: str = "dcnv2",

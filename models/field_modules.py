@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
+from features.registry import registrar
 from models.embedding import EmbeddedFields
 from models.layers import plain
 from models.options import OptionError, check_options
@@ -36,18 +37,13 @@ from models.options import OptionError, check_options
 FIELD_MODULES: Dict[str, type] = {}
 
 
+_register = registrar(FIELD_MODULES, "field module")
+
+
 def register_field_module(name: str):
-    """Class decorator: register a :class:`FieldModule` under ``name``; a taken name fails."""
-
-    def deco(cls):
-        if name in FIELD_MODULES:
-            raise ValueError(f"field module '{name}' is registered twice ({FIELD_MODULES[name].__name__}, "
-                             f"{cls.__name__})")
-        cls.registered_name = name
-        FIELD_MODULES[name] = cls
-        return tf.keras.utils.register_keras_serializable("ctrflow")(cls)
-
-    return deco
+    """Class decorator: register a :class:`FieldModule` under ``name`` (a taken name fails)
+    and make it Keras-serializable."""
+    return lambda cls: tf.keras.utils.register_keras_serializable("ctrflow")(_register(name)(cls))
 
 
 def _split(spec: Dict[str, Any], index: int):

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, FrozenSet, List, Optional
 
 import numpy as np
 
+from features.registry import registrar
 from features.encodings.values import EncodeError
 from features.schema import Feature
 
@@ -77,17 +78,8 @@ STATISTICS = ("counts", "quantiles", "moments")  # what the Beam job accumulates
 ENCODINGS: Dict[str, Type["Encoding"]] = {}
 
 
-def register_encoding(name: str):
-    """Class decorator: register an :class:`Encoding` subclass as ``encoding: {type: name}``."""
-
-    def deco(cls):
-        if name in ENCODINGS:
-            raise ValueError(f"encoding '{name}' is registered twice ({ENCODINGS[name].__name__}, {cls.__name__})")
-        cls.name = name
-        ENCODINGS[name] = cls
-        return cls
-
-    return deco
+# class decorator: register an Encoding subclass as ``encoding: {type: name}`` (a taken name fails)
+register_encoding = registrar(ENCODINGS, "encoding", attr="name")
 
 
 def encoding_class(name: Any, feature: str = "") -> Type["Encoding"]:
