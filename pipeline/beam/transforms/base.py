@@ -23,22 +23,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from features.registry import registrar
 from models.options import OptionError, check_options
 
 TRANSFORMS: Dict[str, type] = {}
 
 
-def register_transform(name: str):
-    """Class decorator: register a :class:`Transform` subclass under ``name`` (a taken name fails)."""
-
-    def deco(cls):
-        if name in TRANSFORMS:
-            raise ValueError(f"transform '{name}' is registered twice ({TRANSFORMS[name].__name__}, {cls.__name__})")
-        cls.name = name
-        TRANSFORMS[name] = cls
-        return cls
-
-    return deco
+# class decorator: register a Transform subclass under a name (a taken name fails)
+register_transform = registrar(TRANSFORMS, "transform", attr="name")
 
 
 @dataclasses.dataclass(frozen=True)
