@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
+from features.registry import registrar
 from models import layers as L
 from models.backbones import BackboneOutput
 from models.options import OptionError, check_options
@@ -34,19 +35,13 @@ from models.options import OptionError, check_options
 HEADS: Dict[str, type] = {}
 
 
+_register = registrar(HEADS, "heads", key=str.lower)
+
+
 def register_heads(name: str):
-    """Class decorator: register a :class:`Heads` subclass under ``name`` (lower case); a name
-    taken by another class fails (two variants would silently replace one another)."""
-
-    def deco(cls):
-        key = name.lower()
-        if key in HEADS:
-            raise ValueError(f"heads '{key}' is registered twice ({HEADS[key].__name__}, {cls.__name__})")
-        cls.registered_name = key
-        HEADS[key] = cls
-        return tf.keras.utils.register_keras_serializable("ctrflow")(cls)
-
-    return deco
+    """Class decorator: register a :class:`Heads` subclass under ``name`` (lower case; a taken
+    name fails: two variants would silently replace one another) and make it Keras-serializable."""
+    return lambda cls: tf.keras.utils.register_keras_serializable("ctrflow")(_register(name)(cls))
 
 
 def heads_class(name: str, prefix: str = "") -> type:
