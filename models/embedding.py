@@ -142,8 +142,9 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         super().__init__(name=name, **kw)
         check_options(dict(num_tables=num_tables, l2_reg=l2_reg, initializer_stddev=initializer_stddev),
                       OPTION_DEFAULTS, "embedding_options.", "the embedding", OPTION_RANGES)
-        self.schema_dict = schema_dict
-        self.schema = Schema.from_dict(schema_dict)
+        # Keras wraps (in place) the dicts and lists a layer holds: the parsed schema gets its own copy
+        self.schema = Schema.from_dict(plain(schema_dict))
+        self.schema_dict = schema_dict = plain(schema_dict)
         self.embedding_dim = int(embedding_dim)
         if self.embedding_dim < 1:
             raise OptionError(f"embedding_dim must be >= 1, got {embedding_dim}")

@@ -74,7 +74,7 @@ class FieldModule(tf.keras.layers.Layer):
 
     def __init__(self, schema_dict: dict, embedding_dim: int, name=None, trainable=True, dtype=None, **options):
         super().__init__(name=name or self.registered_name, trainable=trainable, dtype=dtype or "float32")
-        self.schema_dict, self.embedding_dim = schema_dict, int(embedding_dim)
+        self.schema_dict, self.embedding_dim = plain(schema_dict), int(embedding_dim)
         self.options = {**self.option_defaults, **options}
         self._build_module()
 
@@ -105,7 +105,7 @@ class FieldModules(tf.keras.layers.Layer):
 
     def __init__(self, schema_dict: dict, specs: List[dict], embedding_dim: int, name="field_modules", **kw):
         super().__init__(name=name, **kw)
-        self.schema_dict, self.specs, self.embedding_dim = schema_dict, [dict(s) for s in specs], int(embedding_dim)
+        self.schema_dict, self.specs, self.embedding_dim = plain(schema_dict), plain(specs), int(embedding_dim)
         self.modules = []
         for i, spec in enumerate(self.specs):
             cls, options = _split(spec, i)

@@ -129,7 +129,10 @@ class FrameworkModel(tf.keras.Model):
         if self.single_task and len(tasks) != 1:
             raise OptionError(f"{self.framework_name} is single-task (the paper's setting): tasks must hold one "
                               f"label, got {tasks}; train one model per task or use framework 'none'")
-        self.schema = Schema.from_dict(schema_dict)
+        # Keras wraps (in place) the dicts and lists a model holds: the caller's dict and the parsed
+        # schema each keep their own plain copy
+        self.schema = Schema.from_dict(plain(schema_dict))
+        schema_dict = plain(schema_dict)
         self.schema.check_names(labels=tasks, what="model config")
         embedding_options = dict(embedding_options or {})
         unknown = sorted(set(embedding_options) - set(EMBEDDING_OPTIONS))

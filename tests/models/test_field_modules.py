@@ -82,3 +82,16 @@ def test_errors_name_the_entry():
     with pytest.raises(OptionError, match="model.field_modules: framework 'tf4ctr' has no"):
         from models.factory import check_model_options
         check_model_options("dualmlp", {}, 8, {}, "tf4ctr", {}, field_modules=[{"name": "_test_scaled_item"}])
+
+
+def test_the_callers_schema_dict_stays_plain():
+    """Keras wraps the dicts and lists a layer holds; the model keeps its own copy, so the
+    caller's dict is unchanged and the parsed schemas still serialise."""
+    import json
+
+    schema = schema_dict()
+    before = json.dumps(schema, sort_keys=True)
+    model = build_model(schema, ["click"], backbone="dnn", backbone_options={"dnn_units": [4]}, embedding_dim=3)
+    model(X)
+    assert json.dumps(schema, sort_keys=True) == before
+    assert model.embedding.schema.fingerprint() == model.schema.fingerprint() == Schema.from_dict(schema).fingerprint()

@@ -65,7 +65,7 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
             raise ValueError(f"tf4ctr ssem '{mode}' is not one of {SSEM_MODES}")
         if simple_embedding_dim is not None and mode != "ser":
             raise ValueError(f"tf4ctr simple_embedding_dim applies to ssem 'ser' only (ssem is '{mode}')")
-        self.schema_dict, self.mode = schema_dict, mode
+        self.schema_dict, self.mode = L.plain(schema_dict), mode  # a copy: Keras wraps what a layer holds
         self.embedding_dim = int(embedding_dim)
         self.embedding_options = dict(embedding_options or {})
         self.simple_embedding_dim = None if simple_embedding_dim is None else int(simple_embedding_dim)
