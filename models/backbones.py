@@ -29,7 +29,7 @@ import tensorflow as tf
 from features.registry import registrar
 from models import layers as L
 from models.embedding import EmbeddedFields
-from models.options import OptionError, check_options
+from models.options import OptionError, check_activations, check_options
 
 BackboneOutput = collections.namedtuple("BackboneOutput", ["repr", "logit"])
 BackboneOutput.__doc__ = "repr: r_b [B, h]; logit: [B, 1] (float32 from a backbone)."
@@ -105,14 +105,7 @@ class Backbone(tf.keras.layers.Layer):
         activation names); raises :class:`OptionError` naming ``prefix`` + the key."""
         owner = f"backbone '{cls.registered_name}'"
         options = check_options(options, cls.defaults, prefix, owner, OPTION_RANGES, OPTION_CHOICES, OPTION_TYPES)
-        for key, value in options.items():
-            if key.endswith("activation") and value is not None:
-                try:
-                    tf.keras.activations.get(value)
-                except ValueError:
-                    raise OptionError(f"{prefix}{key} = {value!r}: expected a Keras activation name, e.g. "
-                                      f"relu, gelu, tanh ({owner})") from None
-        return options
+        return check_activations(options, prefix, owner)
 
     @classmethod
     def input_embedding_dim(cls, num_fields: int, embedding_dim: int) -> int:

@@ -30,7 +30,7 @@ import tensorflow as tf
 from features.registry import registrar
 from models import layers as L
 from models.backbones import BackboneOutput
-from models.options import OptionError, check_options
+from models.options import OptionError, check_activations, check_options
 
 HEADS: Dict[str, type] = {}
 
@@ -98,14 +98,7 @@ class Heads(tf.keras.layers.Layer):
         owner = f"heads '{cls.registered_name}'"
         options = check_options(options, cls.option_defaults, prefix, owner, cls.option_ranges,
                                 cls.option_choices, cls.option_types)
-        for key, value in options.items():
-            if key.endswith("activation"):
-                try:
-                    tf.keras.activations.get(value)
-                except ValueError:
-                    raise OptionError(f"{prefix}{key} = {value!r}: expected a Keras activation name, e.g. "
-                                      f"relu, gelu, tanh ({owner})") from None
-        return options
+        return check_activations(options, prefix, owner)
 
     def call(self, inputs: BackboneOutput, training=None) -> Dict[str, tf.Tensor]:
         """{task: logit [B, 1] float32} from the backbone's output."""

@@ -92,3 +92,18 @@ def _range_text(rng: Optional[Range]) -> str:
 
 def _error(key: str, value: Any, expected: str, owner: str) -> OptionError:
     return OptionError(f"{key} = {value!r}: expected {expected} ({owner})")
+
+
+def check_activations(options: Dict[str, Any], prefix: str, owner: str) -> Dict[str, Any]:
+    """``options`` unchanged once every ``*activation`` option names a Keras activation (None:
+    linear); else an :class:`OptionError` naming ``prefix`` + the key."""
+    import tensorflow as tf  # here: the option checks of configs must not load TensorFlow
+
+    for key, value in options.items():
+        if key.endswith("activation") and value is not None:
+            try:
+                tf.keras.activations.get(value)
+            except ValueError:
+                raise OptionError(f"{prefix}{key} = {value!r}: expected a Keras activation name, e.g. "
+                                  f"relu, gelu, tanh ({owner})") from None
+    return options
