@@ -1,15 +1,17 @@
 """tf.data reader for the encoded TFRecords written by ``ctrflow preprocess``.
 
 ``make_dataset`` yields ``(inputs, labels)``, or ``(inputs, labels, sample_weights)`` when
-a weight column is read (``sample_weight``: by default the schema's first weight
-column, if it declares one). ``inputs`` maps every selected model feature to an
+weight columns are read (``sample_weight``: by default every weight column the schema
+declares, multiplied). ``inputs`` maps every selected model feature to an
 int64 / float32 ``[batch, width]`` tensor (width from ``schema.json``), every meta
 column (user key, user group, source, weights, pass-through columns) to a
 ``[batch, 1]`` tensor, and the side inputs the schema has
 (``features.schema.SIDE_INPUTS``: ``_source``, ``_group``, ``_user``) to ``[batch]``
 tensors under those fixed keys, whatever the dataset calls the columns; models ignore
 the inputs they do not read. ``labels`` maps each task to float32 ``[batch, 1]``;
-``sample_weights`` maps each task to the weight column as float32 ``[batch]``
+``sample_weights`` maps each task to the weight (the product of the weight columns read:
+importance weights compose, e.g. a user's weight times negative downsampling's 1 / rate) as
+float32 ``[batch]``
 (what Keras' compiled per-task losses take: ``sum_i w_i * loss_i / batch``).
 Consumers unpack batches with ``tf.keras.utils.unpack_x_y_sample_weight``.
 
@@ -46,26 +48,27 @@ from features.schema import Schema, SchemaError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _DTYPES = {"int64": tf.int64, "float32": tf.float32}
-AUTO = "auto"  # sample_weight: the schema's first weight column, if it declares one
+AUTO = "auto"  # sample_weight: every weight column the schema declares (their product)
 
 
 def _schema(data_dir: str, schema: Optional[Schema]) -> Schema:
     return Schema.load(data_dir) if schema is None else schema
 
 
-def weight_column(schema: Schema, sample_weight: Optional[str] = AUTO) -> Optional[str]:
-    """The meta column read as sample weights: for ``"auto"`` the schema's first weight column
-    (None if it declares none), for None none, else ``sample_weight``, which must be a meta column."""
+def weight_columns(schema: Schema, sample_weight: Optional[str] = AUTO) -> List[str]:
+    """The meta columns whose product is the sample weight: for ``"auto"`` the schema's
+    weight columns (none if it declares none), for None none, else ``sample_weight``, which
+    must be a meta column."""
     if sample_weight == AUTO:
-        return schema.weight_columns[0] if schema.weight_columns else None
+        return list(schema.weight_columns)
     if sample_weight is not None and sample_weight not in schema.meta:
         raise SchemaError(f"sample_weight = {sample_weight!r}: the schema has no such meta column (weight columns "
                           f"{schema.weight_columns}, meta columns {sorted(schema.meta)}); expected one of them, "
                           f"'{AUTO}' or null")
-    return sample_weight
+    return [] if sample_weight is None else [sample_weight]
 
 
-def batch_structure(schema: Schema, labels: Sequence[str], weight: Optional[str]) -> Callable[[dict], tuple]:
+def batch_structure(schema: Schema, labels: Sequence[str], weights: Sequence[str]) -> Callable[[dict], tuple]:
     """The function turning a batch's parsed columns into ``(inputs, labels[, sample_weights])``
     (module docstring): side inputs added under their fixed keys, weights per task."""
     labels = list(labels)
@@ -75,9 +78,9 @@ def batch_structure(schema: Schema, labels: Sequence[str], weight: Optional[str]
         inputs = {k: v for k, v in columns.items() if k not in labels}
         inputs.update({key: tf.cast(tf.reshape(columns[c.column], [-1]), _DTYPES[c.dtype]) for key, c in side.items()})
         ys = {t: columns[t] for t in labels}
-        if weight is None:
+        if not weights:
             return inputs, ys
-        w = tf.cast(tf.reshape(columns[weight], [-1]), tf.float32)
+        w = tf.math.reduce_prod(tf.stack([tf.cast(tf.reshape(columns[c], [-1]), tf.float32) for c in weights]), 0)
         return inputs, ys, {t: w for t in labels}
 
     return structure
@@ -128,7 +131,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Sc
     epoch (module docstring). shuffle_buffer: examples held by the streaming pre-batch shuffle.
     cycle_length: shard files read concurrently. start_batch (with ``repeat``): the stream
     starts that many batches in, exactly where a run that read them stopped (a resumed run).
-    sample_weight: the meta column read as weights (:func:`weight_column`; None: 2-tuples).
+    sample_weight: the meta column read as weights, ``auto`` for the product of the schema's weight
+        columns (:func:`weight_columns`; None: 2-tuples).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -137,7 +141,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Sc
     schema = _schema(data_dir, schema)
     labels = list(schema.labels if labels is None else labels)
     spec = parse_spec(schema, features, labels)
-    structure = batch_structure(schema, labels, weight_column(schema, sample_weight))
+    structure = batch_structure(schema, labels, weight_columns(schema, sample_weight))
     if cache:
         return _in_memory_dataset(data_dir, split, batch_size, schema, list(spec), structure, shuffle, repeat,
                                   deterministic, seed, drop_remainder, start_batch)

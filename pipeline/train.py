@@ -31,7 +31,7 @@ from models.layers import global_policy
 from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError
-from pipeline.data import batches_per_pass, make_dataset, weight_column
+from pipeline.data import batches_per_pass, make_dataset, weight_columns
 from pipeline.analyses import analysis_callbacks
 from pipeline.predict import predict_labels
 from pipeline.strategy import auto_shard_policy, is_chief, make_strategy
@@ -214,7 +214,7 @@ def resolve(cfg: TrainConfig) -> tuple:
     if not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"data_dir '{cfg.data_dir}' does not exist: run `ctrflow preprocess` first")
     schema = Schema.load(cfg.data_dir)
-    weight_column(schema, cfg.sample_weight)  # a SchemaError naming sample_weight if the column is not there
+    weight_columns(schema, cfg.sample_weight)  # a SchemaError naming sample_weight if the column is not there
     tasks = list(cfg.tasks or schema.labels)
     feats = list(cfg.features or schema.feature_names)
     schema.check_names(features=feats, labels=tasks, what="training config")

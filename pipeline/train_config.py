@@ -156,8 +156,8 @@ class TrainConfig:
     # fingerprint when encoded with `ctrflow preprocess --schema <that run's data dir>`.
     init_from: Optional[str] = None
     # the meta column whose values weight every task's loss (batches are (inputs, labels, weights)):
-    # "auto" = the schema's first weight column (none if it has none), null = unweighted, else a meta
-    # column's name, checked against the schema when training starts (pipeline/data.py, weight_column)
+    # "auto" = the product of the schema's weight columns (none if it has none), null = unweighted,
+    # else a meta column's name, checked against the schema when training starts (pipeline/data.py)
     sample_weight: Optional[str] = "auto"
 
     def __post_init__(self):

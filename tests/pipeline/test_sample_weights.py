@@ -88,6 +88,13 @@ def test_sample_weight_names_the_column_or_turns_weights_off(data_dir):
         one_batch(data_dir, sample_weight="nope")
 
 
+def test_auto_multiplies_every_weight_column(data_dir):
+    """Importance weights compose: with two weight columns declared, ``auto`` reads their product."""
+    two = dataclasses.replace(SCHEMA, weight_columns=["wt", "ctr_true"])
+    _, _, weights = one_batch(data_dir, schema=two)
+    np.testing.assert_allclose(weights["conv"].numpy(), columns()["wt"] * columns()["ctr_true"], rtol=1e-6)
+
+
 def test_train_config_sample_weight_is_checked_at_start(data_dir, tmp_path):
     from pipeline.train import resolve
 
