@@ -51,6 +51,11 @@ class CTRModel(FrameworkModel):
         emb = self.added_fields(inputs, self.embedding(inputs, training=training), training=training)
         return Forward(self.task_heads(self.backbone(emb, training=training), training=training), {})
 
+    def variable_groups(self):
+        """The model's parts, for a stage to freeze (e.g. the tables while a new head learns)."""
+        return {"embedding": self.embedding.trainable_variables, "field_modules": self.added_fields.trainable_variables,
+                "backbone": self.backbone.trainable_variables, "heads": self.task_heads.trainable_variables}
+
     def get_config(self):
         return {**super().get_config(), "heads": self.heads_name, "head_options": plain(self.head_options),
                 "field_modules": plain(self.field_module_specs)}

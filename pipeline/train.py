@@ -202,11 +202,24 @@ def make_losses(cfg: TrainConfig, tasks: List[str]) -> tuple:
 
 
 def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str]) -> None:
-    """Compile ``model`` for training: optimizer, per-task losses and weights, Keras' AUC per task."""
+    """Compile ``model`` for training: optimizer (and its phases' optimizers), per-task losses and
+    weights, Keras' AUC per task; then freeze the stage's variable groups (``freeze``)."""
+    wanted = sorted({p.optimizer for p in model.phases()} - {None})
+    if sorted(cfg.phase_optimizers) != wanted:
+        raise ConfigError(f"phase_optimizers = {sorted(cfg.phase_optimizers)}: framework '{cfg.model.framework}' "
+                          f"alternates phases with the optimizers {wanted}; give exactly those")
+    groups = sorted(model.variable_groups())
+    unknown = sorted(set(cfg.freeze) - set(groups))
+    if unknown:
+        raise ConfigError(f"freeze = {list(cfg.freeze)}: {unknown} not a variable group of framework "
+                          f"'{cfg.model.framework}'; groups: {groups}")
     losses, weights = make_losses(cfg, tasks)
     model.compile(optimizer=make_optimizer(cfg.optimizer), loss=losses, loss_weights=weights,
                   metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
-                  jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
+                  jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution,
+                  phase_optimizers={k: make_optimizer(o) for k, o in cfg.phase_optimizers.items()})
+    if cfg.freeze:
+        model.freeze(*cfg.freeze)
 
 
 def resolve(cfg: TrainConfig) -> tuple:

@@ -159,12 +159,20 @@ class TrainConfig:
     # "auto" = the product of the schema's weight columns (none if it has none), null = unweighted,
     # else a meta column's name, checked against the schema when training starts (pipeline/data.py)
     sample_weight: Optional[str] = "auto"
+    # a training stage's frozen weights: variable groups of the framework (its variable_groups(), e.g.
+    # HDA's first-stage tables) left out of every update
+    freeze: List[str] = dataclasses.field(default_factory=list)
+    # the optimizers of a framework's alternating phases that do not use `optimizer` (its phases(),
+    # e.g. {discriminator: {name: adam, learning_rate: 1.0e-4}})
+    phase_optimizers: Dict[str, OptimizerConfig] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         """Checks against the models' and Keras' option tables (free-form dicts), naming the key."""
         for key, value in check_model_options(**dataclasses.asdict(self.model)).items():
             setattr(self.model, key, value)
         self.optimizer.options = check_optimizer(self.optimizer)
+        for name, opt in self.phase_optimizers.items():
+            opt.options = check_optimizer(opt, f"phase_optimizers.{name}.")
         self.loss_options = check_loss_options(self.loss, self.loss_options)
         for task, entry in self.task_losses.items():
             self._resolve_task_loss(task, entry)

@@ -102,6 +102,11 @@ class TF4CTR(FrameworkModel):
                               f"backbones: {_two_branch_backbones()} (dcn / dcnv2 / gdcn with structure: parallel)")
         self.dfm = DynamicFusion(o["dfm"], o["vf_temperature"], name="dfm", dtype="float32")
 
+    def variable_groups(self):
+        """SSEM's tables and gates, the two encoders, the fusion."""
+        return {"ssem": self.ssem.trainable_variables, "backbone": self.backbone.trainable_variables,
+                "dfm": self.dfm.trainable_variables}
+
     def logits(self, inputs: dict, training=None) -> TF4CTRLogits:
         """The fused, simple and complex logits (Eq. 3-11)."""
         simple_emb, complex_emb = self.ssem(inputs, training=training)
