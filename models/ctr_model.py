@@ -37,7 +37,7 @@ class CTRModel(FrameworkModel):
         self.heads_name, self.head_options = heads, dict(head_options or {})
         self.field_module_specs = [dict(m) for m in field_modules or []]
         cls = backbone_class(backbone)
-        num_fields = len(plan_fields(schema_dict, self.embedding_options.get("features"))) \
+        num_fields = len(plan_fields(self.schema, self.embedding_options.get("features"))) \
             + count_added_fields(schema_dict, self.field_module_specs)
         width = cls.input_embedding_dim(num_fields, self.embedding_dim)  # FFM: F * k
         with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)

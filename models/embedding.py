@@ -73,13 +73,14 @@ class FieldSpec:
     stop: int = 1
 
 
-def plan_fields(schema_dict: dict, features: Optional[Sequence[str]] = None) -> List[FieldSpec]:
-    """The fields (in output order) that :class:`FeatureEmbedding` builds for ``features``.
+def plan_fields(schema, features: Optional[Sequence[str]] = None) -> List[FieldSpec]:
+    """The fields (in output order) that :class:`FeatureEmbedding` builds for ``features`` of
+    ``schema`` (a :class:`Schema`, or its dict).
 
     Default features: every schema feature whose encoding makes a field (all but
     ``sequence_float``). Pure Python: callers size backbones before building layers.
     """
-    schema = Schema.from_dict(schema_dict)
+    schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
     if features is None:
         selected = [f for f in schema.features if _kind(f) is not None]
     else:
@@ -149,7 +150,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         if self.embedding_dim < 1:
             raise OptionError(f"embedding_dim must be >= 1, got {embedding_dim}")
         self.features = None if features is None else list(features)
-        self.specs = plan_fields(schema_dict, self.features)
+        self.specs = plan_fields(self.schema, self.features)
         self.feature_names = list(dict.fromkeys(s.feature for s in self.specs))
         self.num_tables = int(num_tables)
         self.l2_reg = float(l2_reg)
