@@ -5,21 +5,21 @@ version, before the version takes traffic, so the first real requests do not pay
 graph initialisation, table loading and kernel selection. One record per batch size
 (default 1 and 64 candidates; TF Serving reads at most 1000 records).
 
-:func:`example_rows` makes plausible raw rows from the schema alone: known vocabulary
-keys (so warm-up touches the tables' real entries), bucket boundaries, defaults,
-sequences of varying length. They also serve as the demo's example request.
+:func:`example_rows` makes plausible raw rows from the schema and its vocabularies: each
+encoding gives its own values (``Encoding.example`` in ``features/encodings/``): known
+vocabulary keys (so warm-up touches the tables' real entries), bucket boundaries,
+defaults, sequences of varying length. They also serve as the demo's example request.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Dict, List, Sequence
 
-import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from features import bucketize, vocab
-from features.schema import Feature, Schema
+from features.encodings import encoding_of
+from features.schema import Schema
 from serving.clients import RequestBuilder
 from serving.signatures import raw_inputs
 
@@ -27,52 +27,14 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000  # TF Serving ignores records past this
 
 
-def _number(f: Feature, i: int, n: int) -> float:
-    enc = f.encoding
-    if f.default is not None:
-        return float(f.default) if i % 2 == 0 else float(f.default) + i
-    if enc["type"] == "bucketize":
-        b = bucketize.resolve_boundaries(enc)
-        b = b[np.isfinite(b)]
-        return float(b[(i * len(b)) // max(n, 1)]) if len(b) else float(i)
-    if enc["type"] == "identity" and enc.get("standardize"):
-        return enc["mean"] + enc["std"] * (i / max(n, 1) - 0.5)
-    return float(i + 1)
-
-
-def _value(f: Feature, keys: List[str], i: int, n: int) -> Any:
-    etype = f.encoding["type"]
-    if etype in ("vocab", "sequence_vocab"):
-        if etype == "sequence_vocab":
-            length = (i + 3) % (f.width + 2)  # short, full, longer than max_len and empty
-            return [_cast(f, keys[(i + j) % len(keys)] if keys else f"k{j}") for j in range(length)]
-        return _cast(f, keys[i % len(keys)] if keys else f"{f.name}-{i}")
-    if etype == "hash":
-        return _cast(f, str(i) if f.dtype == "int64" else f"{f.name}-{i}")
-    if etype == "sequence_float":
-        return [_cast(f, float(1000 * i + j)) for j in range((i + 3) % (f.width + 2))]
-    if etype == "dense":
-        return [((i + j) % 7) / 7.0 - 0.5 for j in range(f.width)]
-    return _cast(f, _number(f, i, n))
-
-
-def _cast(f: Feature, v):
-    if f.dtype == "int64":
-        return int(v) if isinstance(v, str) else int(np.floor(v))
-    if f.dtype == "float32":
-        return float(v)
-    return str(v)
-
-
 def example_rows(schema: Schema, data_dir: str, n: int = 1) -> List[Dict[str, Any]]:
-    """``n`` raw rows (dicts keyed by raw column) with a value for every input."""
-    keys = {}
-    for f in schema.features:
-        vf = f.encoding.get("vocab_file")
-        if vf:
-            keys[f.name] = vocab.read_vocab(os.path.join(data_dir, vf))
-    first = {r.name: schema.feature(r.features[0]) for r in raw_inputs(schema)}
-    return [{col: _value(f, keys.get(f.name, []), i, n) for col, f in first.items()} for i in range(n)]
+    """``n`` raw rows (dicts keyed by raw column) with a value for every input: each raw
+    column's first feature's encoding makes them (``Encoding.example``)."""
+    encodings = {}
+    for r in raw_inputs(schema):
+        f = schema.feature(r.features[0])
+        encodings[r.name] = encoding_of(f)(f, data_dir)
+    return [{col: enc.example(i, n) for col, enc in encodings.items()} for i in range(n)]
 
 
 def warmup_requests(builder: RequestBuilder, rows: Sequence[Dict[str, Any]], model_name: str,

@@ -19,6 +19,9 @@ An encoding turns one raw column into model input. Its class holds, in one place
   directory): :meth:`Encoding.encode` (numpy, vectorised: the Beam job) and
   :meth:`Encoding.tf_encode` with its :meth:`Encoding.tf_tables` (TF ops: the serving
   graph). The two must give equal outputs on equal inputs.
+* examples (an instance): :meth:`Encoding.example` (the ``i``-th of ``n`` plausible raw
+  values, for TF Serving's warm-up requests and the demo's example request); the base and
+  the families give defaults, an encoding overrides where it knows its values better.
 
 Ids follow the schema contract (``features/schema.py``): 0 = missing / padding,
 1 = OOV, real values from 2. Raw values are canonicalised once, for every encoding, by
@@ -168,6 +171,26 @@ class Encoding:
         """Raw tensor (ragged for sequences) -> [batch, width] (TF, for the serving graph).
         Never fails a request: what it cannot encode becomes missing / padding."""
         raise NotImplementedError
+
+    # ---- examples (instance -> plausible raw values) --------------------------------------
+    def example(self, i: int, n: int) -> Any:
+        """The ``i``-th of ``n`` plausible raw values of the feature, as a client sends it: the
+        warm-up requests and the demo's example request (``serving/warmup.py``). This default
+        is the number :meth:`example_number` in the raw dtype; families override it (keys,
+        lists, vectors) and encodings where they know better (vocabulary keys, boundaries)."""
+        return self.as_raw(self.example_number(i, n))
+
+    def example_number(self, i: int, n: int) -> float:
+        """The number of the ``i``-th example: ``i + 1`` unless the encoding knows its range."""
+        return float(i + 1)
+
+    def as_raw(self, v) -> Any:
+        """``v`` (a number or a key) in the feature's raw dtype; int64 floors numbers."""
+        if self.feature.dtype == "int64":
+            return int(v) if isinstance(v, str) else int(np.floor(v))
+        if self.feature.dtype == "float32":
+            return float(v)
+        return str(v)
 
 
 # ---- option and statistic checks shared by fit() methods -------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+import numpy as np
+
 from features import bucketize
 from features.encodings.base import Fitted, int_option, register_encoding, statistic
 from features.encodings.families import NumericEncoding
@@ -62,3 +64,8 @@ class BucketizeEncoding(NumericEncoding):
 
     def tf_codes(self, v, tables):
         return bucketize.tf_bucket_ids(v, self.boundaries)[:, None]
+
+    def example_number(self, i, n):
+        """The finite boundaries in turn over the ``n`` examples (``i`` when there are none)."""
+        b = self.boundaries[np.isfinite(self.boundaries)]
+        return float(b[(i * len(b)) // max(n, 1)]) if len(b) else float(i)

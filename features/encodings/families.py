@@ -15,7 +15,7 @@ a missing value of a ``required`` feature fails naming the rows.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -62,6 +62,10 @@ class CategoricalEncoding(Encoding):
             missing = tf.zeros_like(missing)
         return tf.where(missing, tf.constant(PAD_ID, tf.int64), self.tf_ids(keys, tables))[:, None]
 
+    def example(self, i: int, n: int) -> Any:
+        """Made-up keys: ``i`` (int64) or ``<feature>-<i>`` (the feature's default is not used)."""
+        return self.as_raw(str(i) if self.feature.dtype == "int64" else f"{self.feature.name}-{i}")
+
 
 class NumericEncoding(Encoding):
     """A scalar number -> a row of codes; missing -> :meth:`fill`, else NaN for ``codes``."""
@@ -97,6 +101,14 @@ class NumericEncoding(Encoding):
         if fill is not None:
             v = tf.where(tf.math.is_nan(v), tf.constant(fill, tf.float64), v)
         return self.tf_codes(v, tables)
+
+    def example(self, i: int, n: int) -> Any:
+        """The feature's default (even rows) and default + i (odd rows) when it has one, else
+        the encoding's :meth:`example_number`."""
+        d = self.feature.default
+        if d is None:
+            return super().example(i, n)
+        return self.as_raw(float(d) if i % 2 == 0 else float(d) + i)
 
 
 class SequenceEncoding(Encoding):
@@ -138,3 +150,11 @@ class SequenceEncoding(Encoding):
         pad = tf.constant(0, tf.as_dtype(self.encoded_dtype))
         return kept[:, -max_len:].to_tensor(default_value=pad, shape=[None, max_len])
 
+    def example(self, i: int, n: int) -> List[Any]:
+        """Lists of varying length, ``(i + 3) mod (max_len + 2)``: short, full, longer than
+        ``max_len`` and empty, of :meth:`example_element` values."""
+        return [self.as_raw(self.example_element(i, j)) for j in range((i + 3) % (self.params["max_len"] + 2))]
+
+    def example_element(self, i: int, j: int) -> Any:
+        """Element ``j`` of the ``i``-th example list (a number or a key)."""
+        return float(1000 * i + j)

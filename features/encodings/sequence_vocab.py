@@ -33,3 +33,11 @@ class SequenceVocabEncoding(Vocabulary, SequenceEncoding):
     def tf_element_codes(self, flat, tables):
         keys, missing = tf_keys(flat)
         return self.tf_lookup(keys, tables), missing
+
+    def example_element(self, i, j):
+        """Its vocabulary's keys in turn; for an empty vocabulary made-up keys (all OOV):
+        ``k<j>``, or ``j`` when the raw values are int64."""
+        key = self.example_key(i + j)
+        if key is not None:
+            return key
+        return j if self.feature.dtype == "int64" else f"k{j}"

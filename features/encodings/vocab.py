@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -79,6 +79,11 @@ class Vocabulary:
     def tf_lookup(keys, tables: Dict[str, Any]):
         return vocab.tf_vocab_lookup(tables["vocab"], keys)
 
+    def example_key(self, k: int) -> Optional[str]:
+        """The ``k``-th vocabulary key, cycling (so warm-up touches the table's real entries);
+        None for an empty vocabulary."""
+        return self.vocab_keys[k % len(self.vocab_keys)] if self.vocab_keys else None
+
 
 def _load_vocab(feature: Feature, data_dir: str) -> List[str]:
     path = os.path.join(data_dir, feature.encoding["vocab_file"])
@@ -106,3 +111,8 @@ class VocabEncoding(Vocabulary, CategoricalEncoding):
 
     def tf_ids(self, keys, tables):
         return self.tf_lookup(keys, tables)
+
+    def example(self, i, n):
+        """Its vocabulary's keys in turn; the family's made-up keys for an empty vocabulary."""
+        key = self.example_key(i)
+        return super().example(i, n) if key is None else self.as_raw(key)
