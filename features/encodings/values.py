@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from features.errors import UserError
 from features.schema import Feature
 
 if TYPE_CHECKING:
@@ -33,8 +34,10 @@ if TYPE_CHECKING:
 INT_MISSING = np.iinfo(np.int64).min
 
 
-class EncodeError(ValueError):
-    """A spec, statistic or raw value a feature cannot encode; names the feature (and rows)."""
+class EncodeError(UserError):
+    """A spec, statistic, vocabulary file or raw value a feature cannot encode; names the
+    feature (and rows). The user's to fix (a :class:`UserError`, so also a ``ValueError``):
+    the Beam job quarantines the rows it names, ``ctrflow`` ends with its message."""
 
     def __init__(self, feature: str, reason: str, rows: Optional[Sequence[int]] = None):
         self.feature, self.reason = feature, reason
