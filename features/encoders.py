@@ -96,6 +96,7 @@ def spec_encoding(spec) -> Tuple[Type[Encoding], Dict[str, Any]]:
         raise EncodeError(spec.name, f"{cls.name} takes no default: a missing list encodes as padding / zeros")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", spec.name):
         raise EncodeError(spec.name, "feature names may hold only letters, digits, '_', '.', '-'")
+    cls.check(spec, p)
     return cls, p
 
 

@@ -57,18 +57,37 @@ class RawInputError(UserError):
     line where the format allows)."""
 
 
-_WORKER_ERROR = re.compile(r"RawInputError: (.+?)(?: \[while running '[^']*'\])?$", re.M)
 _RUNNING_SUFFIX = re.compile(r" \[while running '[^']*'\]$")
 
 
-def worker_input_error(exc: BaseException) -> Optional[RawInputError]:
-    """The :class:`RawInputError` a Beam worker raised, as the runner passes it on: the error
-    itself (in-process runners add " [while running 'Step']") or its traceback text inside
-    another exception (worker processes, remote runners); None for any other error."""
-    if isinstance(exc, RawInputError):
-        return RawInputError(_RUNNING_SUFFIX.sub("", str(exc)))
-    found = _WORKER_ERROR.search(str(exc))
-    return RawInputError(found.group(1)) if found else None
+def _user_error_classes() -> dict:
+    out, todo = {}, [UserError]
+    while todo:
+        cls = todo.pop()
+        out[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def worker_input_error(exc: BaseException) -> Optional[UserError]:
+    """The :class:`~features.errors.UserError` (an unreadable input, a bad encoding spec, ...)
+    a Beam worker raised, as the runner passes it on: the error itself (in-process runners
+    add " [while running 'Step']") or its traceback text inside another exception (worker
+    processes, remote runners, or an error class Beam could not rebuild); None for any other
+    error. The message is kept; the class too where it takes the message alone."""
+    if isinstance(exc, UserError):
+        message, cls = str(exc), type(exc)
+    else:
+        classes = _user_error_classes()
+        found = re.search(rf"\b({'|'.join(map(re.escape, classes))}): (.+?)$", str(exc), re.M)
+        if found is None:
+            return None
+        message, cls = found.group(2), classes[found.group(1)]
+    message = _RUNNING_SUFFIX.sub("", message)
+    try:
+        return cls(message)
+    except TypeError:  # a class whose constructor takes its parts (EncodeError)
+        return UserError(message)
 
 
 class ListColumn(FlatLists):

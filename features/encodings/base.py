@@ -124,6 +124,11 @@ class Encoding:
 
     # ---- fitting (spec -> schema entry) ---------------------------------------------------
     @classmethod
+    def check(cls, spec, params: Dict[str, Any]) -> None:
+        """The checks of the spec's options that need no statistics, run when the job is planned
+        (before any work, so a bad spec never reaches a Beam worker); raises EncodeError."""
+
+    @classmethod
     def statistics(cls, spec, params: Dict[str, Any]) -> set:
         """The train statistics (a subset of :data:`STATISTICS`) :meth:`fit` needs."""
         return set()

@@ -29,6 +29,20 @@ class BucketizeEncoding(NumericEncoding):
     options = frozenset({"method", "num_buckets", "boundaries", "max_id"})
 
     @classmethod
+    def check(cls, spec, params) -> None:
+        method = _method(params)
+        if method not in bucketize.METHODS:
+            raise EncodeError(spec.name, f"bucketize method {method!r} not in {bucketize.METHODS}")
+        extra = sorted(set(params) - _METHOD_OPTIONS[method] - {"method"})
+        if extra:
+            raise EncodeError(spec.name, f"bucketize method '{method}' takes no {extra}")
+        if method == "boundaries":
+            try:
+                bucketize.check_boundaries(params.get("boundaries", []))
+            except (TypeError, ValueError) as exc:
+                raise EncodeError(spec.name, str(exc)) from None
+
+    @classmethod
     def statistics(cls, spec, params) -> set:
         method = _method(params)
         need = method == "quantile" or (method == "log2sq" and params.get("max_id") is None)
@@ -36,12 +50,8 @@ class BucketizeEncoding(NumericEncoding):
 
     @classmethod
     def fit(cls, spec, params, stats, out_dir) -> Fitted:
+        cls.check(spec, params)
         method = _method(params)
-        if method not in bucketize.METHODS:
-            raise EncodeError(spec.name, f"bucketize method {method!r} not in {bucketize.METHODS}")
-        extra = sorted(set(params) - _METHOD_OPTIONS[method] - {"method"})
-        if extra:
-            raise EncodeError(spec.name, f"bucketize method '{method}' takes no {extra}")
         if method == "log2sq":
             max_id = int_option(spec, params, "max_id", low=bucketize.LOG2SQ_MIN_MAX_ID)
             if max_id is None:

@@ -123,6 +123,19 @@ def test_negative_sizes_fail_at_load_before_any_work(cli, sim_raw, tmp_path, com
     assert os.listdir(tmp_path) == [], "work started before the config was checked"
 
 
+def test_bad_encoding_spec_fails_the_beam_job_with_one_line(cli, sim_raw, tmp_path):
+    """Boundaries out of order are found when the encoding is fitted, inside a Beam step: the
+    worker's error (an EncodeError Beam cannot rebuild) still ends as one line, exit 2."""
+    text = open(os.path.join(CONFIGS, "preprocess_sim.yaml")).read()
+    bad = "{name: ad_age_days, kind: numeric, dtype: float32, role: ad, encoding: {type: bucketize, method: log2sq}}"
+    assert bad in text
+    config = tmp_path / "p.yaml"
+    config.write_text(text.replace(bad, bad.replace("method: log2sq", "boundaries: [3, 1]")))
+    proc = cli("preprocess", "--config", str(config), "--set", f"output={tmp_path / 'out'}",
+               "--set", f"input.path={os.path.join(sim_raw, 'ads', '*.parquet')}", "--set", "split.extra_splits={}")
+    _user_error(proc, "ad_age_days", "boundaries")
+
+
 # ---- from_dict's type rules, in process ---------------------------------------------------------------
 def _load(**data):
     return from_dict(TrainConfig, {"data_dir": "d", **data}, where="t.yaml")
