@@ -11,7 +11,8 @@ An encoding turns one raw column into model input. Its class holds, in one place
   ``models/embedding.py`` embeds it: lookup | mnse | scale | pooled | project, or None
   for no embedding field) and :meth:`Encoding.fields` (the fields' names and column
   ranges);
-* fitting (class methods, spec -> schema entry): :meth:`Encoding.statistics` (which train
+* fitting (class methods, spec -> schema entry): :meth:`Encoding.check` (the option checks
+  that need no data, run when the job is planned), :meth:`Encoding.statistics` (which train
   statistics of :data:`STATISTICS` the Beam job accumulates for it) and
   :meth:`Encoding.fit` (spec options + those statistics -> the resolved parameters stored
   in ``schema.json``, ``num_ids`` and ``width``; may write files such as vocabularies);
