@@ -73,9 +73,15 @@ def cmd_evaluate(args):
 
 
 def cmd_compare(args):
-    from pipeline.compare import CompareConfig, run_compare
+    from pipeline.compare import CompareConfig, check_compare, run_compare
 
-    out = run_compare(load_config(CompareConfig, args.config, _overrides(args.set)))
+    cfg = load_config(CompareConfig, args.config, _overrides(args.set))
+    if args.check:
+        cells = check_compare(cfg)
+        print("\n".join(f"{c['method']}: {c['parameters']:,} parameters" for c in cells))
+        print(f"checked {len(cells)} methods x {len(cfg.seeds)} seeds: every config loads and every model builds")
+        return
+    out = run_compare(cfg)
     print(out["table"])
     print(f"wrote {out['report']}")
 
@@ -122,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_overwrite(with_config("train", cmd_train, "train a model (Keras fit under a tf.distribute strategy)"),
                    "replace a completed run of the same name, or a run folder train did not create (deleted "
                    "when the new run starts)")
-    with_config("compare", cmd_compare, "a grid of models x options x seeds, with a significance table")
+    cmp = with_config("compare", cmd_compare, "a grid of models x options x seeds, with a significance table")
+    cmp.add_argument("--check", action="store_true",
+                     help="check every cell's config and build each method's model on a batch; train nothing")
 
     ld = sub.add_parser("load", help="turn a public dataset's files into raw Parquet")
     ld.add_argument("name")

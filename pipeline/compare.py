@@ -4,7 +4,9 @@ Each method is a set of dotted overrides of one base training config. Every
 (method, seed) trains in its own run directory (a completed run is reused, so an
 interrupted grid resumes), is evaluated on ``split``, and the table reports
 mean ± std per metric, the best in bold, and the paired t-test p-value of each
-method against ``baseline`` over the same seeds.
+method against ``baseline`` over the same seeds. ``ctrflow compare --check`` checks every
+cell's config and builds and compiles each method's model on a batch of its data, training
+nothing: a grid's typo fails in seconds, not hours in.
 
     base_config: configs/train_sim_dcnv2.yaml
     out_dir: runs/compare_backbones
@@ -26,7 +28,7 @@ import tensorflow as tf
 from pipeline import report
 from pipeline.config import ConfigError, load_config, option
 from pipeline.evaluate import evaluate_run
-from pipeline.train import TrainConfig, train
+from pipeline.train import TrainConfig, compile_model, model_schema, resolve, train
 
 
 
@@ -64,6 +66,31 @@ def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConf
             except ConfigError as exc:
                 raise ConfigError(f"compare method '{method}' (seed {seed}): {exc}") from None
     return configs
+
+
+def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
+    """Every (method, seed) config checked, and each method's model built on its data's schema,
+    called on a validation batch and compiled as training would (first seed; the seed changes
+    no structure): [{method, parameters}]. Trains and writes nothing."""
+    from models.factory import build_model
+    from pipeline.data import make_dataset
+
+    configs = train_configs(cfg, verbose=0)
+    out = []
+    for method in cfg.methods:
+        train_cfg = configs[(method, cfg.seeds[0])]
+        try:
+            schema, tasks, features = resolve(train_cfg)
+            tf.keras.backend.clear_session()
+            model = build_model(model_schema(schema, features), tasks, **dataclasses.asdict(train_cfg.model))
+            batch = next(iter(make_dataset(train_cfg.data_dir, train_cfg.valid_split, 8, labels=tasks,
+                                           schema=schema, sample_weight=train_cfg.sample_weight)))
+            model(tf.keras.utils.unpack_x_y_sample_weight(batch)[0])
+            compile_model(model, train_cfg, tasks)
+        except ValueError as exc:  # UserErrors (config, schema, options) among them
+            raise ConfigError(f"compare method '{method}': {exc}") from None
+        out.append({"method": method, "parameters": int(model.count_params())})
+    return out
 
 
 def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:

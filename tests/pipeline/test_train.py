@@ -1,4 +1,5 @@
 """The training driver: convergence, run directory, reproducibility, resume, errors, strategies."""
+import dataclasses
 import glob
 import json
 import os
@@ -336,3 +337,23 @@ def test_compare_grid_reports_mean_std_and_p_values(sim_data, tmp_path, monkeypa
     # the hand-picked inputs span the star classes, so a wrong p-value would show
     assert "\\*\\*" in cells["deepfm"]["auc"] and "\\*" not in cells["dcnv2"]["auc"]
     assert os.path.exists(out["report"])
+
+
+def test_compare_check_builds_every_method_and_trains_nothing(sim_data, tmp_path):
+    """``--check`` finds what only building the model can (a single-branch backbone under
+    TF4CTR), naming the method, and otherwise reports each method's size; no run is written."""
+    from pipeline.compare import CompareConfig, check_compare
+    from pipeline.config import ConfigError
+
+    base = _write_config(tmp_path, sim_data, "base", epochs=1)
+    methods = {"dnn": {"model.backbone": "dnn", "model.backbone_options": {"dnn_units": [8]}},
+               "dualmlp": {"model.backbone": "dualmlp", "model.backbone_options": {"mlp1_units": [8],
+                                                                                    "mlp2_units": [8, 8]}}}
+    cfg = CompareConfig(base_config=base, out_dir=str(tmp_path / "grid"), seeds=[1, 2], baseline="dnn",
+                        methods=methods)
+    cells = check_compare(cfg)
+    assert [c["method"] for c in cells] == ["dnn", "dualmlp"] and cells[0]["parameters"] < cells[1]["parameters"]
+    assert not (tmp_path / "grid").exists()
+    methods["tf4ctr-on-dnn"] = {**methods["dnn"], "model.framework": "tf4ctr"}
+    with pytest.raises(ConfigError, match=r"compare method 'tf4ctr-on-dnn': tf4ctr needs a two-branch backbone"):
+        check_compare(dataclasses.replace(cfg, methods=methods))
