@@ -225,6 +225,11 @@ def main() -> None:
     print(tables(results, machine))
 
 
+def table(doc: dict) -> str:
+    """The markdown tables of a JSON document this script wrote (docs/benchmarks.md)."""
+    return tables(doc["results"], doc["machine"])
+
+
 def _key(r) -> tuple:
     return r["library"], r["model"], bool(r["xla"]), r.get("precision", "float32")
 
