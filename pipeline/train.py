@@ -201,9 +201,9 @@ def make_losses(cfg: TrainConfig, tasks: List[str]) -> tuple:
             {t: s.weight for t, s in specs.items()})
 
 
-def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str]) -> None:
-    """Compile ``model`` for training: optimizer (and its phases' optimizers), per-task losses and
-    weights, Keras' AUC per task; then freeze the stage's variable groups (``freeze``)."""
+def check_stages(model: tf.keras.Model, cfg: TrainConfig) -> None:
+    """``phase_optimizers`` names exactly the optimizers of the framework's phases, ``freeze``
+    only its variable groups (ConfigError naming the key)."""
     wanted = sorted({p.optimizer for p in model.phases()} - {None})
     if sorted(cfg.phase_optimizers) != wanted:
         raise ConfigError(f"phase_optimizers = {sorted(cfg.phase_optimizers)}: framework '{cfg.model.framework}' "
@@ -213,6 +213,12 @@ def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str]) -> 
     if unknown:
         raise ConfigError(f"freeze = {list(cfg.freeze)}: {unknown} not a variable group of framework "
                           f"'{cfg.model.framework}'; groups: {groups}")
+
+
+def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str]) -> None:
+    """Compile ``model`` for training: optimizer (and its phases' optimizers), per-task losses and
+    weights, Keras' AUC per task; then freeze the stage's variable groups (``freeze``)."""
+    check_stages(model, cfg)
     losses, weights = make_losses(cfg, tasks)
     model.compile(optimizer=make_optimizer(cfg.optimizer), loss=losses, loss_weights=weights,
                   metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
@@ -235,6 +241,9 @@ def resolve(cfg: TrainConfig) -> tuple:
         if not os.path.isdir(os.path.join(cfg.data_dir, split)):
             raise ConfigError(f"split '{split}' is missing under data_dir '{cfg.data_dir}'")
     cfg.check_tasks(tasks)
+    if cfg.freeze or cfg.phase_optimizers:  # else compile_model checks (building a model here could start
+        # TensorFlow's runtime before a MultiWorkerMirroredStrategy is made)
+        check_stages(build_model(model_schema(schema, feats), tasks, **dataclasses.asdict(cfg.model)), cfg)
     return schema, tasks, feats
 
 

@@ -85,6 +85,10 @@ def test_errors_name_the_key(sim_data, tmp_path):
         train(train_config(sim_data, tmp_path, freeze=["tables"]))
     with pytest.raises(ConfigError, match=r"phase_optimizers = \[\]: framework '_test_two_phase' alternates phases "
                                           r"with the optimizers \['backbone'\]"):
-        train(train_config(sim_data, tmp_path, **{"model.framework": "_test_two_phase"}))
+        train(train_config(sim_data, tmp_path / "other", **{"model.framework": "_test_two_phase"}))
+    with pytest.raises(ConfigError, match=r"phase_optimizers = \['extra'\]: framework 'none' alternates phases "
+                                          r"with the optimizers \[\]"):
+        train(train_config(sim_data, tmp_path, phase_optimizers={"extra": {"name": "sgd"}}))
     with pytest.raises(ConfigError, match=r"phase_optimizers.backbone.name = 'adamm'"):
         train_config(sim_data, tmp_path, phase_optimizers={"backbone": {"name": "adamm"}})
+    assert os.listdir(tmp_path) == ["other"]  # freeze / phase_optimizers given: refused before any run directory
