@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -49,7 +48,7 @@ import tensorflow as tf
 from features.encodings import ENCODINGS, encoding_of
 from features.encodings.values import EncodeError
 from features.schema import OOV_ID, PAD_ID, Feature, Schema, SchemaError
-from models.layers import plain
+from models.layers import plain, safe_name
 from models.options import OptionError, check_options
 
 EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear"])
@@ -210,7 +209,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
             weights: Dict[str, Dict[str, object]] = {}
             for name in self.feature_names:
                 f, kind, dim = self.schema.feature(name), self._feature_kind(name), self._table_dim(name)
-                prefix = (f"t{t}_" if self.num_tables > 1 else "") + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+                prefix = (f"t{t}_" if self.num_tables > 1 else "") + safe_name(name)
                 w: Dict[str, object] = {}
                 if kind == "project":
                     w["project"] = tf.keras.layers.Dense(self.embedding_dim, name=f"{prefix}_project",

@@ -22,7 +22,6 @@ read ``repr`` in ``_logits``.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
@@ -62,11 +61,6 @@ def check_head_options(name: str, options: Dict[str, Any], prefix: str = "") -> 
 def get_heads(name: str, tasks: List[str], **options) -> "Heads":
     """The heads registered as ``name`` for ``tasks``, built with ``options`` (checked)."""
     return heads_class(name)(tasks=list(tasks), **options)
-
-
-def _slug(task: str) -> str:
-    """A task name usable in a layer name."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", task)
 
 
 class Heads(tf.keras.layers.Layer):
@@ -123,7 +117,7 @@ class AdditiveHeads(Heads):
     def _build_heads(self):
         self.task_heads = {}
         if len(self.tasks) > 1:
-            self.task_heads = {t: tf.keras.layers.Dense(1, kernel_initializer="zeros", name="head_" + _slug(t))
+            self.task_heads = {t: tf.keras.layers.Dense(1, kernel_initializer="zeros", name="head_" + L.safe_name(t))
                                for t in self.tasks}
 
     def _logits(self, out, training):
@@ -141,7 +135,7 @@ class TowerHeads(Heads):
 
     def _build_heads(self):
         o = self.options
-        self.towers = {t: L.Tower(o["units"], o["activation"], o["dropout"], name="tower_" + _slug(t))
+        self.towers = {t: L.Tower(o["units"], o["activation"], o["dropout"], name="tower_" + L.safe_name(t))
                        for t in self.tasks}
 
     def _logits(self, out, training):

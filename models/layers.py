@@ -17,6 +17,7 @@ of bf16 is kept, while rounding the field embeddings (and their gradients) to bf
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -33,6 +34,11 @@ def plain(value):
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a Keras layer / weight name: characters other than letters, digits, ``_.-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 def _int_list(values, what: str) -> list:

@@ -28,7 +28,7 @@ import tensorflow as tf
 from pipeline import report
 from pipeline.config import ConfigError, load_config, option
 from pipeline.evaluate import evaluate_run
-from pipeline.train import TrainConfig, compile_model, model_schema, resolve, train
+from pipeline.train import TrainConfig, compile_model, new_model, resolve, train
 
 
 
@@ -72,7 +72,6 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
     """Every (method, seed) config checked, and each method's model built on its data's schema,
     called on a validation batch and compiled as training would (first seed; the seed changes
     no structure): [{method, parameters}]. Trains and writes nothing."""
-    from models.factory import build_model
     from pipeline.data import make_dataset
 
     configs = train_configs(cfg, verbose=0)
@@ -82,7 +81,7 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
         try:
             schema, tasks, features = resolve(train_cfg)
             tf.keras.backend.clear_session()
-            model = build_model(model_schema(schema, features), tasks, **dataclasses.asdict(train_cfg.model))
+            model = new_model(train_cfg, schema, tasks, features)
             batch = next(iter(make_dataset(train_cfg.data_dir, train_cfg.valid_split, 8, labels=tasks,
                                            schema=schema, sample_weight=train_cfg.sample_weight)))
             model(tf.keras.utils.unpack_x_y_sample_weight(batch)[0])

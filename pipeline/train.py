@@ -243,7 +243,7 @@ def resolve(cfg: TrainConfig) -> tuple:
     cfg.check_tasks(tasks)
     if cfg.freeze or cfg.phase_optimizers:  # else compile_model checks (building a model here could start
         # TensorFlow's runtime before a MultiWorkerMirroredStrategy is made)
-        check_stages(build_model(model_schema(schema, feats), tasks, **dataclasses.asdict(cfg.model)), cfg)
+        check_stages(new_model(cfg, schema, tasks, feats), cfg)
     return schema, tasks, feats
 
 
@@ -252,6 +252,11 @@ def model_schema(schema: Schema, features: List[str]) -> dict:
     d = schema.to_dict()
     d["features"] = [f for f in d["features"] if f["name"] in features]
     return d
+
+
+def new_model(cfg: TrainConfig, schema: Schema, tasks: List[str], features: List[str]) -> tf.keras.Model:
+    """The config's model (framework, backbone, heads, ...) on the selected features, untrained."""
+    return build_model(model_schema(schema, features), tasks, **dataclasses.asdict(cfg.model))
 
 
 def check_init_from(cfg: TrainConfig, schema: Schema, sdict: dict, tasks: List[str]) -> None:
@@ -326,7 +331,7 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
                             deterministic=True, cache=cfg.cache, labels=tasks, schema=schema,
                             sample_weight=cfg.sample_weight)
     with strategy.scope():
-        model = build_model(sdict, tasks, **dataclasses.asdict(cfg.model))  # heads / head_options among them
+        model = new_model(cfg, schema, tasks, feats)
         compile_model(model, cfg, tasks)
         sample = next(iter(valid_ds))[0]
         model(sample, training=False)  # build the weights: a backup restores into them
