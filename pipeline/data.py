@@ -28,6 +28,12 @@ own and shuffled with seeds that are a pure function of (``seed``, pass index), 
 ``start_batch`` can resume a stream exactly where an earlier process stopped reading it
 (``pipeline.train`` resumes killed runs so).
 
+``sources`` (``train.sources``) keeps only the rows of the named sample sources (``ad``, ``rec``:
+the schema's source column, 1 = ad, 0 = rec) before anything else: each shard file is filtered
+as it is read (cache: the parsed columns are), so the stream, its shuffles, its passes and
+``start_batch`` are those of a dataset holding only those rows (``tests/pipeline/test_train_sources.py``
+compares a run with one on an ads-only copy of the data).
+
 ``cache=True`` holds the split in memory as parsed columns (parsed once, with the
 same batched ``parse_example``): each pass then draws one permutation of the row
 indices over the whole split and gathers each batch from the columns, so no record
@@ -49,6 +55,7 @@ from features.schema import Schema, SchemaError
 AUTOTUNE = tf.data.AUTOTUNE
 _DTYPES = {"int64": tf.int64, "float32": tf.float32}
 AUTO = "auto"  # sample_weight: every weight column the schema declares (their product)
+SOURCES = {"ad": 1, "rec": 0}  # train.sources names -> the source column's codes (features/schema.py)
 
 
 def _schema(data_dir: str, schema: Optional[Schema]) -> Schema:
@@ -66,6 +73,35 @@ def weight_columns(schema: Schema, sample_weight: Optional[str] = AUTO) -> List[
                           f"{schema.weight_columns}, meta columns {sorted(schema.meta)}); expected one of them, "
                           f"'{AUTO}' or null")
     return [] if sample_weight is None else [sample_weight]
+
+
+def source_filter(schema: Schema, sources: Optional[Sequence[str]]) -> Optional[Dict[str, object]]:
+    """What ``sources`` keeps: ``{"column", "codes"}`` (the schema's source column and the codes of
+    the named sources), or None for every row (``sources`` None). SchemaError naming
+    ``sources`` when the schema has no source column or a name is not a source."""
+    if sources is None:
+        return None
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise SchemaError(f"sources = {list(sources)}: {unknown} not a sample source; expected names from "
+                          f"{sorted(SOURCES)}")
+    if schema.source_column is None:
+        raise SchemaError(f"sources = {list(sources)}: the data's schema has no source column (source_column), "
+                          f"so its rows cannot be told apart by source; give null (every row) or preprocess "
+                          f"with source_column set")
+    return {"column": schema.source_column, "codes": sorted(SOURCES[s] for s in sources)}
+
+
+def _keep_records(keep: Dict[str, object]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A predicate on one serialized example: is its source among ``keep``'s codes."""
+    spec = {keep["column"]: tf.io.FixedLenFeature([1], tf.int64)}
+    codes = tf.constant(keep["codes"], tf.int64)
+
+    def predicate(record):
+        source = tf.io.parse_single_example(record, spec)[keep["column"]][0]
+        return tf.reduce_any(tf.equal(source, codes))
+
+    return predicate
 
 
 def batch_structure(schema: Schema, labels: Sequence[str], weights: Sequence[str]) -> Callable[[dict], tuple]:
@@ -123,7 +159,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Sc
                  cache: bool = False, features: Optional[Sequence[str]] = None,
                  labels: Optional[Sequence[str]] = None, drop_remainder: bool = False,
                  shuffle_buffer: int = 100_000, cycle_length: int = 8, start_batch: int = 0,
-                 sample_weight: Optional[str] = AUTO) -> tf.data.Dataset:
+                 sample_weight: Optional[str] = AUTO, sources: Optional[Sequence[str]] = None) -> tf.data.Dataset:
     """Batches ``(inputs, labels[, sample_weights])`` of ``split`` under ``data_dir`` (see the
     module docstring); ``schema``: the data's parsed schema (default: read from ``data_dir``).
 
@@ -133,6 +169,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Sc
     starts that many batches in, exactly where a run that read them stopped (a resumed run).
     sample_weight: the meta column read as weights, ``auto`` for the product of the schema's weight
         columns (:func:`weight_columns`; None: 2-tuples).
+    sources: keep only these sample sources' rows (:func:`source_filter`; None: every row).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -142,17 +179,22 @@ def make_dataset(data_dir: str, split: str, batch_size: int, schema: Optional[Sc
     labels = list(schema.labels if labels is None else labels)
     spec = parse_spec(schema, features, labels)
     structure = batch_structure(schema, labels, weight_columns(schema, sample_weight))
+    keep = source_filter(schema, sources)
     if cache:
         return _in_memory_dataset(data_dir, split, batch_size, schema, list(spec), structure, shuffle, repeat,
-                                  deterministic, seed, drop_remainder, start_batch)
+                                  deterministic, seed, drop_remainder, start_batch, keep)
     files = split_files(data_dir, split)
+
+    def read(f):
+        records = tf.data.TFRecordDataset(f, compression_type="GZIP")
+        return records if keep is None else records.filter(_keep_records(keep))
 
     def one_pass(pass_seed):
         _allow_tensor_seeds()
         ds = tf.data.Dataset.from_tensor_slices(files)
         if shuffle:
             ds = ds.shuffle(len(files), seed=pass_seed[0])
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        ds = ds.interleave(read,
                            cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
         if shuffle:
@@ -200,16 +242,20 @@ def _passes(seed: int, shuffle: bool, repeat: bool, first: int = 0) -> tf.data.D
 
 
 def _in_memory_dataset(data_dir, split, batch_size, schema, columns, structure, shuffle, repeat, deterministic,
-                       seed, drop_remainder, start_batch) -> tf.data.Dataset:
+                       seed, drop_remainder, start_batch, keep=None) -> tf.data.Dataset:
     """The ``cache=True`` path: columns parsed once, one index permutation per pass, gather per batch.
 
     Each pass draws a whole permutation of the row indices in one op (seeded by
     :func:`_passes`) and cuts it into batch-sized index vectors: no per-row element crosses
     tf.data (an epoch of 240 k rows took 310 ms of input work through a shuffle buffer,
     ~100 ms so; ``docs/benchmarks.md``). ``start_batch`` starts at the right pass and skips
-    only index vectors of that pass (nothing is gathered for them).
+    only index vectors of that pass (nothing is gathered for them). ``keep``
+    (:func:`source_filter`) drops the other sources' rows from the columns first.
     """
     arrays = read_columns(data_dir, split, columns, schema=schema)
+    if keep is not None:  # the parsed columns hold every meta column, the source among them
+        rows = np.isin(arrays[keep["column"]], keep["codes"])
+        arrays = {k: v[rows] for k, v in arrays.items()}
     tensors = {k: tf.constant(v.reshape(len(v), -1)) for k, v in arrays.items()}
     del arrays
     n = int(next(iter(tensors.values())).shape[0]) if tensors else 0
@@ -240,15 +286,22 @@ def _in_memory_dataset(data_dir, split, batch_size, schema, columns, structure, 
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def batches_per_pass(data_dir: str, split: str, batch_size: int, drop_remainder: bool) -> int:
-    """How many batches one pass over ``split`` yields."""
-    full, rest = divmod(split_rows(data_dir, split), batch_size)
+def batches_per_pass(data_dir: str, split: str, batch_size: int, drop_remainder: bool,
+                     sources: Optional[Sequence[str]] = None, schema: Optional[Schema] = None) -> int:
+    """How many batches one pass over ``split`` (its rows of ``sources``) yields."""
+    full, rest = divmod(split_rows(data_dir, split, sources, schema), batch_size)
     return full + (rest > 0 and not drop_remainder)
 
 
-def split_rows(data_dir: str, split: str) -> int:
+def split_rows(data_dir: str, split: str, sources: Optional[Sequence[str]] = None,
+               schema: Optional[Schema] = None) -> int:
     """The rows of ``split``: the Beam job's own count (``stats.json``: ``rows_written``, which
-    it checked against the shards), else its records counted (data written by other tools)."""
+    it checked against the shards), else its records counted (data written by other tools).
+    With ``sources``, the rows of those sources, counted from the source column (one pass)."""
+    keep = source_filter(_schema(data_dir, schema), sources)
+    if keep is not None:
+        source = read_columns(data_dir, split, [keep["column"]], schema=schema)[keep["column"]]
+        return int(np.isin(source, keep["codes"]).sum())
     stats = os.path.join(data_dir, "stats.json")
     if tf.io.gfile.exists(stats):
         with tf.io.gfile.GFile(stats) as fh:

@@ -31,7 +31,7 @@ from models.layers import global_policy
 from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError
-from pipeline.data import batches_per_pass, make_dataset, weight_columns
+from pipeline.data import batches_per_pass, make_dataset, source_filter, weight_columns
 from pipeline.analyses import analysis_callbacks
 from pipeline.predict import predict_labels
 from pipeline.strategy import auto_shard_policy, is_chief, make_strategy
@@ -234,6 +234,7 @@ def resolve(cfg: TrainConfig) -> tuple:
         raise ConfigError(f"data_dir '{cfg.data_dir}' does not exist: run `ctrflow preprocess` first")
     schema = Schema.load(cfg.data_dir)
     weight_columns(schema, cfg.sample_weight)  # a SchemaError naming sample_weight if the column is not there
+    source_filter(schema, cfg.sources)  # a SchemaError naming sources if the data has no source column
     tasks = list(cfg.tasks or schema.labels)
     feats = list(cfg.features or schema.feature_names)
     schema.check_names(features=feats, labels=tasks, what="training config")
@@ -326,7 +327,7 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(cfg.strategy)
     is_ps = cfg.strategy.name == "parameter_server"
-    steps = _steps_per_epoch(cfg, is_ps)
+    steps = _steps_per_epoch(cfg, is_ps, schema)
     valid_ds = make_dataset(cfg.data_dir, cfg.valid_split, cfg.eval_batch_size, shuffle=False,
                             deterministic=True, cache=cfg.cache, labels=tasks, schema=schema,
                             sample_weight=cfg.sample_weight)
@@ -347,7 +348,7 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
                           shuffle=True, repeat=True, start_batch=first_epoch * steps,
                           deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache and not is_ps,
                           shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks, schema=schema,
-                          sample_weight=cfg.sample_weight)
+                          sample_weight=cfg.sample_weight, sources=cfg.sources)
         if input_context is not None:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         return _with_shard_policy(ds, cfg)
@@ -379,15 +380,18 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
     return summary
 
 
-def _steps_per_epoch(cfg: TrainConfig, is_ps: bool) -> int:
-    """``steps_per_epoch``, or the batches of one pass over the train split (an epoch)."""
+def _steps_per_epoch(cfg: TrainConfig, is_ps: bool, schema: Schema) -> int:
+    """``steps_per_epoch``, or the batches of one pass over the train split's rows of
+    ``sources`` (an epoch)."""
     if cfg.steps_per_epoch is not None:
         return cfg.steps_per_epoch
     if is_ps:
         raise ConfigError("strategy parameter_server needs steps_per_epoch (the input repeats)")
-    steps = batches_per_pass(cfg.data_dir, cfg.train_split, cfg.batch_size, drop_remainder=True)
+    steps = batches_per_pass(cfg.data_dir, cfg.train_split, cfg.batch_size, drop_remainder=True,
+                             sources=cfg.sources, schema=schema)
     if steps < 1:
-        raise ConfigError(f"batch_size = {cfg.batch_size}: the '{cfg.train_split}' split holds fewer rows; "
+        held = f"'{cfg.train_split}' split" + (f" (its rows of sources {cfg.sources})" if cfg.sources else "")
+        raise ConfigError(f"batch_size = {cfg.batch_size}: the {held} holds fewer rows; "
                           f"expected a batch_size of at most its number of rows")
     return steps
 

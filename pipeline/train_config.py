@@ -18,6 +18,7 @@ from models.losses import LOSSES, check_loss_options
 from models.options import check_options
 from pipeline.config import ConfigError, option
 from pipeline.analyses import ANALYSES
+from pipeline.data import SOURCES
 from pipeline.strategy import StrategyConfig
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -144,6 +145,10 @@ class TrainConfig:
     jit_compile: bool = False
     steps_per_execution: int = option(1, min=1)  # training steps per tf.function call (less Python overhead)
     train_split: str = "train"
+    # the sample sources the train split is read with (validation and test are read whole): null = every
+    # row, else names from {ad, rec}, e.g. [ad] = Rec4Ad's Base on data that also holds pseudo-ad rec
+    # samples; the data's schema must have a source column (pipeline/data.py, source_filter)
+    sources: Optional[List[str]] = option(None, choices=tuple(SOURCES))
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
     analysis: List[str] = option(factory=list, choices=tuple(ANALYSES))  # e.g. [difficulty]; a framework adds its own (tf4ctr: difficulty)
@@ -176,7 +181,9 @@ class TrainConfig:
         self.loss_options = check_loss_options(self.loss, self.loss_options)
         for task, entry in self.task_losses.items():
             self._resolve_task_loss(task, entry)
-        for name in ("tasks", "features", "eval_splits"):
+        if self.sources is not None and not self.sources:
+            raise ConfigError(f"sources = []: expected null (every row) or at least one of {sorted(SOURCES)}")
+        for name in ("tasks", "features", "eval_splits", "sources"):
             names = getattr(self, name) or []
             if len(set(names)) != len(names):
                 raise ConfigError(f"{name} = {names}: expected distinct names")
