@@ -55,6 +55,7 @@ class LogRows:
     position: np.ndarray
     t_rel: np.ndarray  # seconds after start_time (float)
     exposure_count: np.ndarray
+    intent_match: np.ndarray  # latent: the item's category is the session's intent (a click driver)
     click: np.ndarray
     conversion: np.ndarray
     true_ctr: np.ndarray
@@ -158,7 +159,7 @@ def simulate_chunk(gt: GroundTruth, plan: Plan, chunk: int, rng: np.random.Gener
             impression_id=plan.id_base[s] + rows_before[s] + np.arange(len(m), dtype=np.int64),
             user=u0 + row_user[m], item=item[m], ad=ad[m],
             session_id=session_base + row_session[m], position=position[m], t_rel=t_rel[m],
-            exposure_count=exposure[m], click=click[m].astype(np.int64),
+            exposure_count=exposure[m], intent_match=intent_match[m], click=click[m].astype(np.int64),
             conversion=conversion[m].astype(np.int64), true_ctr=true_ctr[m].astype(np.float32),
             true_cvr=true_cvr[m].astype(np.float32), hist_offsets=offsets, hist_index=index,
             candidates=cands if cands is not None else np.zeros(0, np.int64))

@@ -2,9 +2,14 @@
 and p(conversion | click), both logistic (equations in docs/simulator.md).
 
 ``static_logit`` is the part known when a request is ranked (no position, intent or
-exposure); the production and rec systems rank with biased versions of it.
+exposure); the production and rec systems rank with biased versions of it. The model has no
+source argument (Rec4Ad's shared decision rationales, Sec. 1): an organic item is scored as an
+ad whose creative terms (quality, novelty) are 0. ``click_terms`` spells the same logit out
+term by term for the checks in ``premises.py`` and the tests.
 """
 from __future__ import annotations
+
+from typing import Dict
 
 import numpy as np
 
@@ -40,7 +45,7 @@ class GroundTruth:
             (c.popularity_weight * world.popularity + c.brand_weight * brand_q)[:, None],
             world.daypart_category[:, world.item_category].T], axis=1).astype(f32)
         self.user_device = np.asarray(c.device_effects, f32)[world.profile[:, 3]]
-        self.ad_click = (c.ad_bias + c.quality_weight * world.quality).astype(f32)
+        self.ad_quality = (c.quality_weight * world.quality).astype(f32)
         self.item_cvr = (cv.brand_weight * brand_q).astype(f32)
         age = world.profile[:, 0].astype(f32)
         self.user_age_z = (age - age.mean()) / max(float(age.std()), 1e-9)
@@ -59,12 +64,41 @@ class GroundTruth:
         else:
             logit = np.einsum("sd,scd->sc", query[inverse], np.take(self.item_side, items, axis=0))
         session = self.user_device[users] + c.evening_boost * (hour >= 18) + c.weekend_boost * (weekday >= 5)
-        logit += session[:, None].astype(np.float32)
-        if ads is None:
-            return logit + np.float32(c.rec_bias)
+        logit += (session + c.bias)[:, None].astype(np.float32)
+        if ads is None:  # organic items: no creative, so no creative terms; nothing else differs
+            return logit
         if ad_age_days is None:
             ad_age_days = self.ad_age_days(ads, t_rel[:, None])
-        return logit + self.ad_click[ads] + c.novelty_weight * np.exp(-ad_age_days / c.novelty_days)
+        return logit + self.ad_quality[ads] + c.novelty_weight * np.exp(-ad_age_days / c.novelty_days)
+
+    def click_weights(self) -> Dict[str, float]:
+        """The weight of each term of the click logit (Eq. S1 of docs/simulator.md), in the
+        column order of :meth:`click_terms`; the logit is ``bias + click_terms @ weights``."""
+        c = self.c
+        return {"interest": c.interest_weight, "visual": c.visual_weight, "price": c.price_weight,
+                "popularity": c.popularity_weight, "brand": c.brand_weight, "daypart_category": 1.0,
+                "evening": c.evening_boost, "weekend": c.weekend_boost, "device": 1.0,
+                "quality": c.quality_weight, "novelty": c.novelty_weight, "intent": c.intent_weight,
+                "log2_position": -c.position_bias, "log1p_exposure": -c.fatigue_weight}
+
+    def click_terms(self, users, items, ads, t_rel, intent_match, position, exposure_count) -> np.ndarray:
+        """[n, 14] terms of the click logit of n displayed rows, one column per weight of
+        :meth:`click_weights`. ``ads`` < 0 marks organic items, whose creative terms (quality,
+        novelty) are 0. ``static_logit`` computes the same sum fused, for ranking candidates;
+        this term-by-term form is what the source-effect regression and the tests check."""
+        w = self.w
+        hour, weekday = hour_weekday(t_rel, self.cfg.timeline.start_time)
+        is_ad, ad = ads >= 0, np.maximum(ads, 0)
+        return np.stack([
+            np.einsum("nd,nd->n", w.interest[users], w.item_latent[items]),
+            np.einsum("nd,nd->n", w.visual_taste[users], w.visual_features[items]),
+            -w.price_sensitivity[users] * w.price_z[items],
+            w.popularity[items], w.brand_quality[w.item_brand[items]],
+            w.daypart_category[hour // 6, w.item_category[items]],
+            hour >= 18, weekday >= 5, self.user_device[users],
+            np.where(is_ad, w.quality[ad], 0.0),
+            np.where(is_ad, np.exp(-self.ad_age_days(ad, t_rel) / self.c.novelty_days), 0.0),
+            intent_match, np.log2(position), np.log1p(exposure_count)], axis=1).astype(np.float64)
 
     def ad_age_days(self, ads, t_rel):
         return np.maximum(t_rel - self.w.created_at[ads], 0.0) / DAY

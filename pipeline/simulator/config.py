@@ -97,24 +97,25 @@ class TimelineConfig:
 
 @dataclasses.dataclass
 class ClickModel:
-    """Ground truth p(click | user, item, ad, context, position, exposure): a logistic model."""
+    """Ground truth p(click | user, item, creative, context, position, exposure): one logistic
+    model for ads and organic items alike (Rec4Ad's shared decision rationales): the source
+    enters only through the ad creative's terms (quality, novelty), which are 0 for organic items."""
 
-    ad_bias: float = -3.6
-    rec_bias: float = -2.9
+    bias: float = -3.6  # the same intercept for ads and organic (rec) items
     interest_weight: float = 1.2  # * <user interest, item latent>
     intent_weight: float = 1.0  # * [item category == the session's intent]
     visual_weight: float = 0.6  # * <user visual taste, visual features of the creative>
     price_weight: float = 0.5  # * -price_sensitivity * standardised log price
     popularity_weight: float = 0.15  # * log popularity (weak true effect of the confounder)
     brand_weight: float = 0.3  # * brand quality
-    quality_weight: float = 1.0  # * ad creative quality
+    quality_weight: float = 1.0  # * ad creative quality (mean 0; 0 for organic items)
     context_scale: float = option(0.2, min=0)  # std of the daypart x category effects
     evening_boost: float = 0.15  # hours 18-23
     weekend_boost: float = 0.1
     device_effects: List[float] = option(factory=lambda: [0.0, 0.1, -0.3, 0.05], length=len(DEVICES))
     position_bias: float = 0.5  # - position_bias * log2(position)
     fatigue_weight: float = 0.5  # - fatigue_weight * log1p(exposure_count)
-    novelty_weight: float = 0.3  # + novelty_weight * exp(-ad_age_days / novelty_days)
+    novelty_weight: float = 0.3  # + novelty_weight * exp(-ad_age_days / novelty_days) (0 for organic items)
     novelty_days: float = option(7.0, gt=0)
 
 
@@ -180,7 +181,7 @@ class SimulatorConfig:
     num_items: int = option(2000, min=1)
     num_ads: int = option(6000, min=1)
     num_impressions: int = option(200000, min=0)  # rows of the production ads log
-    rec_impressions: int = option(20000, min=0)
+    rec_impressions: int = option(140000, min=0)  # ~48 % survive Rec4Ad retrieval: ~34 % of the ads log
     random_impressions: int = option(20000, min=0)
     seq_max_len: int = option(20, min=1)  # behaviour-sequence length (most recent clicks)
     latent_dim: int = option(16, min=1)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from features import outputs
-from pipeline.simulator import tables
+from pipeline.simulator import premises, tables
 from pipeline.simulator.chunk import LOGS, LogRows, make_plan, simulate_chunk
 from pipeline.simulator.clicks import GroundTruth
 from pipeline.simulator.config import SimulatorConfig
@@ -41,8 +41,8 @@ def _simulate(cfg: SimulatorConfig, tmp: str, out: str, progress: bool) -> dict:
     gt = GroundTruth(world, cfg)
     plan = make_plan(cfg, world)
     names = tables.Names(world, cfg)
-    stats = _Stats(world)
     sizes = {"ads": cfg.num_impressions, "rec": cfg.rec_impressions, "random": cfg.random_impressions}
+    stats = _Stats(world, gt, sizes)
     total_shards = sum(max(1, -(-n // cfg.shard_rows)) for n in sizes.values())
     with tqdm(total=total_shards, unit="shard", desc="simulate", disable=not progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -76,6 +76,7 @@ def _simulate(cfg: SimulatorConfig, tmp: str, out: str, progress: bool) -> dict:
         "shards": shards, "side_tables": {k: _final(p, tmp, out) for k, p in paths.items()},
         "rows": {name: int(stats.totals[name]["rows"]) for name in sizes},
         **stats.summary(world, cfg.users.head_fraction),
+        "rec4ad_premises": stats.premises(cfg),
         "seconds": round(seconds, 3), "log_seconds": round(log_seconds, 3),
         "rows_per_second": round(total_rows / max(seconds, 1e-9), 1),
     }
@@ -106,10 +107,19 @@ def top_share(x: np.ndarray, fraction: float) -> float:
     return float(x[:max(1, int(np.ceil(fraction * len(x))))].sum() / x.sum())
 
 
-class _Stats:
-    """Accumulates per-user, per-ad and per-log statistics over chunks."""
+SOURCE_CHECK_ROWS = 40000  # about this many rows of each of the ads and rec logs enter the source regression
 
-    def __init__(self, world: World):
+
+class _Stats:
+    """Accumulates per-user, per-ad and per-log statistics over chunks, and a strided sample
+    of ads and rec rows (the click model's terms) for the source-effect regression."""
+
+    def __init__(self, world: World, gt: GroundTruth, sizes: Dict[str, int]):
+        self.gt = gt
+        self.stride = {n: max(1, -(-sizes[n] // SOURCE_CHECK_ROWS)) for n in ("ads", "rec")}
+        self.sample: Dict[str, list] = {"terms": [], "is_rec": [], "click": []}
+        self.first_ad_time = premises.first_ad_time(world.ad_item, world.created_at, world.num_items)
+        self.rec_retrievable = 0
         self.user_ad_impressions = np.zeros(world.num_users, np.int64)
         self.ad_impressions = {n: np.zeros(world.num_ads, np.int64) for n in ("ads", "random")}
         self.ad_candidates = {n: np.zeros(world.num_ads, np.int64) for n in ("ads", "random")}
@@ -128,8 +138,11 @@ class _Stats:
         t["true_cvr"] += float((rows.true_cvr * rows.click).sum(dtype=np.float64))
         t["repeated"] += int((rows.exposure_count > 0).sum())
         t["hist_len"] += int(rows.hist_offsets[-1])
+        if name in self.stride:
+            self._sample(name, rows)
         if name == "rec":
             self.item_rec_impressions += np.bincount(rows.item, minlength=len(self.item_rec_impressions))
+            self.rec_retrievable += int((self.first_ad_time[rows.item] <= rows.t_rel).sum())
             return
         n_ads = len(self.ad_impressions[name])
         self.ad_impressions[name] += np.bincount(rows.ad, minlength=n_ads)
@@ -137,6 +150,33 @@ class _Stats:
         self.ad_candidates[name] += np.bincount(rows.candidates, minlength=n_ads)
         if name == "ads":
             self.user_ad_impressions += np.bincount(rows.user, minlength=len(self.user_ad_impressions))
+
+    def _sample(self, name: str, rows: LogRows) -> None:
+        """Every ``stride``-th row's click-model terms, source and click."""
+        take = slice(None, None, self.stride[name])
+        self.sample["terms"].append(self.gt.click_terms(
+            rows.user[take], rows.item[take], rows.ad[take], rows.t_rel[take], rows.intent_match[take],
+            rows.position[take], rows.exposure_count[take]))
+        self.sample["is_rec"].append(np.full(len(rows.item[take]), name == "rec"))
+        self.sample["click"].append(rows.click[take])
+
+    def premises(self, cfg: SimulatorConfig) -> dict:
+        """Rec4Ad's premises in numbers (``premises``): IR groups, rec coverage, the share of
+        the rec log sample retrieval can map, the source-effect regression."""
+        world = self.gt.w
+        out = {"ir_groups": premises.ir_groups(self.ad_impressions["ads"], self.ad_candidates["ads"],
+                                               world.ad_item, self.item_rec_impressions)}
+        rec_rows, ads_rows = self.totals["rec"]["rows"], self.totals["ads"]["rows"]
+        out["rec_retrievable_rows"] = self.rec_retrievable
+        out["rec_retrievable_share_of_rec"] = round(self.rec_retrievable / max(rec_rows, 1), 6)
+        out["rec_retrievable_per_ads_row"] = round(self.rec_retrievable / max(ads_rows, 1), 6)
+        is_rec = np.concatenate(self.sample["is_rec"])
+        if is_rec.any() and not is_rec.all():
+            weights = self.gt.click_weights()
+            out["source_effect"] = premises.source_effect(
+                np.concatenate(self.sample["terms"]), list(weights), is_rec,
+                np.concatenate(self.sample["click"]), weights, cfg.click.bias)
+        return out
 
     def ad_columns(self) -> Dict[str, np.ndarray]:
         """Logged ad-level statistics for ads.parquet, incl. the impression ratio (Rec4Ad Eq. 2)."""

@@ -145,7 +145,7 @@ def build_world(cfg: SimulatorConfig) -> World:
     has_ads[ad_item] = True
     # ad-level statistics accumulated before the simulation starts
     prior_impressions = rng.poisson(ac.prior_daily_impressions * np.maximum(-created, 0.0) / DAY)
-    prior_p = sigmoid(ck.ad_bias + ck.quality_weight * quality + ck.popularity_weight * popularity[ad_item]
+    prior_p = sigmoid(ck.bias + ck.quality_weight * quality + ck.popularity_weight * popularity[ad_item]
                        + ck.brand_weight * brand_quality[item_brand[ad_item]])
     prior_clicks = rng.binomial(prior_impressions, prior_p)
 
