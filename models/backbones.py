@@ -16,8 +16,13 @@ Options: every backbone has a ``defaults`` dict (the papers' values; MLPs
 default or outside :data:`OPTION_RANGES` is an :class:`~models.options.OptionError` naming it.
 ``get_config`` holds ``num_fields``, ``embedding_dim`` and the options.
 
+A backbone with ``uses_linear`` reads the first-order terms (``EmbeddedFields.linear``), one
+with ``uses_sequences`` the behaviour sequences against their targets
+(``EmbeddedFields.sequences``, DIN); models build their embedding with exactly what the
+backbone reads (``linear=`` / ``sequences=`` of :class:`~models.embedding.FeatureEmbedding`).
+
 Registered names: lr, fm, ffm, fwfm, dnn, ipnn, widedeep, deepfm, dcn, dcnv2,
-xdeepfm, autoint+, gdcn, dualmlp, finalmlp (case-insensitive).
+xdeepfm, autoint+, gdcn, dualmlp, finalmlp, din (case-insensitive).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import tensorflow as tf
 
 from features.registry import registrar
 from models import layers as L
-from models.embedding import EmbeddedFields
+from models.embedding import EmbeddedFields, SequenceRows
 from models.options import OptionError, check_activations, check_options
 
 BackboneOutput = collections.namedtuple("BackboneOutput", ["repr", "logit"])
@@ -41,10 +46,11 @@ DNN_DEFAULTS = {"dnn_units": (400, 400, 400), "dnn_activation": "relu", "dnn_dro
 STRUCTURES = ("stacked", "parallel")
 # ranges of the options of every backbone that has them (per item on lists; models.options)
 OPTION_RANGES = {**{k: "[1, inf)" for k in ("dnn_units", "mlp1_units", "mlp2_units", "fs_units", "cin_layer_sizes",
+                                            "att_units", "simple_units",
                                             "num_heads", "att_dim", "attention_layers", "num_cross_layers",
                                             "projection_dim")},
                  "fs1_context": "[0, inf)", "fs2_context": "[0, inf)",
-                 "dnn_dropout": "[0, 1)", "dnn_l2": "[0, inf)", "diag_scale": "[0, inf)"}
+                 "dnn_dropout": "[0, 1)", "att_dropout": "[0, 1)", "dnn_l2": "[0, inf)", "diag_scale": "[0, inf)"}
 OPTION_CHOICES = {"structure": STRUCTURES}
 OPTION_TYPES = {"projection_dim": int}  # options whose default is None
 
@@ -87,6 +93,7 @@ class Backbone(tf.keras.layers.Layer):
     defaults: Dict[str, Any] = {}
     branch_names: Optional[Tuple[str, str]] = None
     uses_linear = False  # reads EmbeddedFields.linear (the first-order terms)
+    uses_sequences = False  # reads EmbeddedFields.sequences (behaviour rows against their targets)
 
     def __init__(self, num_fields: int, embedding_dim: int, name=None, trainable=True, dtype=None, **options):
         options = self.check_options(options)
@@ -105,7 +112,8 @@ class Backbone(tf.keras.layers.Layer):
         activation names); raises :class:`OptionError` naming ``prefix`` + the key."""
         owner = f"backbone '{cls.registered_name}'"
         options = check_options(options, cls.defaults, prefix, owner, OPTION_RANGES, OPTION_CHOICES, OPTION_TYPES)
-        return check_activations(options, prefix, owner)
+        check_activations({k: v for k, v in options.items() if v not in L.LAYER_ACTIVATIONS}, prefix, owner)
+        return options
 
     @classmethod
     def input_embedding_dim(cls, num_fields: int, embedding_dim: int) -> int:
@@ -159,8 +167,14 @@ class Backbone(tf.keras.layers.Layer):
         if self.uses_linear and emb.linear is None:
             raise ValueError(f"backbone '{self.registered_name}' needs first-order terms: build the "
                              f"FeatureEmbedding with linear=True")
+        if self.uses_sequences and not emb.sequences:
+            raise ValueError(f"backbone '{self.registered_name}' attends over behaviour sequences: build the "
+                             f"FeatureEmbedding with sequences=True")
         dt = self.compute_dtype
-        return EmbeddedFields(tf.cast(emb.fields, dt), tf.cast(emb.linear, dt) if self.uses_linear else None)
+        sequences = tuple(SequenceRows(tf.cast(s.rows, dt), s.mask, tf.cast(s.target, dt), s.field)
+                          for s in emb.sequences) if self.uses_sequences else None
+        return EmbeddedFields(tf.cast(emb.fields, dt), tf.cast(emb.linear, dt) if self.uses_linear else None,
+                              sequences)
 
     def get_config(self):
         return {**super().get_config(), "num_fields": self.num_fields, "embedding_dim": self.embedding_dim,
@@ -466,3 +480,69 @@ class GDCN(_CrossBackbone):
 
     defaults = {**DNN_DEFAULTS, "num_cross_layers": 3, "structure": "parallel"}
     cross_kind = "gated"
+
+
+# ---- behaviour sequences ---------------------------------------------------------------------
+@register_backbone("din")
+class DIN(Backbone):
+    """Deep Interest Network (Zhou et al., KDD'18; Rec4Ad's Base, Sec. 4.1).
+
+    Per behaviour sequence of the embedding (``EmbeddedFields.sequences``: hist_item against
+    item_id, hist_category against category, ...) the local activation unit weighs each
+    behaviour against the candidate (Eq. 3, Fig. 2, :class:`~models.layers.ActivationUnit`, no
+    softmax, padding 0); the weighted sum, the user's interest in this candidate, replaces the
+    sequence's mean-pooled field; the MLP reads all fields, r_b is its last hidden layer.
+    One unit per sequence (the paper concatenates a behaviour's ids into one key; the schema does
+    not promise that two sequences are aligned), made on the first call, which says how many.
+
+    Defaults: the paper's MLP [200, 80] with Dice (Eq. 9-10) and an activation unit [80, 40]
+    with Dice as in its Fig. 2 (the authors' released code uses sigmoid there:
+    ``att_activation: sigmoid``; ``prelu`` for PReLU). ``simple_units`` (e.g. [400]) adds a
+    simple branch, a second DIN with its own activation units and that shallow MLP, logits
+    summed as DualMLP's, so that TF4CTR can split DIN into its two encoders (each branch may
+    read its own embeddings, of their own width); empty (the default) is one branch.
+    """
+
+    uses_sequences = True
+    defaults = {**DNN_DEFAULTS, "dnn_units": (200, 80), "dnn_activation": "dice", "att_units": (80, 40),
+                "att_activation": "dice", "att_dropout": 0.0, "simple_units": ()}
+    branch_names = ("simple", "din")
+
+    @property
+    def branches(self):
+        return self.branch_names if self.options["simple_units"] else None
+
+    def _build_layers(self):
+        self.towers = {"din": self._tower(self.options["dnn_units"], "dnn")}
+        if self.branches:
+            self.towers["simple"] = self._tower(self.options["simple_units"], "simple")
+        self.attention = {}  # branch -> an ActivationUnit per sequence, made on the first call
+
+    def _units(self, branch: str, count: int):
+        if branch not in self.attention:
+            o = self.options
+            with L.precision_sensitive():
+                self.attention[branch] = [L.ActivationUnit(o["att_units"], o["att_activation"], o["att_dropout"],
+                                                           name=f"{branch}_activation_unit_{i}")
+                                          for i in range(count)]
+        if len(self.attention[branch]) != count:
+            raise ValueError(f"backbone 'din' was built for {len(self.attention[branch])} behaviour "
+                             f"sequence(s), got {count}")
+        return self.attention[branch]
+
+    def _branch(self, branch: str, emb, training) -> BackboneOutput:
+        """Eq. 3 per sequence, its interest in place of the sequence's pooled field, then the MLP."""
+        fields = emb.fields
+        for unit, seq in zip(self._units(branch, len(emb.sequences)), emb.sequences):
+            interest, _ = unit(seq.rows, seq.target, seq.mask, training=training)
+            at = tf.one_hot(seq.field, fields.shape[1], dtype=fields.dtype)[None, :, None]  # [1, F, 1]
+            fields = fields * (1.0 - at) + interest[:, None, :] * at
+        return BackboneOutput(*self.towers[branch](_flat(fields), training=training))
+
+    def _forward(self, emb, training):
+        return self._branch("din", emb, training)
+
+    _complex = _forward
+
+    def _simple(self, emb, training):
+        return self._branch("simple", emb, training)

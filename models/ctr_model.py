@@ -42,7 +42,8 @@ class CTRModel(FrameworkModel):
         width = cls.input_embedding_dim(num_fields, self.embedding_dim)  # FFM: F * k
         with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)
             self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
-                                              name="embedding", **self.embedding_options)
+                                              sequences=cls.uses_sequences, name="embedding",
+                                              **self.embedding_options)
             self.added_fields = FieldModules(schema_dict, self.field_module_specs, width)
             self.backbone = get_backbone(backbone, num_fields, self.embedding_dim, **self.backbone_options)
             self.task_heads = get_heads(heads, tasks, **self.head_options)

@@ -24,6 +24,13 @@ w * value, a 1-unit projection): the linear part of LR / FM / WideDeep / DeepFM 
 ``linear=False`` builds none of it (``EmbeddedFields.linear`` is None) for backbones
 that do not read it: no unused weights, no wasted lookups in the hot path.
 
+``sequences=True`` (for backbones with ``uses_sequences``, DIN's target attention) adds
+``EmbeddedFields.sequences``: per ``sequence_vocab`` feature that shares its vocabulary
+with an embedded scalar feature (``share_vocab_with``, :func:`plan_sequences`), a
+:class:`SequenceRows` with the un-pooled rows, their mask, the target's id looked up in the
+*sequence's* table (so query and keys share one space) and the index of the sequence's
+pooled field. Without it nothing of this is computed.
+
 Ids follow the schema contract: 0 = padding/missing, 1 = OOV, table size
 ``feature.num_ids``; ids outside ``[0, num_ids)`` are looked up as OOV (a serving-time
 safety net, the Beam job never produces them). Scalar features keep a learned row for
@@ -51,8 +58,13 @@ from features.schema import OOV_ID, PAD_ID, Feature, Schema, SchemaError
 from models.layers import plain, safe_name
 from models.options import OptionError, check_options
 
-EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear"])
-EmbeddedFields.__doc__ = "fields [B, F, d] (compute dtype) and first-order terms linear [B, F] (or None)."
+EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear", "sequences"], defaults=(None,))
+EmbeddedFields.__doc__ = ("fields [B, F, d] (compute dtype), first-order terms linear [B, F] (or None) and "
+                          "the behaviour sequences (a tuple of SequenceRows, or None).")
+SequenceRows = collections.namedtuple("SequenceRows", ["rows", "mask", "target", "field"])
+SequenceRows.__doc__ = ("One behaviour sequence against its target: rows [B, L, d], non-padding mask [B, L], "
+                        "the target's embedding [B, d] from the sequence's table and the index of the "
+                        "sequence's own (pooled) field in fields.")
 
 POOLINGS = ("mean", "sum")
 # options a caller may set (``embedding_options`` of a model config) and their ranges
@@ -99,6 +111,27 @@ def plan_fields(schema, features: Optional[Sequence[str]] = None) -> List[FieldS
     return specs
 
 
+def plan_sequences(schema, features: Optional[Sequence[str]] = None) -> List[Tuple[str, str]]:
+    """(sequence, target) feature pairs that :class:`FeatureEmbedding` with ``sequences=True``
+    gives rows for: a sequence feature embedded as a field whose encoding names, in
+    ``share_vocab_with``, an embedded scalar categorical feature. Raises a
+    :class:`SchemaError` naming the embedded features when there is none."""
+    schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
+    specs = plan_fields(schema, features)
+    embedded = {s.feature: s for s in specs}
+    pairs = []
+    for name, spec in embedded.items():
+        target = schema.feature(name).encoding.get("share_vocab_with")
+        if spec.kind == "pooled" and target in embedded and embedded[target].kind == "lookup":
+            pairs.append((name, target))
+    if not pairs:
+        described = [f"{n} ({schema.feature(n).encoding['type']})" for n in embedded]
+        raise SchemaError(f"the backbone attends over behaviour sequences (e.g. din) but no embedded sequence "
+                          f"feature shares its vocabulary with an embedded scalar feature (encoding "
+                          f"share_vocab_with, e.g. hist_item -> item_id); the embedded features are {described}")
+    return pairs
+
+
 def _kind(f: Feature) -> Optional[str]:
     """How the feature's encoding is embedded (its ``field_kind``; None: not a field)."""
     try:
@@ -138,7 +171,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
     def __init__(self, schema_dict: dict, embedding_dim: int = 16, dims: Optional[Dict[str, int]] = None,
                  features: Optional[List[str]] = None, num_tables: int = 1, l2_reg: float = 0.0,
                  pooling: Optional[Dict[str, str]] = None, initializer_stddev: float = 0.01,
-                 linear: bool = True, name=None, **kw):
+                 linear: bool = True, sequences: bool = False, name=None, **kw):
         super().__init__(name=name, **kw)
         check_options(dict(num_tables=num_tables, l2_reg=l2_reg, initializer_stddev=initializer_stddev),
                       OPTION_DEFAULTS, "embedding_options.", "the embedding", OPTION_RANGES)
@@ -155,6 +188,8 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         self.l2_reg = float(l2_reg)
         self.initializer_stddev = float(initializer_stddev)
         self.linear = bool(linear)
+        self.sequences = bool(sequences)
+        self.sequence_pairs = plan_sequences(self.schema, self.features) if self.sequences else []
         self.dims = dict(dims or {})
         self.pooling = dict(pooling or {})
         self._check_overrides()
@@ -253,7 +288,19 @@ class FeatureEmbedding(tf.keras.layers.Layer):
             batch = tf.cast(tf.shape(fields[0])[0], tf.float32)
             self.add_loss(self.l2_reg * tf.add_n([tf.reduce_sum(tf.square(tf.cast(r, tf.float32)))
                                                   for r in looked_up]) / batch)
-        return EmbeddedFields(tf.stack(fields, axis=1), tf.concat(linear, axis=1) if self.linear else None)
+        return EmbeddedFields(tf.stack(fields, axis=1), tf.concat(linear, axis=1) if self.linear else None,
+                              self._sequence_rows(inputs, int(table)) if self.sequences else None)
+
+    def _sequence_rows(self, inputs: dict, table: int) -> Tuple[SequenceRows, ...]:
+        """A :class:`SequenceRows` per pair of :attr:`sequence_pairs`, from table set ``table``."""
+        out = []
+        for seq, target in self.sequence_pairs:
+            rows, mask = self.sequence_embeddings(inputs, seq, table)
+            w = self.tables[table][seq]
+            query, _ = self._rows(seq, self._input(inputs, target), w)  # [B, 1, dim]
+            field = next(i for i, s in enumerate(self.specs) if s.feature == seq)
+            out.append(SequenceRows(rows, mask, self._to_dim(query[:, 0], w), field))
+        return tuple(out)
 
     def sequence_embeddings(self, inputs: dict, name: str, table: int = 0) -> Tuple[tf.Tensor, tf.Tensor]:
         """Un-pooled rows [B, L, d] of an integer sequence / multi-valued feature and its
@@ -329,4 +376,4 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         return {**super().get_config(), "schema_dict": plain(self.schema_dict), "embedding_dim": self.embedding_dim,
                 "dims": plain(self.dims), "features": plain(self.features), "num_tables": self.num_tables,
                 "l2_reg": self.l2_reg, "pooling": plain(self.pooling), "initializer_stddev": self.initializer_stddev,
-                "linear": self.linear}
+                "linear": self.linear, "sequences": self.sequences}

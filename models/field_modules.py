@@ -119,7 +119,7 @@ class FieldModules(tf.keras.layers.Layer):
         fields = tf.concat([emb.fields] + [tf.cast(a.fields, emb.fields.dtype) for a in added], axis=1)
         linear = None if emb.linear is None else tf.concat(
             [emb.linear] + [tf.cast(a.linear, emb.linear.dtype) for a in added], axis=1)
-        return EmbeddedFields(fields, linear)
+        return EmbeddedFields(fields, linear, emb.sequences)  # the sequences' field indices still hold
 
     def get_config(self):
         return {**super().get_config(), "schema_dict": plain(self.schema_dict), "specs": plain(self.specs),

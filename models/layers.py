@@ -158,12 +158,70 @@ def _upper_pairs(num_fields: int):
     return np.triu_indices(num_fields, k=1)
 
 
+# ---- activations with weights of their own ----------------------------------------------
+LAYER_ACTIVATIONS = ("dice", "prelu")  # activation names MLP builds as layers (one per hidden layer)
+
+
+@_register
+class Dice(tf.keras.layers.Layer):
+    """Dice, DIN's data-adaptive activation (Zhou et al., KDD'18, Eq. 9-10).
+
+    p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + epsilon)), f(s) = p(s) s + (1 - p(s)) alpha s,
+    per unit (the last axis): E and Var are the batch's (over every other axis) in training and
+    moving averages (``momentum``, as batch normalisation) at inference; ``alpha`` is learned
+    per unit, from 0 as in the authors' code. The statistics are computed in float32 whatever
+    the compute dtype (a bf16 variance is too coarse for the sigmoid's centre).
+    """
+
+    def __init__(self, epsilon: float = 1e-8, momentum: float = 0.99, **kw):
+        super().__init__(**kw)
+        self.epsilon, self.momentum = float(epsilon), float(momentum)
+        if not self.epsilon > 0 or not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"Dice: epsilon must be > 0 and momentum in [0, 1), got {epsilon}, {momentum}")
+
+    def build(self, input_shape):
+        units = int(input_shape[-1])
+        self.alpha = self.add_weight(name="alpha", shape=(units,), initializer="zeros")
+        # per-replica statistics, averaged when read across replicas (as BatchNormalization's)
+        moving = dict(trainable=False, dtype=tf.float32, synchronization=tf.VariableSynchronization.ON_READ,
+                      aggregation=tf.VariableAggregation.MEAN)
+        self.moving_mean = self.add_weight(name="moving_mean", shape=(units,), initializer="zeros", **moving)
+        self.moving_variance = self.add_weight(name="moving_variance", shape=(units,), initializer="ones", **moving)
+        super().build(input_shape)
+
+    def call(self, x, training=None):
+        s = tf.cast(x, tf.float32)
+        if training:
+            mean, variance = tf.nn.moments(s, axes=list(range(s.shape.rank - 1)))
+            for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                moving.assign(self.momentum * moving + (1.0 - self.momentum) * value)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        p = tf.sigmoid((s - mean) * tf.math.rsqrt(variance + self.epsilon))
+        return tf.cast(p * s + (1.0 - p) * tf.cast(self.alpha, tf.float32) * s, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
+
+
+def activation_layer(name: str, layer_name: str, dtype=None) -> tf.keras.layers.Layer:
+    """The layer applying activation ``name``: Dice or PReLU (learned per unit; DIN Sec. 4.3),
+    else the Keras activation of that name."""
+    if name == "dice":
+        return Dice(name=layer_name, dtype=dtype)
+    if name == "prelu":
+        return tf.keras.layers.PReLU(name=layer_name, dtype=dtype)
+    return tf.keras.layers.Activation(name, name=layer_name, dtype=dtype)
+
+
 # ---- MLP ---------------------------------------------------------------------------
 @_register
 class MLP(tf.keras.layers.Layer):
     """Dense -> [BatchNorm] -> activation -> [Dropout], per hidden layer.
 
-    ``units=()`` is the identity (a backbone whose deep part is switched off). The first
+    ``units=()`` is the identity (a backbone whose deep part is switched off). ``activation``
+    is a Keras name or one of :data:`LAYER_ACTIVATIONS` (a layer of its own per hidden layer,
+    :func:`activation_layer`). The first
     Dense reads the input in the layer's own dtype; everything after it computes in
     :func:`hidden_policy` (mixed precision's fast part).
     """
@@ -185,14 +243,14 @@ class MLP(tf.keras.layers.Layer):
                       for i, u in enumerate(self.units)]
         self.norms = ([tf.keras.layers.BatchNormalization(name=f"bn_{i}", dtype=hidden)
                        for i in range(len(self.units))] if self.batch_norm else [])
-        self.act = tf.keras.layers.Activation(activation, dtype=hidden)
+        self.acts = [activation_layer(activation, f"act_{i}", hidden) for i in range(len(self.units))]
 
     def call(self, x, training=None):
         for i, dense in enumerate(self.dense):
             x = dense(x)
             if self.batch_norm:
                 x = self.norms[i](x, training=training)
-            x = self.act(x)
+            x = self.acts[i](x, training=training)
             if training and self.dropout_rate > 0:  # seeded per step (step_seed)
                 x = dropout(x, self.dropout_rate)
         return x
@@ -570,3 +628,34 @@ class MultiHeadBilinear(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads}
+
+
+# ---- DIN ---------------------------------------------------------------------------------
+@_register
+class ActivationUnit(tf.keras.layers.Layer):
+    """DIN's local activation unit and target attention (Zhou et al., KDD'18, Eq. 3, Fig. 2).
+
+    Each behaviour e_j [B, L, d] against the target v_A [B, d]: w_j = a(e_j, v_A), an MLP
+    (``units``, ``activation``) over [e_j, v_A, e_j - v_A, e_j * v_A] and a linear unit;
+    the interest v_U = sum_j w_j e_j [B, d]. The weights are not softmax-normalised (the
+    paper keeps the intensity of the user's interest); padding (``mask`` False) gets weight
+    exactly 0 and the others are not rescaled. Returns (v_U, the weights [B, L]).
+    """
+
+    def __init__(self, units: Sequence[int] = (80, 40), activation: str = "dice", dropout: float = 0.0,
+                 batch_norm: bool = False, l2_reg: float = 0.0, **kw):
+        super().__init__(**kw)
+        self.mlp = MLP(units, activation, dropout, batch_norm, l2_reg, name="mlp")
+        self.score = tf.keras.layers.Dense(1, name="score")
+
+    def call(self, keys, query, mask, training=None):
+        query = tf.broadcast_to(query[:, None, :], tf.shape(keys))
+        x = tf.concat([keys, query, keys - query, keys * query], axis=-1)  # [B, L, 4d]
+        scores = self.score(self.mlp(x, training=training))[..., 0]
+        weights = tf.where(mask, tf.cast(scores, keys.dtype), tf.zeros_like(keys[..., 0]))
+        return tf.reduce_sum(weights[..., None] * keys, axis=1), weights
+
+    def get_config(self):
+        cfg = self.mlp.get_config()
+        return {**super().get_config(), **{k: cfg[k] for k in
+                                           ("units", "activation", "dropout", "batch_norm", "l2_reg")}}

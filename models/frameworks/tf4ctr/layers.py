@@ -59,7 +59,8 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
     def __init__(self, schema_dict: dict, embedding_dim: int = 16, mode: str = "ser",
                  simple_embedding_dim: Optional[int] = None, embedding_options: Optional[dict] = None,
                  gate_units: Optional[Sequence[int]] = None, expert_units: Optional[Sequence[int]] = None,
-                 activation: str = "relu", dropout: float = 0.0, batch_norm: bool = True, **kw):
+                 activation: str = "relu", dropout: float = 0.0, batch_norm: bool = True, sequences: bool = False,
+                 **kw):
         super().__init__(**kw)
         if mode not in SSEM_MODES:
             raise ValueError(f"tf4ctr ssem '{mode}' is not one of {SSEM_MODES}")
@@ -72,15 +73,17 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
         self.gate_units = None if gate_units is None else [int(u) for u in gate_units]
         self.expert_units = None if expert_units is None else [int(u) for u in expert_units]
         self.activation, self.dropout, self.batch_norm = activation, float(dropout), bool(batch_norm)
+        self.sequences = bool(sequences)  # behaviour rows for a backbone with uses_sequences (DIN)
 
         self.complex_embedding = FeatureEmbedding(schema_dict, embedding_dim=self.embedding_dim,
                                                   name="embedding_complex" if mode == "ser" else "embedding",
-                                                  **self.embedding_options)
+                                                  sequences=self.sequences, **self.embedding_options)
         self.simple_embedding = None
         if mode == "ser":
             simple_dim = self.simple_embedding_dim or max(1, self.embedding_dim // 2)
             self.simple_embedding = FeatureEmbedding(schema_dict, embedding_dim=simple_dim,
-                                                     name="embedding_simple", **self.embedding_options)
+                                                     name="embedding_simple", sequences=self.sequences,
+                                                     **self.embedding_options)
         width = self.complex_embedding.num_fields * self.embedding_dim  # D = F * d
         gate_hidden = self.gate_units if self.gate_units is not None else [max(1, width // 4)]
         expert_hidden = self.expert_units if self.expert_units is not None else [max(1, width // 2)]
@@ -122,14 +125,13 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
         h = self._flat(emb.fields)
         if self.mode == "gm":  # Eq. 4
             g = tf.sigmoid(self._gate_output(0, h, training))[:, :, None]  # [B, 1, 1]
-            return (EmbeddedFields(emb.fields * g, emb.linear),
-                    EmbeddedFields(emb.fields * (1.0 - g), emb.linear))
+            return emb._replace(fields=emb.fields * g), emb._replace(fields=emb.fields * (1.0 - g))
         m = tf.stack([expert(h, training=training) for expert in self.experts], axis=1)  # Eq. 5: [B, 2, D]
         out = []
         for i in range(2):
             g = tf.nn.softmax(self._gate_output(i, h, training), axis=-1)  # [B, 2]
             mixed = tf.reduce_sum(g[:, :, None] * m, axis=1)
-            out.append(EmbeddedFields(tf.reshape(mixed, [-1, *emb.fields.shape[1:]]), emb.linear))
+            out.append(emb._replace(fields=tf.reshape(mixed, [-1, *emb.fields.shape[1:]])))
         return out[0], out[1]
 
     def get_config(self):
@@ -138,7 +140,8 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
                 "simple_embedding_dim": self.simple_embedding_dim,
                 "embedding_options": L.plain(self.embedding_options),
                 "gate_units": L.plain(self.gate_units), "expert_units": L.plain(self.expert_units),
-                "activation": self.activation, "dropout": self.dropout, "batch_norm": self.batch_norm}
+                "activation": self.activation, "dropout": self.dropout, "batch_norm": self.batch_norm,
+                "sequences": self.sequences}
 
 
 @tf.keras.utils.register_keras_serializable("ctrflow")

@@ -26,7 +26,7 @@ from typing import List, Optional
 
 import tensorflow as tf
 
-from models.backbones import BACKBONES, get_backbone
+from models.backbones import BACKBONES, backbone_class, get_backbone
 from models.factory import register_framework
 from models.framework import COMPILED, Forward, FrameworkModel, Objective, task_value
 from models.frameworks.tf4ctr.layers import DFM_MODES, SSEM_MODES, DynamicFusion, SampleSelectionEmbedding
@@ -94,7 +94,7 @@ class TF4CTR(FrameworkModel):
                 simple_embedding_dim=o["simple_embedding_dim"], embedding_options=self.embedding_options,
                 gate_units=o["ssem_gate_units"], expert_units=o["ssem_expert_units"],
                 activation=o["ssem_activation"], dropout=o["ssem_dropout"], batch_norm=o["ssem_batch_norm"],
-                name="ssem")
+                sequences=backbone_class(backbone).uses_sequences, name="ssem")
         self.backbone = get_backbone(backbone, self.ssem.num_fields, self.embedding_dim, **self.backbone_options)
         if not self.backbone.branches:
             raise OptionError(f"tf4ctr needs a two-branch backbone for its simple and complex encoders (Eq. 6); "
