@@ -1,4 +1,5 @@
 """The ads-world simulator: determinism, streaming, and the ground truth every method relies on."""
+import dataclasses
 import glob
 import hashlib
 import json
@@ -13,10 +14,13 @@ import pytest
 from pipeline.config import ConfigError, load_config
 from pipeline.preprocess_config import PreprocessConfig
 from pipeline.simulator import SimulatorConfig, simulate
-from pipeline.simulator.chunk import exposure_counts, histories
+from pipeline.simulator.chunk import exposure_counts, histories, make_plan, simulate_chunk
+from pipeline.simulator.clicks import GroundTruth
 from pipeline.simulator.config import AdsSystemConfig
+from pipeline.simulator.premises import ir_group_of_ads
 from pipeline.simulator.run import gini, top_share
 from pipeline.simulator.systems import rank
+from pipeline.simulator.world import build_world
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(num_users=400, num_items=300, num_ads=500, num_impressions=20000, rec_impressions=3000,
@@ -155,6 +159,142 @@ def test_rec_log_covers_items_whose_ads_are_rarely_shown(sim):
     rec_on_ad_items = logs["rec"][logs["rec"].item_id.isin(per_item.index)]
     rec_share = rec_on_ad_items.item_id.isin(low).mean()
     assert ads_share < 0.02 and rec_share > 0.1
+
+
+def test_rec_log_covers_low_ir_groups_in_the_summary(sim):
+    """Rec4Ad Fig. 5 left, as summary.json reports it: the bottom 25 % of ads by IR (the last 3
+    of 12 groups) get ~1 % of ad impressions but a quarter of the rec impressions on ad items;
+    recomputed here from ads.parquet and the rec log."""
+    _, summary, out, logs = sim
+    g = summary["rec4ad_premises"]["ir_groups"]
+    ads = pd.read_parquet(os.path.join(out, "ads.parquet"))
+    shown = ads[ads.impressions > 0].copy()
+    shown["group"] = ir_group_of_ads(ads.impressions.values, ads.candidate_sessions.values)[ads.impressions > 0]
+    rec_count = logs["rec"].item_id.value_counts()
+    shown["rec"] = shown.item_id.map(rec_count).fillna(0) / shown.item_id.map(shown.item_id.value_counts())
+    bottom = shown.group >= 9
+    assert g["bottom_quarter_ads_impression_share"] == pytest.approx(
+        shown.impressions[bottom].sum() / shown.impressions.sum(), abs=1e-6)
+    assert g["bottom_quarter_rec_impression_share"] == pytest.approx(shown.rec[bottom].sum() / shown.rec.sum(), abs=1e-6)
+    assert g["bottom_quarter_ads_impression_share"] < 0.03 and g["bottom_quarter_rec_impression_share"] > 0.15
+
+
+def test_impression_ratios_span_orders_of_magnitude(sim):
+    """Rec4Ad Fig. 4 left: ads of the ads log sorted by IR (Eq. 2) in 12 equal groups; the first
+    group's mean IR is ~200x the last's in the paper (loose bound here, a small world); under the
+    random policy the same statistic stays near binomial noise."""
+    _, summary, out, _ = sim
+    g = summary["rec4ad_premises"]["ir_groups"]
+    ads = pd.read_parquet(os.path.join(out, "ads.parquet"))
+
+    def group_means(impressions, ratio):
+        return np.array([x.mean() for x in np.array_split(np.sort(ratio[impressions > 0])[::-1], 12)])
+
+    means = group_means(ads.impressions.values, ads.impression_ratio.values)
+    np.testing.assert_allclose(g["mean_ir"], means, atol=1e-6)
+    assert g["top_bottom_ir_ratio"] == pytest.approx(means[0] / means[-1], rel=1e-3)
+    assert np.all(np.diff(means) <= 0) and means[0] / means[-1] > 50
+    random = group_means(ads.random_impressions.values, ads.random_impression_ratio.values)
+    assert random[0] / random[-1] < 10
+
+
+def test_ir_groups_by_hand():
+    impressions = np.array([0, 5, 1, 2, 2, 9])
+    candidates = np.array([4, 10, 10, 4, 4, 10])  # IR: -, .5, .1, .5, .5, .9
+    np.testing.assert_array_equal(ir_group_of_ads(impressions, candidates, groups=3), [-1, 0, 2, 1, 1, 0])
+
+
+def test_click_model_has_no_source_term(sim):
+    """Shared decision rationales (Rec4Ad Sec. 1): an organic item's click logit equals that of
+    an ad for the same item, user and time whose creative terms are 0 (quality 0 = the ads'
+    mean, no novelty): the ground truth has no source term (a separate rec intercept fails)."""
+    cfg, _, _, _ = sim
+    gt = GroundTruth(build_world(cfg), cfg)
+    world = dataclasses.replace(gt.w, quality=np.zeros_like(gt.w.quality))
+    plain = GroundTruth(world, cfg)
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, world.num_users, 50)
+    t = rng.uniform(0, cfg.timeline.days * 86400, 50)
+    ads = rng.integers(0, world.num_ads, (50, 7))
+    items = world.ad_item[ads]
+    organic = plain.static_logit(users, items, None, t)
+    as_ads = plain.static_logit(users, items, ads, t, ad_age_days=np.full(ads.shape, np.inf))
+    np.testing.assert_allclose(organic, as_ads, atol=1e-6)
+    # with its creative terms, an ad differs from the organic item by exactly those terms
+    age = gt.ad_age_days(ads, t[:, None])
+    creative = cfg.click.quality_weight * gt.w.quality[ads] + cfg.click.novelty_weight * np.exp(-age / cfg.click.novelty_days)
+    np.testing.assert_allclose(gt.static_logit(users, items, ads, t) - organic, creative, atol=1e-5)
+
+
+def test_click_terms_spell_out_the_logged_true_ctr(sim):
+    """GroundTruth.click_terms (the source regression's covariates) times click_weights, plus the
+    one bias, gives every logged row's true_ctr in all three logs: the fused ranking path and the
+    term-by-term form are the same function, for ads and organic rows alike."""
+    cfg, _, _, _ = sim
+    world = build_world(cfg)
+    gt = GroundTruth(world, cfg)
+    result = simulate_chunk(gt, make_plan(cfg, world), 0, np.random.default_rng([cfg.seed, 2, 0]))
+    weights = np.array(list(gt.click_weights().values()))
+    for name, rows in result.logs.items():
+        terms = gt.click_terms(rows.user, rows.item, rows.ad, rows.t_rel, rows.intent_match,
+                               rows.position, rows.exposure_count)
+        expected = 1 / (1 + np.exp(-(cfg.click.bias + terms @ weights)))
+        np.testing.assert_allclose(rows.true_ctr, expected, rtol=2e-4, err_msg=name)
+
+
+def test_rec_and_ad_clicks_share_one_function_of_the_features(sim):
+    """A logistic regression of click on the click model's terms plus 1[rec] (summary.json) finds
+    no source effect and recovers the main weights."""
+    _, summary, _, _ = sim
+    effect = summary["rec4ad_premises"]["source_effect"]
+    assert effect["rec_rows"] == 3000 and effect["rows"] == 23000
+    assert abs(effect["source_rec_z"]) < 3 and abs(effect["source_rec"]) < 0.3
+    for term in ("interest", "intent", "log2_position", "quality"):
+        c = effect["coefficients"][term]
+        assert abs(c["fit"] - c["true"]) < 4 * c["se"], term
+
+
+def test_source_regression_detects_a_planted_source_effect(tmp_path, monkeypatch):
+    """The check has power: organic items given +0.7 on the logit (the old ad_bias / rec_bias
+    gap) show a source coefficient of that size."""
+    fused = GroundTruth.static_logit
+
+    def with_rec_bonus(self, users, items, ads, t_rel, ad_age_days=None):
+        logit = fused(self, users, items, ads, t_rel, ad_age_days)
+        return logit + np.float32(0.7) if ads is None else logit
+
+    monkeypatch.setattr(GroundTruth, "static_logit", with_rec_bonus)
+    _, summary = _run(tmp_path / "planted")
+    effect = summary["rec4ad_premises"]["source_effect"]
+    assert effect["source_rec"] == pytest.approx(0.7, abs=4 * effect["source_rec_se"])
+    assert effect["source_rec_z"] > 4
+
+
+def test_rec_rows_sample_retrieval_can_map_are_counted(sim):
+    """rec4ad_premises.rec_retrievable_rows = rec rows whose item has an ad created by then
+    (Rec4Ad Sec. 3.1), recomputed from ads.parquet and the rec log."""
+    _, summary, out, logs = sim
+    ads = pd.read_parquet(os.path.join(out, "ads.parquet"))
+    first_ad = ads.groupby("item_id").created_at.min()
+    rec = logs["rec"]
+    expected = int((rec.item_id.map(first_ad) <= rec.timestamp).sum())
+    p = summary["rec4ad_premises"]
+    assert p["rec_retrievable_rows"] == expected and 0.3 * len(rec) < expected < 0.5 * len(rec)
+    assert p["rec_retrievable_per_ads_row"] == pytest.approx(expected / len(logs["ads"]), abs=1e-6)
+
+
+def test_default_world_holds_rec4ad_premises(tmp_path):
+    """The default config (configs/simulate_default.yaml): IR first / last of 12 groups within
+    2x of the paper's ~200x, the rec rows retrieval keeps are 30-50 % of the ads log (the paper:
+    0.6 B vs 1.9 B), no source effect, the bottom IR quarter far better covered by rec."""
+    cfg = load_config(SimulatorConfig, os.path.join(REPO, "configs", "simulate_default.yaml"),
+                      {"out_dir": str(tmp_path / "default")})
+    p = simulate(cfg, progress=False)["rec4ad_premises"]
+    g = p["ir_groups"]
+    assert 100 < g["top_bottom_ir_ratio"] < 400
+    assert 0.3 < p["rec_retrievable_per_ads_row"] < 0.5
+    assert abs(p["source_effect"]["source_rec_z"]) < 3
+    assert g["bottom_quarter_rec_impression_share"] > 10 * g["bottom_quarter_ads_impression_share"]
 
 
 def test_selection_bias_production_picks_higher_true_ctr_than_random(sim):
