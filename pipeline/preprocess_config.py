@@ -2,7 +2,7 @@
 
 Example (``configs/preprocess_sim.yaml``)::
 
-    input: {path: "out/raw/impressions-*.parquet", format: parquet}
+    input: {path: "out/raw/impressions-*.parquet", format: parquet}   # or a list: [ads/*.parquet, rec/*.parquet]
     output: out/data
     features:
       - {name: user_id, kind: categorical, dtype: string, role: personal,
@@ -42,10 +42,16 @@ RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")  # Beam Dir
 
 @dataclasses.dataclass
 class InputConfig:
-    path: str  # file, directory or glob
+    # a file, directory or glob, or a list of them (e.g. the ads log and the rec log): a str or a
+    # list of str, checked by PreprocessConfig (typed Any: the config checker takes only Optional unions)
+    path: Any
     format: str = option("parquet", choices=RAW_FORMATS)
     csv_delimiter: str = ","
     list_delimiter: str = "|"
+
+    def paths(self) -> List[str]:
+        """``path`` as a list (a single path is a list of one)."""
+        return [self.path] if isinstance(self.path, str) else list(self.path)
 
     def __post_init__(self):
         for name in ("csv_delimiter", "list_delimiter"):
@@ -124,7 +130,21 @@ class PreprocessConfig:
     transforms: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
+        self._check_input_paths()
         self.transform_steps()
+
+    def _check_input_paths(self) -> None:
+        """``input.path``: a non-empty string or a non-empty list of them (errors name ``input.path[i]``)."""
+        path = self.input.path
+        if isinstance(path, str):
+            if not path:
+                raise ConfigError("input.path = '': expected a file, folder or glob (or a list of them)")
+            return
+        if not isinstance(path, list) or not path:
+            raise ConfigError(f"input.path = {path!r}: expected a file, folder or glob, or a non-empty list of them")
+        for i, p in enumerate(path):
+            if not isinstance(p, str) or not p:
+                raise ConfigError(f"input.path[{i}] = {p!r}: expected a file, folder or glob (a non-empty string)")
 
     def feature_specs(self) -> List[FeatureSpec]:
         from pipeline.config import from_dict

@@ -36,7 +36,7 @@ import json
 import os
 import re
 import zlib
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -238,6 +238,28 @@ def _nonempty(files: List[str], path: str, fmt: str) -> List[str]:
     return files
 
 
+def list_inputs(paths: Sequence[str], fmt: str, name: str = "input.path") -> List[Tuple[str, str]]:
+    """(file, relative name) of every file of several paths / globs (:func:`list_files` each),
+    relative to the common folder of them all, so rows of ``ads/part-0.parquet`` and
+    ``rec/part-0.parquet`` keep distinct (file, row) keys. A path matching no file, or a file
+    matched by two paths (its rows would be read twice), raises :class:`RawInputError` naming
+    ``name[i]`` (just ``name`` for a single path)."""
+    seen: Dict[str, int] = {}
+    for i, path in enumerate(paths):
+        label = f"{name}[{i}]" if len(paths) > 1 else name
+        try:
+            files = list_files(path, fmt)
+        except RawInputError as exc:
+            raise RawInputError(f"{label}: {exc}") from None
+        for f in files:
+            if f in seen:
+                raise RawInputError(f"{label} = '{path}' matches {f}, which {name}[{seen[f]}] matches too: "
+                                    "its rows would be read twice; make the paths disjoint")
+            seen[f] = i
+    files = list(seen)
+    return list(zip(files, relative_names(files)))
+
+
 def relative_names(files: Sequence[str]) -> List[str]:
     """Names relative to the files' common directory (their split / quarantine keys)."""
     dirs = [f.split("/")[:-1] for f in files]
@@ -306,7 +328,7 @@ def _read_csv(unit, columns, list_columns, batch_size, delimiter, list_delimiter
     """Chunks of a CSV file; a line with the wrong number of fields becomes a malformed row
     (pyarrow's invalid-row handler skips it and reports its row number, which a
     single-threaded reader always knows, so the rows around it keep their indices)."""
-    names = _csv_header(unit.path, delimiter)
+    names = csv_header(unit.path, delimiter)
     _missing_columns(unit, names, columns)
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in names},
                                    include_columns=list(columns), null_values=[""],
@@ -386,7 +408,7 @@ def first_non_utf8_line(path: str) -> Optional[int]:
     return None
 
 
-def _csv_header(path: str, delimiter: str) -> List[str]:
+def csv_header(path: str, delimiter: str) -> List[str]:
     with file_errors(path, "CSV", lambda: " (line 1, the header)"), open_text_input(path) as fh:
         line = fh.readline().decode("utf-8").rstrip("\r\n")
     if not line:
@@ -436,7 +458,7 @@ def _arrow_chunk(unit: ReadUnit, offset: int, batch, list_columns) -> RawChunk:
         else:
             if _is_list_type(arr.type):
                 raise RawInputError(f"{unit.path}: column '{name}' holds lists but the config reads a scalar")
-            cols[name], nulls[name] = _arrow_scalar(arr)
+            cols[name], nulls[name] = arrow_scalar(arr)
     return RawChunk(unit.file, offset, cols, nulls)
 
 
@@ -444,12 +466,12 @@ def _is_list_type(t) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
-def _arrow_scalar(arr: pa.Array):
+def arrow_scalar(arr: pa.Array):
     """(values, null mask) of a scalar Arrow array; int / bool nulls filled with 0."""
     t = arr.type
     null = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
     if pa.types.is_dictionary(t):  # distinct values converted once, rows share them
-        words, _ = _arrow_scalar(arr.dictionary)
+        words, _ = arrow_scalar(arr.dictionary)
         idx = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False) if arr.null_count \
             else arr.indices.to_numpy(zero_copy_only=False)
         values = words[idx] if len(words) else np.full(len(arr), None, dtype=object)
@@ -491,7 +513,7 @@ def _arrow_list(unit: ReadUnit, name: str, arr: pa.Array) -> ListColumn:
     null_rows = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
     offsets = np.asarray(arr.offsets, dtype=np.int64)
     flat = arr.values.slice(offsets[0], offsets[-1] - offsets[0])
-    values, null_values = _arrow_scalar(flat)
+    values, null_values = arrow_scalar(flat)
     return ListColumn(values, offsets - offsets[0], null_rows, null_values)
 
 

@@ -74,7 +74,7 @@ def summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
         if sum(s["rows"] for s in shards) != written:
             raise RuntimeError(f"split '{name}': shards hold {sum(s['rows'] for s in shards)} rows but "
                                f"{written} were encoded")
-        transforms = {t.name: {**_NO_ROWS, **a.get("transforms", {}).get(t.name, {})}
+        transforms = {t.name: {**_no_rows(t), **a.get("transforms", {}).get(t.name, {})}
                       for t in plan.transforms if name in t.options["splits"]}
         dropped = sum(c["rows_dropped"] for c in transforms.values())
         added = sum(c["rows_added"] for c in transforms.values())
@@ -113,12 +113,17 @@ def summarize(plan: JobPlan, root: str, seconds: float) -> Dict[str, Any]:
 _NO_ROWS = {"rows_in": 0, "rows_out": 0, "rows_dropped": 0, "rows_added": 0}
 
 
+def _no_rows(transform) -> Dict[str, int]:
+    """A transform's counts before any row: rows in / out / dropped / added and its own counters."""
+    return {**_NO_ROWS, **{name: 0 for name in transform.count_names}}
+
+
 def _transform_totals(plan: JobPlan, splits: Dict[str, Any]) -> Dict[str, Any]:
-    """Per transform: its options and its row counts summed over the splits it applies to."""
+    """Per transform: its options and its counts summed over the splits it applies to."""
     out = {}
     for t in plan.transforms:
         counts = [s["transforms"][t.name] for s in splits.values() if t.name in s["transforms"]]
-        out[t.name] = {"options": t.options, **{k: sum(c[k] for c in counts) for k in _NO_ROWS}}
+        out[t.name] = {"options": t.options, **{k: sum(c[k] for c in counts) for k in _no_rows(t)}}
     return out
 
 

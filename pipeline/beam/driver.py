@@ -69,7 +69,7 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
     plan = JobPlan(config)
     frozen = frozen_payload(plan) if config.schema_from else None  # the payload, read not built
     out = os.path.abspath(os.path.expanduser(config.output)) if outputs.is_local(config.output) else config.output
-    inputs = [config.input.path, *config.split.extra_splits.values()]
+    inputs = [*config.input.paths(), *config.split.extra_splits.values(), *(f for t in plan.transforms for f in t.inputs())]
     for path, others in ((out, [f"{out}.quarantine"]), (f"{out}.quarantine", [out])):
         claim(path, inputs + others, overwrite)
     tmp = temp_output(out)
@@ -95,6 +95,10 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
         remove(os.path.join(tmp, PARTS_DIR))  # the shards hold every member now
         seconds = time.time() - t0
         summary = summarize(plan, tmp, seconds)
+        for t in plan.transforms:  # launcher-side statistics (and files) of the transforms
+            stats = t.statistics(tmp)
+            if stats:
+                summary["transforms"][t.name]["statistics"] = stats
         check_quarantine(summary, config, tmp, out)
         write_bytes(os.path.join(tmp, "stats.json"), [json.dumps(summary, indent=2, sort_keys=True).encode()])
         remove(os.path.join(tmp, MANIFEST))

@@ -18,7 +18,7 @@ from pipeline.beam.transforms import Column
 from pipeline.beam.validation import USER_GROUP, ValidatedChunk, Validator
 from pipeline.config import ConfigError
 from pipeline.preprocess_config import PreprocessConfig
-from pipeline.raw_io import list_files, plan_units, read_unit, relative_names
+from pipeline.raw_io import list_inputs, plan_units, read_unit
 
 
 class JobPlan:
@@ -52,12 +52,12 @@ class JobPlan:
         self.transform_splits = {t.name: np.array([self.splits.index(s) for s in t.options["splits"]], np.int64)
                                  for t in self.transforms}
         self._check_added_columns()
-        inputs = [(None, config.input.path)] + [(i, p) for i, p in
-                                                enumerate(split.extra_splits.values(), len(self.main_splits))]
-        self.sources = []  # (fixed split index or None, [(path, relative name)])
-        for fixed, path in inputs:
-            files = list_files(path, config.input.format)
-            self.sources.append((fixed, list(zip(files, relative_names(files)))))
+        fmt = config.input.format
+        self.sources = [(None, list_inputs(config.input.paths(), fmt))]  # (fixed split index or None, [(path, rel)])
+        for i, (name, path) in enumerate(split.extra_splits.items(), len(self.main_splits)):
+            self.sources.append((i, list_inputs([path], fmt, f"split.extra_splits.{name}")))
+        for t in self.transforms:
+            t.prepare(config)
         self.by_time = split.method == "time"
         self.train_index = self.main_splits.index("train")
 

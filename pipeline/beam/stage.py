@@ -92,16 +92,19 @@ def apply_transform(transform: Transform, splits: np.ndarray, chunk: ValidatedCh
         columns[name][mine] = out.columns[name][out_row[mine]]
     staged = dataclasses.replace(chunk, rows=chunk.rows[src], columns=columns, split_code=chunk.split_code[src],
                                  time=None if chunk.time is None else chunk.time[src])
-    return staged, _counts(chunk.split_code[idx], np.bincount(take, minlength=len(idx)))
+    return staged, _counts(chunk.split_code[idx], np.bincount(take, minlength=len(idx)), out.counts)
 
 
-def _counts(split: np.ndarray, outputs_per_row: np.ndarray) -> Counts:
-    """rows in / out / dropped (no output row) / added (output rows beyond the first) per split."""
+def _counts(split: np.ndarray, outputs_per_row: np.ndarray, own: Dict[str, np.ndarray]) -> Counts:
+    """rows in / out / dropped (no output row) / added (output rows beyond the first) per split,
+    and the transform's own counters (``own``: one int per input row) summed per split."""
     out = {}
     for s in np.unique(split).tolist():
-        n = outputs_per_row[split == s]
+        mine = split == s
+        n = outputs_per_row[mine]
         out[s] = {"rows_in": len(n), "rows_out": int(n.sum()), "rows_dropped": int((n == 0).sum()),
-                  "rows_added": int(np.maximum(n - 1, 0).sum())}
+                  "rows_added": int(np.maximum(n - 1, 0).sum()),
+                  **{name: int(np.sum(c[mine])) for name, c in own.items()}}
     return out
 
 
@@ -115,8 +118,11 @@ def _check_output(transform: Transform, out: Output, take: np.ndarray, n: int, c
     missing = sorted(set(added) - set(out.columns))
     lists = sorted(c for c in out.columns if isinstance(columns.get(c), ListColumn))
     short = sorted(c for c, v in out.columns.items() if len(v) != len(take))
+    counters = sorted(set(out.counts) ^ set(transform.count_names)) if out.counts or n else []
+    counters += sorted(c for c, v in out.counts.items() if len(v) != n)
     for what, names in (("undeclared columns", unknown), ("missing added columns", missing),
-                        ("replaced list columns", lists), ("columns of another length than take", short)):
+                        ("replaced list columns", lists), ("columns of another length than take", short),
+                        ("counters not as count_names declares or not one per batch row", counters)):
         if names:
             problems.append(f"{what} {names}")
     if problems:

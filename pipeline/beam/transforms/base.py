@@ -10,7 +10,13 @@ order over the validated rows of the splits they apply to, a chunk of rows at a 
   index built from the **training split's** rows as they reach this transform, computed once
   as a Beam side input (a combine: a part per chunk, merged in any order, then finished);
 * ``apply(batch, side)``: the output rows, 0..n per input row, given as the input row of each
-  output row (``Output.take``) plus the columns the transform adds or replaces.
+  output row (``Output.take``) plus the columns the transform adds or replaces, and optionally
+  the transform's own counters per input row (``Output.counts``, named in ``count_names``).
+
+Two optional launcher-side hooks: ``prepare(config)`` loads what ``apply`` needs from outside
+the rows (e.g. a table of ads) once, before the job, into compact picklable values that travel
+to the workers with the transform; ``statistics(folder)`` runs after the job succeeded and
+returns a dict for ``stats.json`` (writing any file of its own into the output folder).
 
 Columns a transform adds (:meth:`Transform.added_columns`) become meta columns of the schema,
 sample weights among them also ``weight_columns``; rows of splits it does not apply to get the
@@ -69,6 +75,8 @@ class Output:
 
     take: Optional[np.ndarray] = None
     columns: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # the transform's counters (``Transform.count_names``), one int per batch row, summed per split
+    counts: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 class Transform:
@@ -82,6 +90,7 @@ class Transform:
     choices: Dict[str, tuple] = {}
     types: Dict[str, type] = {}
     uses_index = False  # True: index_part / merge_index / build_index build a side index from train rows
+    count_names: tuple = ()  # counters apply returns in Output.counts, in stats.json beside rows in / out
     COMMON = {"splits": ["train"]}  # the splits whose rows the transform sees
 
     def __init__(self, **options):
@@ -99,6 +108,20 @@ class Transform:
 
     def added_columns(self) -> Dict[str, Column]:
         """The columns :meth:`apply` adds, by name."""
+        return {}
+
+    def inputs(self) -> List[str]:
+        """Files the transform reads besides the rows (the output folder may not hold them)."""
+        return []
+
+    # ---- launcher side ---------------------------------------------------------------------
+    def prepare(self, config) -> None:
+        """Before the job, on the launcher: load what :meth:`apply` needs from outside the rows
+        (kept on ``self``, pickled to the workers). Raises UserError for a bad input."""
+
+    def statistics(self, folder: str) -> Dict[str, Any]:
+        """After the job succeeded: statistics for ``stats.json`` (``transforms.<name>.statistics``);
+        files of its own go into ``folder``, the output folder being written."""
         return {}
 
     # ---- side index (uses_index) ---------------------------------------------------------
