@@ -21,6 +21,8 @@ regularization losses) and a framework adds its own (TF4CTR's L_TF). The base ow
 - gradient taps: ``gradient_taps = {log name: aux key}`` logs the mean over the global batch
   of |dl_i/dt_i|, the per-sample total loss's gradient at that auxiliary tensor (TF4CTR's
   z_s / z_c, Fig. 5), per batch, in training only;
+- training AUCs: ``training_aucs = {log name: (aux key of probabilities, aux key of 0/1 labels)}``
+  logs a streaming AUC over each training epoch (Rec4Ad's discriminator, Fig. 8), in training only;
 - variable groups (``variable_groups()``) that a training stage freezes (:meth:`freeze`);
 - alternating updates: ``phases()`` lists the updates of one step in order, each with its
   objectives, its variable group and its optimizer (``compile(phase_optimizers=...)``);
@@ -113,6 +115,7 @@ class FrameworkModel(tf.keras.Model):
     single_task = False                 # True: ``tasks`` must hold one label (the paper's setting)
     objective_names: Sequence[str] = (COMPILED,)  # the keys objectives() returns (one tracker each)
     gradient_taps: Dict[str, str] = {}  # log name -> aux key
+    training_aucs: Dict[str, tuple] = {}  # log name -> (aux key of probabilities, aux key of labels)
     analyses: Sequence[str] = ()        # run analyses the framework's report includes (pipeline registry names)
 
     def __init__(self, schema_dict: dict, tasks: List[str], backbone: str = "dcnv2",
@@ -149,6 +152,7 @@ class FrameworkModel(tf.keras.Model):
         self.objective_trackers = {n: tf.keras.metrics.Mean(name=f"{n}_loss")
                                    for n in self.objective_names if several and n != COMPILED}
         self.tap_trackers = {name: BatchMean(name) for name in self.gradient_taps}
+        self.auc_trackers = {name: tf.keras.metrics.AUC(name=name) for name in self.training_aucs}
 
     # ---- what a framework writes ----------------------------------------------------------
     def forward(self, inputs: dict, training=None) -> Forward:
@@ -265,6 +269,9 @@ class FrameworkModel(tf.keras.Model):
             grads = apply_checked_gradients(optimizer, tape, total, self._phase_variables(phase, phases), step,
                                             sources=list(taps.values()))
             self._record_taps(dict(zip(taps, grads)), forward)
+        for name, (prob, label) in self.training_aucs.items():
+            self.auc_trackers[name].update_state(tf.reshape(forward.aux[label], [-1]),
+                                                 tf.reshape(forward.aux[prob], [-1]))
         return self._logs(x, y, forward, sample_weight, training=True)
 
     def _record_taps(self, grads: dict, forward: Forward) -> None:
@@ -289,7 +296,7 @@ class FrameworkModel(tf.keras.Model):
             logs[f"{COMPILED}_loss"] = logs["loss"]
             logs["loss"] = logs.pop("total_loss")
         if not training:
-            for name in self.tap_trackers:
+            for name in [*self.tap_trackers, *self.auc_trackers]:
                 logs.pop(name, None)
         return logs
 
