@@ -31,19 +31,25 @@ def ir_group_of_ads(impressions: np.ndarray, candidates: np.ndarray, groups: int
     return group
 
 
+def mean_ir_by_group(impressions: np.ndarray, candidates: np.ndarray, groups: int = IR_GROUPS):
+    """(the group of each ad as :func:`ir_group_of_ads`, the mean IR of each group)."""
+    group = ir_group_of_ads(impressions, candidates, groups)
+    grouped = group >= 0
+    ratio = impressions[grouped] / candidates[grouped]
+    return group, np.bincount(group[grouped], weights=ratio, minlength=groups) / np.bincount(group[grouped])
+
+
 def ir_groups(impressions: np.ndarray, candidates: np.ndarray, ad_item: np.ndarray,
               item_rec_impressions: np.ndarray, groups: int = IR_GROUPS) -> dict:
     """Mean IR per group and the shares of ad and rec impressions per group (Fig. 4 / 5 left).
 
     A rec impression of an item counts for the item's ads that were shown, split equally among
     them; rec impressions of ad items none of whose ads was shown are reported apart, as a share
-    of the rec impressions on ad items."""
-    group = ir_group_of_ads(impressions, candidates, groups)
-    grouped = group >= 0
-    if grouped.sum() < groups:
+    of the rec impressions on ad items. Empty when fewer ads than groups were shown."""
+    if (impressions > 0).sum() < groups:
         return {}
-    ratio = impressions / np.maximum(candidates, 1)
-    mean_ir = np.bincount(group[grouped], weights=ratio[grouped], minlength=groups) / np.bincount(group[grouped])
+    group, mean_ir = mean_ir_by_group(impressions, candidates, groups)
+    grouped = group >= 0
     ads_share = np.bincount(group[grouped], weights=impressions[grouped], minlength=groups) / impressions.sum()
     shown_ads_of_item = np.bincount(ad_item[grouped], minlength=len(item_rec_impressions))
     rec_per_ad = item_rec_impressions[ad_item[grouped]] / shown_ads_of_item[ad_item[grouped]]

@@ -166,6 +166,10 @@ class _Stats:
         world = self.gt.w
         out = {"ir_groups": premises.ir_groups(self.ad_impressions["ads"], self.ad_candidates["ads"],
                                                world.ad_item, self.item_rec_impressions)}
+        if (self.ad_impressions["random"] > 0).sum() >= premises.IR_GROUPS:  # the uniform reference
+            _, random_ir = premises.mean_ir_by_group(self.ad_impressions["random"], self.ad_candidates["random"])
+            out["random_policy_mean_ir"] = [round(float(v), 6) for v in random_ir]
+            out["random_policy_top_bottom_ir_ratio"] = round(float(random_ir[0] / random_ir[-1]), 2)
         rec_rows, ads_rows = self.totals["rec"]["rows"], self.totals["ads"]["rows"]
         out["rec_retrievable_rows"] = self.rec_retrievable
         out["rec_retrievable_share_of_rec"] = round(self.rec_retrievable / max(rec_rows, 1), 6)
