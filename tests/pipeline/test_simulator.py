@@ -297,6 +297,20 @@ def test_default_world_holds_rec4ad_premises(tmp_path):
     assert g["bottom_quarter_rec_impression_share"] > 10 * g["bottom_quarter_ads_impression_share"]
 
 
+def test_premises_table_in_the_docs_is_the_bench_rendering_of_its_json():
+    """docs/simulator.md quotes bench/rec4ad_premises.py's table() of the committed JSON verbatim."""
+    import importlib.util
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    spec = importlib.util.spec_from_file_location("rec4ad_premises", os.path.join(REPO, "bench", "rec4ad_premises.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with open(os.path.join(REPO, "docs", "results", "rec4ad_premises.json")) as fh:
+        table = bench.table(json.load(fh))
+    with open(os.path.join(REPO, "docs", "simulator.md"), encoding="utf-8") as fh:
+        assert table in fh.read()
+
+
 def test_selection_bias_production_picks_higher_true_ctr_than_random(sim):
     _, _, _, logs = sim
     assert logs["ads"].true_ctr.mean() > 1.3 * logs["random"].true_ctr.mean()
