@@ -3,8 +3,13 @@
 Each method is a set of dotted overrides of one base training config. Every
 (method, seed) trains in its own run directory (a completed run is reused, so an
 interrupted grid resumes), is evaluated on ``split``, and the table reports
-mean ± std per metric, the best in bold, and the paired t-test p-value of each
-method against ``baseline`` over the same seeds. ``ctrflow compare --check`` checks every
+mean ± std per metric, the best in bold, the paired t-test p-value of each method against
+``baseline`` over the same seeds and its improvement ("Impv.", the signed difference of
+means, positive = better, as Rec4Ad Tables 1-2 print it). ``slices`` adds one such table per
+slice group after the overall one (Rec4Ad Table 2: ``{impression_ratio: [IR1, IR4]}``, the
+top and bottom quarter of ads by impression ratio, from the ``ad_stats`` table's logged
+ratio when given); ``results.json`` keeps every seed's numbers, overall and of every slice
+group the evaluation wrote. ``ctrflow compare --check`` checks every
 cell's config and builds and compiles each method's model on a batch of its data, training
 nothing: a grid's typo fails in seconds, not hours in.
 
@@ -15,6 +20,8 @@ nothing: a grid's typo fails in seconds, not hours in.
     methods:
       dnn:    {model.backbone: dnn}
       dcnv2:  {model.backbone: dcnv2}
+    slices: {impression_ratio: [IR1, IR4]}
+    ad_stats: demo_out/raw/ads.parquet
 """
 from __future__ import annotations
 
@@ -27,9 +34,9 @@ import tensorflow as tf
 
 from pipeline import report
 from pipeline.config import ConfigError, load_config, option
-from pipeline.evaluate import evaluate_run
+from pipeline.evaluate import check_slice_inputs, evaluate_run
+from pipeline.metrics import slice_groups
 from pipeline.train import TrainConfig, compile_model, new_model, resolve, train
-
 
 
 @dataclasses.dataclass
@@ -45,12 +52,25 @@ class CompareConfig:
     metrics: List[str] = option(factory=lambda: ["auc", "gauc", "logloss", "ece"],
                                 choices=tuple(sorted(report.HIGHER_IS_BETTER)))
     title: str = "Method comparison"
+    # slice groups with a table of their own after the overall one: {slice: [groups]}, from
+    # pipeline.metrics.slice_groups, e.g. {impression_ratio: [IR1, IR4]} (Rec4Ad Table 2)
+    slices: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    # the ads table (Parquet / CSV: the ad column and impression_ratio) whose logged ratio orders
+    # the ads of the impression_ratio slice (pipeline.evaluate.evaluate_run); default: training impressions
+    ad_stats: Optional[str] = None
 
     def __post_init__(self):
         if self.baseline not in self.methods:
             raise ConfigError(f"baseline '{self.baseline}' is not one of the methods {sorted(self.methods)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be a non-empty list of distinct seeds, got {self.seeds}")
+        known = slice_groups()
+        for name, groups in self.slices.items():
+            if name not in known:
+                raise ConfigError(f"slices.{name}: unknown slice; known: {sorted(known)}")
+            unknown = [g for g in groups if g not in known[name]]
+            if unknown or not groups or len(set(groups)) != len(groups):
+                raise ConfigError(f"slices.{name} = {groups}: expected distinct groups from {known[name]}")
 
 
 def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConfig]:
@@ -80,6 +100,7 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
         train_cfg = configs[(method, cfg.seeds[0])]
         try:
             schema, tasks, features = resolve(train_cfg)
+            check_slice_inputs(schema, train_cfg.data_dir, list(cfg.slices), cfg.ad_stats)
             tf.keras.backend.clear_session()
             model = new_model(train_cfg, schema, tasks, features)
             batch = next(iter(make_dataset(train_cfg.data_dir, train_cfg.valid_split, 8, labels=tasks,
@@ -93,7 +114,11 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
 
 
 def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
+    """Train (or reuse) and evaluate every cell; write ``results.json`` (per-seed numbers: overall
+    under ``results``, ``{slice: {group: {method: [...]}}}`` under ``slices``) and ``report.md``
+    (the overall table, then one per group of ``cfg.slices``)."""
     results: Dict[str, List[dict]] = {m: [] for m in cfg.methods}
+    sliced: Dict[str, Dict[str, Dict[str, List[dict]]]] = {}
     configs = train_configs(cfg, verbose)
     for method in cfg.methods:
         for seed in cfg.seeds:
@@ -102,21 +127,42 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
             if not os.path.exists(os.path.join(run_dir, "done.json")):
                 tf.keras.backend.clear_session()
                 train(train_cfg, config_name=method)
-            by_task = evaluate_run(run_dir, splits=[cfg.split], write=True)[cfg.split]
-            task = cfg.task or next(iter(by_task))
-            overall = by_task[task]["overall"]
-            results[method].append({k: overall.get(k) for k in cfg.metrics})
+            by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats)[cfg.split]
+            task = by_task[cfg.task or next(iter(by_task))]
+            results[method].append({k: task["overall"].get(k) for k in cfg.metrics})
+            for name, groups in task.get("slices", {}).items():
+                for group, values in groups.items():
+                    sliced.setdefault(name, {}).setdefault(group, {}).setdefault(method, []).append(
+                        {k: values.get(k) for k in [*cfg.metrics, "count"]})
             print(f"[compare] {method} seed {seed}: " +
                   ", ".join(f"{k}={_f(v)}" for k, v in results[method][-1].items()), flush=True)
-    table = report.comparison_table(results, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "results.json"), "w") as fh:
-        json.dump({"config": dataclasses.asdict(cfg), "results": results}, fh, indent=2)
+    with open(os.path.join(cfg.out_dir, "results.json"), "w") as fh:  # before the tables: the raw numbers stay
+        json.dump({"config": dataclasses.asdict(cfg), "results": results, "slices": sliced}, fh, indent=2)
+    table = report.comparison_table(results, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True)
+    tables = [f"## Overall\n\n{table}"] + [slice_table(cfg, sliced, name, group) for name, groups in cfg.slices.items()
+                        for group in groups]
     path = os.path.join(cfg.out_dir, "report.md")
     with open(path, "w") as fh:
         fh.write(f"# {cfg.title}\n\nSplit `{cfg.split}`, seeds {cfg.seeds}; mean ± std over seeds, best in "
-                 f"bold, p = paired t-test against `{cfg.baseline}` over the same seeds.\n\n{table}\n")
-    return {"table": table, "report": path, "results": results}
+                 f"bold, p = paired t-test against `{cfg.baseline}` over the same seeds.\n\n"
+                 + "\n".join(tables) + "\n")
+    return {"table": table, "tables": tables, "report": path, "results": results, "slices": sliced}
+
+
+def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: str) -> str:
+    """The comparison table of one slice group (Rec4Ad Table 2), under its heading; a ConfigError
+    naming ``slices.<name>`` when the evaluation wrote no such slice (the data lacks its column)."""
+    if group not in sliced.get(name, {}):
+        raise ConfigError(f"slices.{name}: the runs' evaluation has no group {group} of slice '{name}' (it "
+                          f"wrote {sorted(sliced)}: activity needs the data's user column, impression_ratio "
+                          f"its ad column); per-seed numbers are in {cfg.out_dir}/results.json")
+    try:
+        table = report.comparison_table(sliced[name][group], cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER,
+                                        improvement=True)
+    except ValueError as exc:
+        raise ValueError(f"slices.{name} group {group}: {exc}") from None
+    return f"## {group}: {report.SLICE_TITLES.get(name, name)}\n\n{table}"
 
 
 def _f(v):

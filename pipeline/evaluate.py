@@ -23,6 +23,7 @@ from features.errors import UserError
 from features.schema import OOV_ID, Schema
 from pipeline import metrics as M
 from pipeline import report, runs
+from pipeline.config import ConfigError
 from pipeline.data import make_dataset, read_columns
 from pipeline.predict import predict_labels
 from pipeline.user_groups import group_of
@@ -42,7 +43,7 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     splits = list(splits or cfg.eval_splits)
     user_col = schema.user_column
     group_col, head_fraction = group_of(schema)
-    item_col = item_column or ("ad_id" if "ad_id" in schema.meta or "ad_id" in schema.feature_names else None)
+    item_col = _item_column(schema, item_column)
     extra = [c for c in (user_col, item_col) if c]
     if ad_stats and not item_col:
         raise ValueError(f"ad_stats '{ad_stats}' given, but the data has no ad column: name it with item_column")
@@ -71,6 +72,29 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     if write:
         _write_summary(run_dir, results)
     return results
+
+
+def _item_column(schema: Schema, item_column: Optional[str] = None) -> Optional[str]:
+    """The ad column the impression-ratio slice groups by: ``item_column``, else ``ad_id`` when the
+    data has it (a feature or meta column), else None (no such slice)."""
+    return item_column or ("ad_id" if "ad_id" in schema.meta or "ad_id" in schema.feature_names else None)
+
+
+def check_slice_inputs(schema: Schema, data_dir: str, slices: List[str], ad_stats: Optional[str] = None,
+                       item_column: Optional[str] = None) -> None:
+    """The data has what :func:`evaluate_run` needs to write ``slices`` (activity: a user column;
+    impression_ratio: an ad column) and ``ad_stats`` is an ads table it can read for that data:
+    a UserError naming the key or the file, before any run trains (``ctrflow compare --check``)."""
+    item_col = _item_column(schema, item_column)
+    if "activity" in slices and not schema.user_column:
+        raise ConfigError(f"slices.activity: the schema in '{data_dir}' has no user column (user_column), "
+                          f"so evaluation writes no activity slice")
+    if ("impression_ratio" in slices or ad_stats) and not item_col:
+        key = "slices.impression_ratio" if "impression_ratio" in slices else f"ad_stats = '{ad_stats}'"
+        raise ConfigError(f"{key}: the data in '{data_dir}' has no ad column (ad_id), so evaluation writes no "
+                          f"impression-ratio slice")
+    if ad_stats:
+        logged_impression_ratio(ad_stats, schema, data_dir, item_col)
 
 
 def logged_impression_ratio(path: str, schema: Schema, data_dir: str, item_col: str) -> Dict[object, float]:

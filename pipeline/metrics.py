@@ -54,6 +54,15 @@ class EvalConfig:
                              f"got {self.reliability_strategy!r}")
 
 
+def slice_groups(cfg: Optional[EvalConfig] = None) -> Dict[str, list]:
+    """{slice: its group labels in order} that :func:`evaluate_predictions` writes (a slice only
+    when the data allows it): user activity G1..Gk (G1 = least active), ad impression ratio
+    IR1..IRk (IR1 = highest; with k = 4, IR1 = Rec4Ad's G_top and IR4 its G_bottom)."""
+    cfg = cfg or EvalConfig()
+    return {"activity": [f"G{k + 1}" for k in range(cfg.activity_groups)],
+            "impression_ratio": [f"IR{k + 1}" for k in range(cfg.ir_groups)]}
+
+
 # ----------------------------------------------------------------------------- validation
 
 def _as_1d(name: str, values, dtype=None) -> np.ndarray:
@@ -433,14 +442,14 @@ def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None
                                           train_user_ids)
         _check_same_length("evaluate_predictions", y_true=y, user_ids=users)
         slice_labels["activity"] = (activity_quintiles(users, train_user_ids, cfg.activity_groups),
-                                    [f"G{k + 1}" for k in range(cfg.activity_groups)])
+                                    slice_groups(cfg)["activity"])
     if item_ids is not None:
         items = _as_1d("evaluate_predictions: item_ids", item_ids)
         _check_same_length("evaluate_predictions", y_true=y, item_ids=items)
         slice_labels["impression_ratio"] = (
             impression_ratio_groups(items, train_item_ids, cfg.ir_groups, train_candidate_item_ids,
                                     logged_impression_ratio),
-            [f"IR{k + 1}" for k in range(cfg.ir_groups)])
+            slice_groups(cfg)["impression_ratio"])
 
     overall = _slice_metrics(y, p, users, cfg.ece_bins)
     overall.update(_head_tail(y, p, users, user_groups))

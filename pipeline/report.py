@@ -104,11 +104,18 @@ def _paired_p(values: np.ndarray, baseline: np.ndarray) -> Optional[float]:
     return None if np.isnan(p) else float(p)
 
 
+def _improvement(mean: float, baseline_mean: float, higher: bool) -> str:
+    """Rec4Ad's "Impv." cell: the signed difference of means, positive = better than the baseline."""
+    diff = (mean - baseline_mean) * (1.0 if higher else -1.0)
+    return format(diff, "+" + _spec(diff))
+
+
 def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baseline: str,
-                     higher_is_better: Dict[str, bool]) -> str:
+                     higher_is_better: Dict[str, bool], improvement: bool = False) -> str:
     """Markdown table of methods x metrics: mean ± std over seeds, best mean bold, and the
     paired t-test p-value against ``baseline`` (seeds aligned by position; \\*/\\*\\* mark
-    p <= 0.05/0.01 as in HDA Table 2)."""
+    p <= 0.05/0.01 as in HDA Table 2). ``improvement``: after each metric with a direction, an
+    "Impv." column as in Rec4Ad Tables 1-2 (:func:`_improvement`; '–' for the baseline)."""
     if baseline not in results:
         raise ValueError(f"comparison_table: baseline '{baseline}' is not among the methods {sorted(results)}")
     num_seeds = len(results[baseline])
@@ -119,6 +126,7 @@ def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baselin
     values = {(m, k): _seed_values(results, m, k) for m in results for k in metrics}
     best = {k: _best_rows({m: values[m, k].mean() for m in results}, higher_is_better[k])
             for k in metrics if k in higher_is_better}
+    impv = [k for k in metrics if improvement and k in higher_is_better]
     body = []
     for method in results:
         cells = [f"{method} (baseline)" if method == baseline else method]
@@ -132,10 +140,16 @@ def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baselin
                 stars = "" if p is None else "\\*\\*" if p <= 0.01 else "\\*" if p <= 0.05 else ""
                 text += f" (p={'n/a' if p is None else f'{p:.3g}'}{stars})"
             cells.append(text)
+            if k in impv:
+                cells.append("–" if method == baseline else
+                             _improvement(v.mean(), values[baseline, k].mean(), higher_is_better[k]))
         body.append(cells)
     note = (f"\nMean ± std over {num_seeds} seed(s). p: two-sided paired t-test over seeds against "
-            f"'{baseline}' (scipy.stats.ttest_rel); \\*/\\*\\* p ≤ 0.05/0.01. Bold: best mean.\n")
-    return _markdown(["method"] + list(metrics), body) + note
+            f"'{baseline}' (scipy.stats.ttest_rel); \\*/\\*\\* p ≤ 0.05/0.01. Bold: best mean."
+            + (" Impv.: the method's mean minus the baseline's, signed so that positive is better." if impv else "")
+            + "\n")
+    header = [c for k in metrics for c in ([k, "Impv."] if k in impv else [k])]
+    return _markdown(["method"] + header, body) + note
 
 
 def flatten_metrics(metrics_by_task: Dict[str, dict], sep: str = "/") -> Dict[str, float]:
