@@ -167,10 +167,12 @@ class Dice(tf.keras.layers.Layer):
     """Dice, DIN's data-adaptive activation (Zhou et al., KDD'18, Eq. 9-10).
 
     p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + epsilon)), f(s) = p(s) s + (1 - p(s)) alpha s,
-    per unit (the last axis): E and Var are the batch's (over every other axis) in training and
-    moving averages (``momentum``, as batch normalisation) at inference; ``alpha`` is learned
-    per unit, from 0 as in the authors' code. The statistics are computed in float32 whatever
-    the compute dtype (a bf16 variance is too coarse for the sigmoid's centre).
+    per unit (the last axis): E and Var are the batch's (over every other axis; only where
+    ``mask`` [B, L] is True, so padded behaviours do not move them, unlike the authors' code)
+    in training and moving averages (``momentum``, as batch normalisation) at inference; a
+    batch with no unmasked position leaves them as they are. ``alpha`` is learned per unit,
+    from 0 as in the authors' code. The statistics are computed in float32 whatever the
+    compute dtype (a bf16 variance is too coarse for the sigmoid's centre).
     """
 
     def __init__(self, epsilon: float = 1e-8, momentum: float = 0.99, **kw):
@@ -181,24 +183,36 @@ class Dice(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         units = int(input_shape[-1])
-        self.alpha = self.add_weight(name="alpha", shape=(units,), initializer="zeros")
-        # per-replica statistics, averaged when read across replicas (as BatchNormalization's)
+        # float32 under mixed precision too (no autocast); the statistics per replica, averaged
+        # when read across replicas (as BatchNormalization's)
+        self.alpha = self.add_weight(name="alpha", shape=(units,), initializer="zeros", dtype=tf.float32,
+                                     experimental_autocast=False)
         moving = dict(trainable=False, dtype=tf.float32, synchronization=tf.VariableSynchronization.ON_READ,
-                      aggregation=tf.VariableAggregation.MEAN)
+                      aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
         self.moving_mean = self.add_weight(name="moving_mean", shape=(units,), initializer="zeros", **moving)
         self.moving_variance = self.add_weight(name="moving_variance", shape=(units,), initializer="ones", **moving)
         super().build(input_shape)
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, mask=None):
         s = tf.cast(x, tf.float32)
         if training:
-            mean, variance = tf.nn.moments(s, axes=list(range(s.shape.rank - 1)))
+            mean, variance, count = self._moments(s, mask)
             for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                moving.assign(self.momentum * moving + (1.0 - self.momentum) * value)
+                moving.assign(tf.where(count > 0, self.momentum * moving + (1.0 - self.momentum) * value, moving))
         else:
             mean, variance = self.moving_mean, self.moving_variance
         p = tf.sigmoid((s - mean) * tf.math.rsqrt(variance + self.epsilon))
-        return tf.cast(p * s + (1.0 - p) * tf.cast(self.alpha, tf.float32) * s, x.dtype)
+        return tf.cast(p * s + (1.0 - p) * self.alpha * s, x.dtype)
+
+    @staticmethod
+    def _moments(s: tf.Tensor, mask) -> tuple:
+        """Mean, (biased) variance and count per unit over the positions ``mask`` keeps."""
+        axes = list(range(s.shape.rank - 1))
+        w = tf.ones_like(s) if mask is None else tf.broadcast_to(tf.cast(mask, s.dtype)[..., None], tf.shape(s))
+        count = tf.reduce_sum(w, axis=axes)
+        mean = tf.reduce_sum(w * s, axis=axes) / tf.maximum(count, 1.0)
+        variance = tf.reduce_sum(w * tf.square(s - mean), axis=axes) / tf.maximum(count, 1.0)
+        return mean, variance, count
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
@@ -245,12 +259,15 @@ class MLP(tf.keras.layers.Layer):
                        for i in range(len(self.units))] if self.batch_norm else [])
         self.acts = [activation_layer(activation, f"act_{i}", hidden) for i in range(len(self.units))]
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, mask=None):
+        """``mask`` (x without its last axis; e.g. a sequence's non-padding) keeps masked-out
+        positions out of batch normalisation's and Dice's batch statistics."""
+        masked = {"mask": mask} if mask is not None else {}
         for i, dense in enumerate(self.dense):
             x = dense(x)
             if self.batch_norm:
-                x = self.norms[i](x, training=training)
-            x = self.acts[i](x, training=training)
+                x = self.norms[i](x, training=training, **masked)
+            x = self.acts[i](x, training=training, **(masked if isinstance(self.acts[i], Dice) else {}))
             if training and self.dropout_rate > 0:  # seeded per step (step_seed)
                 x = dropout(x, self.dropout_rate)
         return x
@@ -639,7 +656,8 @@ class ActivationUnit(tf.keras.layers.Layer):
     (``units``, ``activation``) over [e_j, v_A, e_j - v_A, e_j * v_A] and a linear unit;
     the interest v_U = sum_j w_j e_j [B, d]. The weights are not softmax-normalised (the
     paper keeps the intensity of the user's interest); padding (``mask`` False) gets weight
-    exactly 0 and the others are not rescaled. Returns (v_U, the weights [B, L]).
+    exactly 0 and the others are not rescaled; it is also kept out of the MLP's batch
+    statistics (Dice, batch normalisation). Returns (v_U, the weights [B, L]).
     """
 
     def __init__(self, units: Sequence[int] = (80, 40), activation: str = "dice", dropout: float = 0.0,
@@ -651,7 +669,7 @@ class ActivationUnit(tf.keras.layers.Layer):
     def call(self, keys, query, mask, training=None):
         query = tf.broadcast_to(query[:, None, :], tf.shape(keys))
         x = tf.concat([keys, query, keys - query, keys * query], axis=-1)  # [B, L, 4d]
-        scores = self.score(self.mlp(x, training=training))[..., 0]
+        scores = self.score(self.mlp(x, training=training, mask=mask))[..., 0]
         weights = tf.where(mask, tf.cast(scores, keys.dtype), tf.zeros_like(keys[..., 0]))
         return tf.reduce_sum(weights[..., None] * keys, axis=1), weights
 

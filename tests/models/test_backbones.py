@@ -13,7 +13,7 @@ from features.schema import Feature, Schema
 from models import layers as L
 from models.backbones import BACKBONES, BackboneOutput, backbone_class, get_backbone
 from models.ctr_model import CTRModel
-from models.embedding import EmbeddedFields
+from models.embedding import EmbeddedFields, SequenceRows
 
 N_USERS, N_ITEMS, N_CTX, SEQ_LEN, VEC_DIM = 20, 20, 8, 5, 4
 PRICE_ENC = {"type": "mnse", "bases": [2, 3], "digits": [5, 3], "scale": 1, "signed": True}
@@ -30,6 +30,7 @@ SMALL = {
     "autoint+": {"dnn_units": [32, 32], "attention_layers": 2, "att_dim": 8},
     "dualmlp": {"mlp1_units": [32], "mlp2_units": [32, 32]},
     "finalmlp": {"mlp1_units": [32, 16], "mlp2_units": [32, 32], "fs_units": [16]},
+    "din": {"dnn_units": [32, 32], "att_units": [16]},
 }
 
 
@@ -40,7 +41,8 @@ def toy_schema() -> dict:
         Feature("ctx", "categorical", "string", "context", {"type": "hash"}, num_ids=N_CTX + 2),
         Feature("price", "numeric", "float32", "item", PRICE_ENC, num_ids=2 + 2 * 5 + 3 * 3 + 2, width=9),
         Feature("score", "numeric", "float32", "item", {"type": "identity"}, width=1, encoded_dtype="float32"),
-        Feature("hist", "sequence", "string", "sequence", {"type": "sequence_vocab", "max_len": SEQ_LEN},
+        Feature("hist", "sequence", "string", "sequence",
+                {"type": "sequence_vocab", "max_len": SEQ_LEN, "share_vocab_with": "item"},  # DIN's keys
                 num_ids=N_ITEMS + 2, width=SEQ_LEN),
         Feature("vec", "dense", "float32", "user", {"type": "dense", "dim": VEC_DIM}, width=VEC_DIM,
                 encoded_dtype="float32"),
@@ -76,9 +78,12 @@ def logloss(y, p):
 
 
 def fixed_emb(batch=3, fields=4, dim=5, seed=0):
+    """Fields, first-order terms and one behaviour sequence (length 4, some padding) for field 1."""
     rng = np.random.default_rng(seed)
+    seq = SequenceRows(tf.constant(rng.normal(size=(batch, 4, dim)), tf.float32), rng.random((batch, 4)) < 0.7,
+                       tf.constant(rng.normal(size=(batch, dim)), tf.float32), 1)
     return EmbeddedFields(tf.constant(rng.normal(size=(batch, fields, dim)), tf.float32),
-                          tf.constant(rng.normal(size=(batch, fields)), tf.float32))
+                          tf.constant(rng.normal(size=(batch, fields)), tf.float32), (seq,))
 
 
 # ---- hand computations -------------------------------------------------------------------
@@ -231,7 +236,7 @@ def test_layer_config_round_trip(make, inputs):
 # ---- registry and protocol ------------------------------------------------------------------
 def test_registry_names_and_errors():
     assert set(BACKBONES) == {"lr", "fm", "ffm", "fwfm", "dnn", "ipnn", "widedeep", "deepfm", "dcn", "dcnv2",
-                              "xdeepfm", "autoint+", "gdcn", "dualmlp", "finalmlp"}
+                              "xdeepfm", "autoint+", "gdcn", "dualmlp", "finalmlp", "din"}
     assert backbone_class("DCNv2") is backbone_class("dcnv2")
     with pytest.raises(ValueError, match="unknown backbone 'dcn3'.*known"):
         get_backbone("dcn3", 4, 8)

@@ -52,6 +52,7 @@ SMALL = {
     "autoint+": {"dnn_units": [16], "attention_layers": 1, "att_dim": 8},
     "dualmlp": {"mlp1_units": [16], "mlp2_units": [16]},
     "finalmlp": {"mlp1_units": [16], "mlp2_units": [16], "fs_units": [16]},
+    "din": {"dnn_units": [16], "att_units": [8]},
 }
 
 
