@@ -81,17 +81,19 @@ def first_ad_time(ad_item: np.ndarray, created_at: np.ndarray, num_items: int) -
 
 def logistic_regression(x: np.ndarray, y: np.ndarray, iterations: int = 50, tol: float = 1e-10):
     """Maximum-likelihood logistic regression by Newton's method: (coefficients, standard
-    errors from the inverse Fisher information). ``x`` holds the intercept column if wanted."""
+    errors from the inverse Fisher information). ``x`` holds the intercept column if wanted.
+    Raises ``np.linalg.LinAlgError`` when the information matrix is singular."""
     beta = np.zeros(x.shape[1])
-    for _ in range(iterations):
+    with np.errstate(over="ignore"):
+        for _ in range(iterations):
+            p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+            info = (x * (p * (1 - p))[:, None]).T @ x
+            step = np.linalg.solve(info, x.T @ (y - p))
+            beta += step
+            if not np.abs(step).max() > tol:  # converged (or NaN: reported by the caller)
+                break
         p = 1.0 / (1.0 + np.exp(-(x @ beta)))
-        info = (x * (p * (1 - p))[:, None]).T @ x
-        step = np.linalg.solve(info, x.T @ (y - p))
-        beta += step
-        if np.abs(step).max() < tol:
-            break
-    p = 1.0 / (1.0 + np.exp(-(x @ beta)))
-    se = np.sqrt(np.diag(np.linalg.inv((x * (p * (1 - p))[:, None]).T @ x)))
+        se = np.sqrt(np.diag(np.linalg.inv((x * (p * (1 - p))[:, None]).T @ x)))
     return beta, se
 
 
@@ -99,18 +101,35 @@ def source_effect(terms: np.ndarray, names: Sequence[str], is_rec: np.ndarray, c
                   weights: Dict[str, float], bias: float) -> dict:
     """Regress click on [1, the click model's terms, 1[rec]] over ads and rec rows. With shared
     decision rationales the source coefficient is ~0 (|z| < 3) and the others recover the
-    configured weights; a source effect in the ground truth shows as a coefficient of its size."""
+    configured weights; a source effect in the ground truth shows as a coefficient of its size.
+
+    A term constant over the rows (e.g. no weekend in a one-day timeline) cannot be told from
+    the intercept and is left out (``fit`` None); a sample too small to fit (singular or
+    diverging) reports ``source_rec`` None."""
     x = np.column_stack([np.ones(len(click)), terms, is_rec.astype(np.float64)])
-    beta, se = logistic_regression(x, click.astype(np.float64))
     labels = ["intercept", *names, "source_rec"]
     truth = [bias, *(weights[n] for n in names), 0.0]
-    return {
-        "rows": int(len(click)), "rec_rows": int(is_rec.sum()),
-        "source_rec": round(float(beta[-1]), 4), "source_rec_se": round(float(se[-1]), 4),
-        "source_rec_z": round(float(beta[-1] / se[-1]), 2),
-        "coefficients": {n: {"fit": round(float(b), 4), "se": round(float(s), 4), "true": round(float(t), 4)}
-                         for n, b, s, t in zip(labels, beta, se, truth)},
-    }
+    out = {"rows": int(len(click)), "rec_rows": int(is_rec.sum()), "source_rec": None}
+    varies = np.r_[True, x[:, 1:].std(axis=0) > 0]
+    try:
+        beta, se = logistic_regression(x[:, varies], click.astype(np.float64))
+    except np.linalg.LinAlgError:
+        return out
+    if not (varies[-1] and np.all(np.isfinite(beta)) and np.all(np.isfinite(se))):
+        return out
+    fit, err = np.full(len(labels), np.nan), np.full(len(labels), np.nan)
+    fit[varies], err[varies] = beta, se
+    out.update({
+        "source_rec": round(float(fit[-1]), 4), "source_rec_se": round(float(err[-1]), 4),
+        "source_rec_z": round(float(fit[-1] / err[-1]), 2),
+        "coefficients": {n: {"fit": _round_or_none(b), "se": _round_or_none(s), "true": round(float(t), 4)}
+                         for n, b, s, t in zip(labels, fit, err, truth)},
+    })
+    return out
+
+
+def _round_or_none(value: float, digits: int = 4):
+    return None if np.isnan(value) else round(float(value), digits)
 
 
 def _round(values: np.ndarray, digits: int = 6) -> list:
