@@ -19,27 +19,28 @@ from train_helpers import train_config
 REC_EVERY = 3  # every third training row of the mixed copy becomes a rec sample
 
 
-def _rewrite_train(src, dst, edit):
-    """A copy of data dir ``src`` whose train shards hold ``edit(example, row)`` for each example
+def _rewrite(src, dst, edit, splits=("train",)):
+    """A copy of data dir ``src`` whose ``splits`` hold ``edit(example, row)`` for each example
     (None drops it), shard by shard in file order; ``stats.json`` is left out (rows are counted)."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train", "stats.json"))
-    os.makedirs(os.path.join(dst, "train"))
-    row = 0
-    for path in split_files(src, "train"):
-        out = os.path.join(dst, "train", os.path.basename(path))
-        with tf.io.TFRecordWriter(out, options="GZIP") as writer:
-            for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
-                example = edit(tf.train.Example.FromString(record.numpy()), row)
-                row += 1
-                if example is not None:
-                    writer.write(example.SerializeToString())
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*splits, "stats.json"))
+    for split in splits:
+        os.makedirs(os.path.join(dst, split))
+        row = 0
+        for path in split_files(src, split):
+            with tf.io.TFRecordWriter(os.path.join(dst, split, os.path.basename(path)), options="GZIP") as writer:
+                for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+                    example = edit(tf.train.Example.FromString(record.numpy()), row)
+                    row += 1
+                    if example is not None:
+                        writer.write(example.SerializeToString())
     return dst
 
 
 @pytest.fixture(scope="module")
 def mixed_and_ads_only(sim_data, tmp_path_factory):
-    """(mixed, ads_only): the simulator's data with every REC_EVERY-th train row marked rec, and
-    the same train split holding only its ad rows (same shards, same order)."""
+    """(mixed, ads_only): the simulator's data with every REC_EVERY-th train and valid row marked
+    rec, and the same with a train split holding only its ad rows (same shards, same order; valid
+    kept whole, as training reads it)."""
     column = Schema.load(sim_data).source_column
     assert column, "the simulator's preprocess config names a source column"
     root = tmp_path_factory.mktemp("sources")
@@ -48,8 +49,8 @@ def mixed_and_ads_only(sim_data, tmp_path_factory):
         example.features.feature[column].int64_list.value[:] = [0 if row % REC_EVERY == 0 else 1]
         return example
 
-    mixed = _rewrite_train(sim_data, str(root / "mixed"), mark)
-    ads_only = _rewrite_train(mixed, str(root / "ads_only"),
+    mixed = _rewrite(sim_data, str(root / "mixed"), mark, splits=("train", "valid"))
+    ads_only = _rewrite(mixed, str(root / "ads_only"),
                               lambda ex, _: ex if ex.features.feature[column].int64_list.value[0] == 1 else None)
     return mixed, ads_only
 
@@ -85,8 +86,8 @@ def test_sources_ad_reads_exactly_the_ad_rows(mixed_and_ads_only, cache):
 
 def test_a_run_on_ads_equals_a_run_on_an_ads_only_copy(mixed_and_ads_only, tmp_path):
     """train() with sources [ad] on the mixed data gives the numbers of training on the ads-only
-    copy (epoch = the ad rows' batches; validation read whole in both), records the sources, and
-    differs from training on every row."""
+    copy (epoch = the ad rows' batches; validation read whole in both, rec rows too), records the
+    sources, and differs from training on every row."""
     mixed, ads_only = mixed_and_ads_only
     kw = dict(epochs=2, batch_size=1024)
     ads = train(train_config(mixed, tmp_path, run_name="ads", sources=["ad"], **kw))
