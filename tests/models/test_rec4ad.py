@@ -153,7 +153,7 @@ def test_the_discriminator_gradient_is_reversed_by_alpha_at_x_inv():
         tape.watch(x_inv)
         reversed_ = m.reverse(x_inv)
         tape.watch(reversed_)
-        h = m.discriminator(reversed_, training=True)[:, 0]
+        h = m.discriminator(reversed_, training=True)[1][:, 0]
         loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(x["_source"], tf.float32), h))
     at_inv, at_h = tape.gradient(loss, [x_inv, reversed_])
     np.testing.assert_allclose(at_inv.numpy(), -0.1 * at_h.numpy(), rtol=1e-6)

@@ -36,7 +36,7 @@ from models.embedding import FeatureEmbedding, plan_fields
 from models.factory import register_framework
 from models.framework import Forward, FrameworkModel, Objective, task_value, weighted_mean
 from models.frameworks.rec4ad.layers import AD, DECORRELATIONS, SourceAwareBatchNorm, decorrelation_loss
-from models.layers import MLP, GradientReversal, precision_sensitive
+from models.layers import MLP, GradientReversal, Tower, precision_sensitive
 from models.options import OptionError
 
 NORMALIZATIONS = ("sabn", "shared", "none")
@@ -61,12 +61,6 @@ RANGES = {"d": "[1, inf)", "alpha": "[0, inf)", "lambda1": "[0, inf)", "lambda2"
           "bn_momentum": "[0, 1)", "bn_epsilon": "(0, inf)"}
 CHOICES = {"normalization": NORMALIZATIONS, "decorrelation": DECORRELATIONS}
 TYPES = {"projection_hidden": list, "discriminator_units": list, "prediction_units": list}
-
-
-def _mlp_logit(units, activation: str, name: str) -> tf.keras.Sequential:
-    """An MLP and a float32 1-unit logit, its weights named after ``name``."""
-    return tf.keras.Sequential([MLP(units, activation, name=f"{name}_mlp"),
-                                tf.keras.layers.Dense(1, dtype="float32", name=f"{name}_logit")], name=name)
 
 
 @register_framework("rec4ad")
@@ -94,7 +88,8 @@ class Rec4Ad(FrameworkModel):
         num_fields = len(plan_fields(self.schema, self.embedding_options.get("features")))
         with precision_sensitive():
             self.embedding = FeatureEmbedding(schema_dict, embedding_dim=cls.input_embedding_dim(
-                num_fields, self.embedding_dim), linear=cls.uses_linear, name="embedding", **self.embedding_options)
+                num_fields, self.embedding_dim), linear=cls.uses_linear, sequences=cls.uses_sequences, name="embedding",
+                **self.embedding_options)
             self.sabn = (SourceAwareBatchNorm(o["bn_momentum"], o["bn_epsilon"], shared=o["normalization"] == "shared",
                                               name="sabn") if o["normalization"] != "none" else None)
             self.backbone = get_backbone(backbone, num_fields, self.embedding_dim, **self.backbone_options)
@@ -102,17 +97,17 @@ class Rec4Ad(FrameworkModel):
             self.inv = {s: MLP(units, o["activation"], name=f"inv_{s}") for s in ("ad", "rec")}  # Eq. 7
             self.con = MLP(units, o["activation"], name="con_ad")  # Eq. 10: the ad projection, for both
             self.reverse = GradientReversal(o["alpha"], name="grl")
-            self.discriminator = _mlp_logit(o["discriminator_units"], o["activation"], "discriminator")  # MLP_H
-            self.pred = {s: _mlp_logit(o["prediction_units"], o["activation"], f"pred_{s}") for s in ("ad", "rec")}
+            self.discriminator = Tower(o["discriminator_units"], o["activation"], name="discriminator")  # MLP_H
+            self.pred = {s: Tower(o["prediction_units"], o["activation"], name=f"pred_{s}") for s in ("ad", "rec")}
 
     # ---- the forward pass ------------------------------------------------------------------
-    def _by_source(self, layers: dict, x, source, training):
-        """layers[ad](x) on ad rows, layers[rec](x) on rec rows; only the ad layer when ``source`` is None."""
-        ad = layers["ad"](x, training=training)
+    @staticmethod
+    def _by_source(branch, source):
+        """branch("ad") on ad rows, branch("rec") on rec rows; only the ad branch when ``source`` is None."""
+        ad = branch("ad")
         if source is None:
             return ad
-        rec = layers["rec"](x, training=training)
-        return tf.where(tf.equal(source, AD)[:, None], ad, tf.cast(rec, ad.dtype))
+        return tf.where(tf.equal(source, AD)[:, None], ad, tf.cast(branch("rec"), ad.dtype))
 
     def representations(self, inputs: dict, training=None, source=None):
         """(x_inv, x_con) [B, d] each; ``source`` [B] (1 = ad) picks each row's branches, None = the ad path."""
@@ -120,18 +115,23 @@ class Rec4Ad(FrameworkModel):
         if self.sabn is not None:
             emb = emb._replace(fields=tf.cast(self.sabn(emb.fields, source, training=training), emb.fields.dtype))
         x = self.backbone(emb, training=training).repr
-        return self._by_source(self.inv, x, source, training), self.con(x, training=training)
+        x_inv = self._by_source(lambda s: self.inv[s](x, training=training), source)
+        return x_inv, self.con(x, training=training)
+
+    def source_probability(self, x_inv) -> tf.Tensor:
+        """H's probability that a representation comes from an ad sample (Eq. 8), [B] float32."""
+        return tf.sigmoid(tf.cast(self.discriminator(x_inv, training=False)[1], tf.float32))[:, 0]
 
     def _logit(self, x_inv, x_con, source, training):
         x_new = tf.concat([x_inv, tf.cast(x_con, x_inv.dtype)], axis=-1)  # Eq. 13
-        return tf.cast(self._by_source(self.pred, x_new, source, training), tf.float32)  # Eq. 14
+        return tf.cast(self._by_source(lambda s: self.pred[s](x_new, training=training)[1], source), tf.float32)  # Eq. 14
 
     def forward(self, inputs: dict, training=None) -> Forward:
         """Source-aware in training; the ad path at inference (validation scores ads as served)."""
         source = tf.reshape(inputs["_source"], [-1]) if training else None
         x_inv, x_con = self.representations(inputs, training=training, source=source)
         label = tf.ones_like(x_inv[:, 0], tf.float32) if source is None else tf.cast(tf.equal(source, AD), tf.float32)
-        h = tf.cast(self.discriminator(self.reverse(x_inv), training=training), tf.float32)  # Eq. 8-9
+        h = tf.cast(self.discriminator(self.reverse(x_inv), training=training)[1], tf.float32)  # Eq. 8-9
         aux = {"x_inv": x_inv, "x_con": x_con, "source_logit": h, "source_prob": tf.sigmoid(h[:, 0]),
                "source_label": label}
         return Forward({self.task: self._logit(x_inv, x_con, source, training)}, aux)
