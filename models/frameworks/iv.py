@@ -13,7 +13,7 @@ instruments and feeds the base model a learned recombination of the two parts:
 
 with ``Z`` [k, d] the instruments as rows, MLP_c / MLP_n the paper's two weighting networks
 (MLP1 / MLP2, tanh hidden layers) and a_c, a_n one scalar each per sample. The base model is
-unchanged: ``t'`` replaces ``t`` among the fields before the backbone, so every backbone works,
+unchanged: ``t'`` replaces ``t`` among its inputs before the backbone, so every backbone works,
 and the objective is the base model's (the compiled loss plus the weighting networks' L2, which
 the authors' runs give 1e-8): the paper's first stage is closed-form least squares, with no
 loss of its own.
@@ -28,8 +28,10 @@ How this maps onto IV4Rec, and what differs:
   an empty history gives a zero vector, and with no instrument the fitted part is zero.
 - Treatments: the candidate's fields whose vocabularies the sequences share (``item_id`` /
   ``category``; ``treatments: [...]``), each regressed on all instruments (two-stage least
-  squares regresses every endogenous regressor on every instrument). IV4Rec's treatments are
-  also the browsed items' embeddings inside DIN; here only the candidate's fields are.
+  squares regresses every endogenous regressor on every instrument). Under a backbone that reads
+  the behaviour sequences (DIN), the candidate's row in a sequence's table, DIN's attention
+  query, is one more embedding of a treatment and is decomposed too, by networks of its own.
+  IV4Rec also decomposes the browsed items' embeddings inside DIN; here the candidate's only.
 - The paper's instruments are frozen pretrained (BERT) query vectors and its phi (MLP0) maps
   frozen item vectors into a trainable space. Ours are the model's own sequence tables, so phi
   is the identity, and the instruments enter the decomposition and the weighting networks under
@@ -175,9 +177,14 @@ class IV(CTRModel):
                                                                     o["treatments"])
         names = [s.feature for s in plan_fields(self.schema, features)]
         self.treatment_fields = {t: names.index(t) for t in self.treatment_names}
+        # a backbone reading behaviour sequences (DIN) queries them with the candidate's row in the
+        # sequence's table: that embedding of a treatment is decomposed too, by its own networks
+        self.treatment_targets = {f"{seq}_target": j for j, (seq, target) in enumerate(self.embedding.sequence_pairs)
+                                  if target in self.treatment_names}
         with L.precision_sensitive():
-            self.recombination = {t: Recombination(o["gate_units"], o["gate_activation"], o["gate_l2"], o["ridge"],
-                                                   name="iv_" + L.safe_name(t)) for t in self.treatment_names}
+            self.recombination = {key: Recombination(o["gate_units"], o["gate_activation"], o["gate_l2"], o["ridge"],
+                                                     name="iv_" + L.safe_name(key))
+                                  for key in [*self.treatment_fields, *self.treatment_targets]}
 
     def instruments(self, inputs: dict) -> tf.Tensor:
         """Z [B, k, d]: the mean of each instrument sequence's non-padding rows (zeros if empty)."""
@@ -189,27 +196,35 @@ class IV(CTRModel):
             out.append(tf.reduce_sum(tf.cast(rows, tf.float32) * mask, axis=1) / count)
         return tf.stack(out, axis=1)
 
-    def decompose(self, inputs: dict, fields: tf.Tensor, training=None) -> Dict[str, Dict[str, tf.Tensor]]:
-        """{treatment: its parts (:class:`Recombination`)} from the embedded fields [B, F, d]."""
+    def decompose(self, inputs: dict, emb, training=None) -> Dict[str, Dict[str, tf.Tensor]]:
+        """{treatment field, or ``<sequence>_target``: its parts (:class:`Recombination`)} of the
+        embedded fields (and sequence targets) ``emb``."""
         z = self.instruments(inputs)
-        return {t: self.recombination[t](fields[:, i], z, training=training)
-                for t, i in self.treatment_fields.items()}
+        treatments = {**{t: emb.fields[:, i] for t, i in self.treatment_fields.items()},
+                      **{k: emb.sequences[j].target for k, j in self.treatment_targets.items()}}
+        return {k: self.recombination[k](t, z, training=training) for k, t in treatments.items()}
 
-    def reconstructed_fields(self, inputs: dict, fields: tf.Tensor, training=None) -> tf.Tensor:
-        """The fields with each treatment replaced by t'."""
-        parts = self.decompose(inputs, fields, training=training)
-        columns = tf.unstack(fields, num=fields.shape[1], axis=1)
+    def reconstructed(self, inputs: dict, emb, training=None):
+        """``emb`` with each treatment (field, sequence target) replaced by its t'."""
+        parts = self.decompose(inputs, emb, training=training)
+        columns = tf.unstack(emb.fields, num=emb.fields.shape[1], axis=1)
         for t, i in self.treatment_fields.items():
-            columns[i] = tf.cast(parts[t]["reconstructed"], fields.dtype)
-        return tf.stack(columns, axis=1)
+            columns[i] = tf.cast(parts[t]["reconstructed"], emb.fields.dtype)
+        sequences = emb.sequences
+        if self.treatment_targets:
+            sequences = list(sequences)
+            for key, j in self.treatment_targets.items():
+                sequences[j] = sequences[j]._replace(target=tf.cast(parts[key]["reconstructed"],
+                                                                    sequences[j].target.dtype))
+            sequences = tuple(sequences)
+        return emb._replace(fields=tf.stack(columns, axis=1), sequences=sequences)
 
     def forward(self, inputs: dict, training=None) -> Forward:
-        emb = self.embedding(inputs, training=training)
-        emb = emb._replace(fields=self.reconstructed_fields(inputs, emb.fields, training=training))
+        emb = self.reconstructed(inputs, self.embedding(inputs, training=training), training=training)
         emb = self.added_fields(inputs, emb, training=training)
         return Forward(self.task_heads(self.backbone(emb, training=training), training=training), {})
 
     def variable_groups(self):
         """CTRModel's groups and ``iv``: the weighting networks."""
         return {**super().variable_groups(),
-                "iv": [v for t in self.treatment_names for v in self.recombination[t].trainable_variables]}
+                "iv": [v for layer in self.recombination.values() for v in layer.trainable_variables]}
