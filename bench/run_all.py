@@ -21,6 +21,7 @@ def main() -> int:
     deepctr = os.environ.get("DEEPCTR_PYTHON")
     commands = [
         _bench("preprocess_throughput.py"),
+        _bench("beam_transforms.py"),
         _bench("train_throughput.py", *(["--deepctr-python", deepctr] if deepctr else [])),
         _bench("serving_latency.py"),
     ]
