@@ -6,7 +6,8 @@ user-group column, which preprocess wrote with the schema's ``head_user_fraction
 recomputed here; data without that column gets no GP-* and a note in the report), overall
 and per user-activity quintile and ad impression-ratio group (Rec4Ad
 Eq. 2: from the serving log's ratio when ``ad_stats`` names an ad table that has it, such
-as the simulator's ``ads.parquet``; else ads are ordered by training impressions).
+as the simulator's ``ads.parquet``; else ads are ordered by training impressions; either way
+over the ads of the training split's ad samples, never rec samples' pseudo-ads).
 Predictions run with ``training=False`` (dropout and batch norm in inference mode).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from features.schema import OOV_ID, Schema
 from pipeline import metrics as M
 from pipeline import report, runs
 from pipeline.config import ConfigError
-from pipeline.data import make_dataset, read_columns
+from pipeline.data import SOURCES, make_dataset, read_columns
 from pipeline.predict import predict_labels
 from pipeline.user_groups import group_of
 from serving import run_artifacts
@@ -49,6 +50,7 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
         raise ValueError(f"ad_stats '{ad_stats}' given, but the data has no ad column: name it with item_column")
     ratio = logged_impression_ratio(ad_stats, schema, cfg.data_dir, item_col) if ad_stats else None
     train_cols = read_columns(cfg.data_dir, cfg.train_split, extra, schema=schema) if extra else {}
+    train_ads = _ad_rows(train_cols.get(item_col), schema, cfg.data_dir, cfg.train_split) if item_col else None
     results: Dict[str, dict] = {}
     for split in splits:
         ds = make_dataset(cfg.data_dir, split, batch_size, schema=schema, shuffle=False, deterministic=True,
@@ -61,7 +63,7 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
                 user_ids=cols.get(user_col) if user_col else None,
                 train_user_ids=train_cols.get(user_col) if user_col else None,
                 item_ids=cols.get(item_col) if item_col else None,
-                train_item_ids=train_cols.get(item_col) if item_col else None,
+                train_item_ids=train_ads,
                 logged_impression_ratio=ratio,
                 user_groups=cols.get(group_col) if group_col else None, head_fraction=head_fraction)
         results[split] = by_task
@@ -72,6 +74,16 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     if write:
         _write_summary(run_dir, results)
     return results
+
+
+def _ad_rows(items: np.ndarray, schema: Schema, data_dir: str, split: str) -> np.ndarray:
+    """The ad ids of the split's ad samples: rec samples (source 0, pseudo-ads) are left out, so
+    the impression-ratio groups rank the ads the ads system showed (Rec4Ad §4.2.2), the same
+    whatever the data adds and whichever sources a run trained on (``train.sources``)."""
+    if schema.source_column is None:
+        return items
+    source = read_columns(data_dir, split, [schema.source_column], schema=schema)[schema.source_column]
+    return items[source == SOURCES["ad"]]
 
 
 def _item_column(schema: Schema, item_column: Optional[str] = None) -> Optional[str]:

@@ -13,6 +13,7 @@ import yaml
 from features.schema import Schema, SchemaError
 from pipeline.config import ConfigError
 from pipeline.data import batches_per_pass, make_dataset, read_columns, split_files
+from pipeline.evaluate import evaluate_run
 from pipeline.train import resolve, train
 from train_helpers import train_config
 
@@ -84,7 +85,7 @@ def test_sources_ad_reads_exactly_the_ad_rows(mixed_and_ads_only, cache):
         np.testing.assert_array_equal(a["ad_id"], b["ad_id"])
 
 
-def test_a_run_on_ads_equals_a_run_on_an_ads_only_copy(mixed_and_ads_only, tmp_path):
+def test_a_run_on_ads_equals_a_run_on_an_ads_only_copy(mixed_and_ads_only, sim_raw, tmp_path):
     """train() with sources [ad] on the mixed data gives the numbers of training on the ads-only
     copy (epoch = the ad rows' batches; validation read whole in both, rec rows too), records the
     sources, and differs from training on every row."""
@@ -96,6 +97,13 @@ def test_a_run_on_ads_equals_a_run_on_an_ads_only_copy(mixed_and_ads_only, tmp_p
     for key in ("loss", "val_auc", "val_logloss"):
         np.testing.assert_allclose(ads["history"][key], copy["history"][key], rtol=1e-6, err_msg=key)
     assert not np.allclose(ads["history"]["loss"], every["history"]["loss"], rtol=1e-6)
+    # evaluated alike: the impression-ratio groups rank the ads of ad samples only, so the run on the
+    # mixed data and the one on the ads-only copy get the same groups and numbers
+    on_mixed, on_copy = (evaluate_run(r["run_dir"], ["test"], write=False, ad_stats=os.path.join(sim_raw, "ads.parquet"))
+                         ["test"]["click"]["slices"]["impression_ratio"] for r in (ads, copy))
+    for group, metrics in on_copy.items():
+        assert on_mixed[group]["count"] == metrics["count"], group
+        assert on_mixed[group]["auc"] == pytest.approx(metrics["auc"], rel=1e-6), group
     assert yaml.safe_load(open(os.path.join(ads["run_dir"], "config.yaml")))["sources"] == ["ad"]
     n_ad = int((read_columns(mixed, "train", ["source"])["source"] == 1).sum())
     assert batches_per_pass(mixed, "train", 1024, True, sources=["ad"]) == n_ad // 1024
