@@ -11,11 +11,12 @@ instruments and feeds the base model a learned recombination of the two parts:
     t_res = t - t_hat                the residual (non-causal)
     t'    = a_c * t_hat + a_n * t_res,   a_c = sigma(MLP_c([t, z_1..z_k])), a_n = sigma(MLP_n(...))
 
-with ``Z`` [k, d] the instruments as rows, MLP_c / MLP_n the paper's two weighting networks
-(MLP1 / MLP2, tanh hidden layers) and a_c, a_n one scalar each per sample. The base model is
+with ``Z`` [k, d] the instruments as rows, MLP_c / MLP_n IV4Rec's two weighting networks
+(its MLP1 / MLP2, tanh hidden layers, as in the authors' released code) and a_c, a_n one scalar
+each per sample. The base model is
 unchanged: ``t'`` replaces ``t`` among its inputs before the backbone, so every backbone works,
 and the objective is the base model's (the compiled loss plus the weighting networks' L2, which
-the authors' runs give 1e-8): the paper's first stage is closed-form least squares, with no
+the authors' runs give 1e-8): IV4Rec's first stage is closed-form least squares, with no
 loss of its own.
 
 How this maps onto IV4Rec, and what differs:
@@ -42,8 +43,8 @@ How this maps onto IV4Rec, and what differs:
   form; ``ridge: 0`` is the exact projection whenever Z has full row rank).
 - The authors' released code writes the recombination as ``alpha * t + beta * t_hat``, the same
   two directions (a_c = alpha + beta, a_n = alpha); we weight the two parts directly.
-- Widths: the paper's weighting networks are 1536-512-128-32-1 on 768-d vectors; at our 16-d
-  fields the default is ``gate_units: [32, 8]`` (our choice).
+- Widths: the authors' released weighting networks are 1536-512-128-32-1 on 768-d vectors; at
+  our 16-d fields the default is ``gate_units: [32, 8]`` (our choice).
 
 Serving needs nothing more than the raw features: the sequences are ordinary features of the
 schema, read from the request like any other.
@@ -65,8 +66,8 @@ DEFAULTS = {
     "instruments": None,        # sequence features; None = every embedded sequence sharing a vocabulary
     "treatments": None,         # single-field features; None = the features those sequences share vocabularies with
     "ridge": 1e-3,              # relative ridge of the first stage (ours; 0 = exact least squares)
-    "gate_units": [32, 8],      # hidden units of MLP_c / MLP_n (ours; the paper's are 512-128-32 on 1536 inputs)
-    "gate_activation": "tanh",  # the paper's
+    "gate_units": [32, 8],      # hidden units of MLP_c / MLP_n (ours; the authors' are 512-128-32 on 1536 inputs)
+    "gate_activation": "tanh",  # the authors'
     "gate_l2": 1e-8,            # L2 on the weighting networks (the authors' DIN runs)
 }
 RANGES = {"ridge": "[0, inf)", "gate_units": "[1, inf)", "gate_l2": "[0, inf)"}
