@@ -27,23 +27,30 @@ IR_GROUPS = 12  # the paper's Fig. 4: ads sorted by impression ratio, in 12 equa
 IR_QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 
 
+PARQUET, CSV = (".parquet", ".pq"), (".csv", ".csv.gz")
+
+
+def check_path(path, where: str) -> None:
+    """At config load: ``path`` names a Parquet or CSV file (``where``: the option, for the error)."""
+    if not isinstance(path, str) or not path.lower().endswith(PARQUET + CSV):
+        raise ConfigError(f"{where} = {path!r}: expected the path of a Parquet ({', '.join(PARQUET)}) or CSV "
+                          f"({', '.join(CSV)}) file of the ads")
+
+
 def read_ads_table(path: str, columns: Sequence[str], where: str) -> Dict[str, Column]:
-    """Columns ``columns`` (and no other) of the ads table at ``path``, as (values, null mask);
-    ``where`` names the option in errors (``transforms[0].ads_table``)."""
+    """Columns ``columns`` (and no other) of the ads table at ``path`` (checked by :func:`check_path`),
+    as (values, null mask); ``where`` names the option in errors (``transforms[0].ads_table``)."""
     columns = list(dict.fromkeys(columns))
-    lower = path.lower()
     try:
-        if lower.endswith((".parquet", ".pq")):
+        if path.lower().endswith(PARQUET):
             with file_errors(path, "a Parquet file"), arrow_source(path) as src:
                 have = pq.ParquetFile(src).schema_arrow.names
                 _check_columns(path, have, columns, where)
                 table = pq.read_table(src, columns=columns)
-        elif lower.endswith((".csv", ".csv.gz")):
+        else:
             _check_columns(path, csv_header(path, ","), columns, where)
             with file_errors(path, "CSV"), open_text_input(path) as fh:
                 table = pacsv.read_csv(fh, convert_options=pacsv.ConvertOptions(include_columns=columns))
-        else:
-            raise ConfigError(f"{where} = '{path}': expected a .parquet or .csv file of the ads")
     except RawInputError as exc:
         raise RawInputError(f"{where}: {exc}") from None
     return {c: arrow_scalar(table.column(c).combine_chunks()) for c in columns}

@@ -297,6 +297,7 @@ def test_job_on_dask_equals_direct_runner(job):
 # ---- configuration ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("over, named", [
     ({"ads_table": None}, "transforms[0].ads_table: missing"),
+    ({"ads_table": "ads.txt"}, "transforms[0].ads_table = 'ads.txt': expected the path of a Parquet"),
     ({"k": 0}, "transforms[0].k = 0: expected an integer in [1, inf)"),
     ({"item_column": "item"}, "transforms[0].item_column = 'item': expected a scalar feature or an extra_meta"),
     ({"time_column": "item_id"}, "transforms[0].time_column = 'item_id': expected a numeric feature"),

@@ -59,6 +59,7 @@ class InversePropensity(Transform):
             raise OptionError(f"{where}.ads_table: missing; expected the path of the ads table (Parquet or CSV with "
                               f"{o['ad_column']}, {o['impressions_column']}, {o['candidate_sessions_column']}) "
                               f"(transform '{self.name}')")
+        A.check_path(o["ads_table"], f"{where}.ads_table")
         if not config.source_column:
             raise OptionError(f"{where}: transform '{self.name}' needs source_column (ad / rec rows) in the config")
         self.ad_kind = A.log_column(config, o["ad_column"])

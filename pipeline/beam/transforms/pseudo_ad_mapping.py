@@ -86,6 +86,7 @@ class PseudoAdMapping(Transform):
             raise OptionError(f"{where}.ads_table: missing; expected the path of the ads table (Parquet or CSV with "
                               f"{o['ad_column']}, {o['item_column']}, {o['created_at_column']} and the ad features) "
                               f"(transform '{self.name}')")
+        A.check_path(o["ads_table"], f"{where}.ads_table")
         if not config.source_column:
             raise OptionError(f"{where}: transform '{self.name}' needs source_column (ad / rec rows) in the config")
         outside = [s for s in o["rec_splits"] if s not in o["splits"]]
@@ -196,8 +197,8 @@ class PseudoAdMapping(Transform):
         columns = {out: self._filled(batch.columns[out], mapped, values[pos], take)
                    for out, values in self.ad_values.items()}
         if o["age_column"] is not None:
-            age = (t[mapped] - self.created[pos]) / DAY_SECONDS
-            age = A.canonical(self.kinds[o["age_column"]], age, np.zeros(len(age), bool), "age", "")
+            age = (t[mapped] - self.created[pos]) / DAY_SECONDS  # >= 0: the ad existed at the sample's time
+            age = A.canonical(self.kinds[o["age_column"]], age, np.zeros(len(age), bool), "age", o["ads_table"])
             columns[o["age_column"]] = self._filled(batch.columns[o["age_column"]], mapped, age, take)
         counts = {name: np.zeros(len(batch), np.int64) for name in self.count_names}
         counts["rec_rows_in"][rec] = 1
