@@ -1,6 +1,7 @@
 """Throughput of the Rec4Ad Beam transforms (pseudo_ad_mapping, inverse_propensity) on a simulator output.
 
-    python bench/beam_transforms.py [--rows 100000] [--repeat 3] [--rounds 2] [--out docs/benchmarks/beam_transforms.json]
+    python bench/beam_transforms.py [--rows 100000] [--repeat 3] [--rounds 2] \
+        [--out docs/benchmarks/beam_transforms.json]
 
 Two measurements on the simulator's ads + rec logs with ``configs/preprocess_sim_rec4ad.yaml``:
 

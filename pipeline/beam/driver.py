@@ -69,7 +69,8 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
     plan = JobPlan(config)
     frozen = frozen_payload(plan) if config.schema_from else None  # the payload, read not built
     out = os.path.abspath(os.path.expanduser(config.output)) if outputs.is_local(config.output) else config.output
-    inputs = [*config.input.paths(), *config.split.extra_splits.values(), *(f for t in plan.transforms for f in t.inputs())]
+    inputs = [*config.input.paths(), *config.split.extra_splits.values(),
+              *(f for t in plan.transforms for f in t.inputs())]  # e.g. an ads table
     for path, others in ((out, [f"{out}.quarantine"]), (f"{out}.quarantine", [out])):
         claim(path, inputs + others, overwrite)
     tmp = temp_output(out)
