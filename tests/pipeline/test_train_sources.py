@@ -99,7 +99,8 @@ def test_a_run_on_ads_equals_a_run_on_an_ads_only_copy(mixed_and_ads_only, sim_r
     assert not np.allclose(ads["history"]["loss"], every["history"]["loss"], rtol=1e-6)
     # evaluated alike: the impression-ratio groups rank the ads of ad samples only, so the run on the
     # mixed data and the one on the ads-only copy get the same groups and numbers
-    on_mixed, on_copy = (evaluate_run(r["run_dir"], ["test"], write=False, ad_stats=os.path.join(sim_raw, "ads.parquet"))
+    ad_stats = os.path.join(sim_raw, "ads.parquet")
+    on_mixed, on_copy = (evaluate_run(r["run_dir"], ["test"], write=False, ad_stats=ad_stats)
                          ["test"]["click"]["slices"]["impression_ratio"] for r in (ads, copy))
     for group, metrics in on_copy.items():
         assert on_mixed[group]["count"] == metrics["count"], group
