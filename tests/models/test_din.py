@@ -15,6 +15,7 @@ from models import layers as L
 from models.backbones import get_backbone
 from models.embedding import EmbeddedFields, FeatureEmbedding, SequenceRows, plan_sequences
 from models.factory import build_model
+from models.field_modules import FieldModule, register_field_module
 
 N_USERS, N_ITEMS, N_CATS, SEQ_LEN = 20, 30, 6, 5
 SMALL = {"dnn_units": [16, 8], "att_units": [8, 4]}
@@ -213,6 +214,28 @@ def test_config_round_trip_gives_equal_outputs():
     assert np.std(want) > 1e-3
 
 
+@register_field_module("_test_din_item_copy")
+class ItemCopy(FieldModule):
+    """Adds one field: the item's embedded field again."""
+
+    @classmethod
+    def count_fields(cls, schema_dict, options):
+        return 1
+
+    def _fields(self, inputs, emb, training):
+        return emb.fields[:, 1:2]
+
+
+def test_field_modules_pass_the_sequences_through():
+    x, _ = data(8, seed=10)
+    model = build_model(schema(), ["click"], backbone="din", backbone_options=SMALL, embedding_dim=4,
+                        field_modules=[{"name": "_test_din_item_copy"}])
+    base = model.embedding(x)
+    emb = model.added_fields(x, base)
+    assert emb.fields.shape[1] == base.fields.shape[1] + 1 and emb.sequences is base.sequences
+    assert model(x, training=False)["click"].shape == (8, 1)
+
+
 # ---- frameworks, precision, errors ---------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("framework, options", [("none", SMALL), ("tf4ctr", {**SMALL, "simple_units": [8]})])
@@ -231,6 +254,17 @@ def test_din_trains_under_a_framework(framework, options):
     for unit in units:  # every unit trained, and its Dice statistics moved
         for w in unit.weights:
             assert not np.array_equal(w.numpy(), before[w.name]), w.name
+
+
+@pytest.mark.parametrize("ssem", ["share", "gm", "moe"])
+def test_tf4ctr_ssem_modes_keep_the_sequences(ssem):
+    """SSEM's gates rebuild the embedded fields; the branches still get the behaviour rows."""
+    x, _ = data(8, seed=11)
+    model = build_model(schema(), ["click"], backbone="din", backbone_options={**SMALL, "simple_units": [8]},
+                        embedding_dim=4, framework="tf4ctr", framework_options={"ssem": ssem})
+    simple, complex_ = model.ssem(x)
+    assert simple.sequences is not None and complex_.sequences is not None
+    assert np.all(np.isfinite(model(x, training=False)["click"].numpy()))
 
 
 def test_tf4ctr_needs_two_branches_of_din():
