@@ -495,7 +495,7 @@ class DIN(Backbone):
     One unit per sequence (the paper concatenates a behaviour's ids into one key; the schema does
     not promise that two sequences are aligned), made on the first call, which says how many.
 
-    Defaults: the paper's MLP [200, 80] with Dice (Eq. 9-10) and an activation unit [80, 40]
+    Defaults: the paper's MLP [200, 80] with Dice (Eq. 8-9) and an activation unit [80, 40]
     with Dice as in its Fig. 2 (the authors' released code uses sigmoid there:
     ``att_activation: sigmoid``; ``prelu`` for PReLU). ``simple_units`` (e.g. [400]) adds a
     simple branch, a second DIN with its own activation units and that shallow MLP, logits

@@ -164,7 +164,8 @@ LAYER_ACTIVATIONS = ("dice", "prelu")  # activation names MLP builds as layers (
 
 @_register
 class Dice(tf.keras.layers.Layer):
-    """Dice, DIN's data-adaptive activation (Zhou et al., KDD'18, Eq. 9-10).
+    """Dice, DIN's data-adaptive activation (Zhou et al., KDD'18: PReLU's f(s) of Eq. 8 with
+    Dice's control function p(s) of Eq. 9).
 
     p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + epsilon)), f(s) = p(s) s + (1 - p(s)) alpha s,
     per unit (the last axis): E and Var are the batch's (over every other axis; only where
@@ -219,8 +220,8 @@ class Dice(tf.keras.layers.Layer):
 
 
 def activation_layer(name: str, layer_name: str, dtype=None) -> tf.keras.layers.Layer:
-    """The layer applying activation ``name``: Dice or PReLU (learned per unit; DIN Sec. 4.3),
-    else the Keras activation of that name."""
+    """The layer applying activation ``name``: Dice or PReLU (with weights per unit, DIN's
+    two), else the Keras activation of that name."""
     if name == "dice":
         return Dice(name=layer_name, dtype=dtype)
     if name == "prelu":
@@ -235,9 +236,8 @@ class MLP(tf.keras.layers.Layer):
 
     ``units=()`` is the identity (a backbone whose deep part is switched off). ``activation``
     is a Keras name or one of :data:`LAYER_ACTIVATIONS` (a layer of its own per hidden layer,
-    :func:`activation_layer`). The first
-    Dense reads the input in the layer's own dtype; everything after it computes in
-    :func:`hidden_policy` (mixed precision's fast part).
+    :func:`activation_layer`). The first Dense reads the input in the layer's own dtype;
+    everything after it computes in :func:`hidden_policy` (mixed precision's fast part).
     """
 
     def __init__(self, units: Sequence[int] = (400, 400, 400), activation: str = "relu",

@@ -1,6 +1,6 @@
 """DIN (Zhou et al., KDD'18), Rec4Ad's Base: the activation unit and the pooled interest
 against a numpy hand computation (Eq. 3), padding, Dice in training and inference mode
-(Eq. 9-10), the sequence rows of the embedding, gradients, config round trips, DIN under the
+(Eq. 8-9), the sequence rows of the embedding, gradients, config round trips, DIN under the
 frameworks none and tf4ctr, mixed precision and the error for a schema without sequences."""
 import json
 
@@ -68,7 +68,7 @@ def set_random(layer, rng, scale=0.5):
     layer.set_weights([rng.normal(size=w.shape).astype(np.float32) * scale for w in layer.get_weights()])
 
 
-# ---- the activation unit (Eq. 3) and Dice (Eq. 9-10) against hand computations --------------
+# ---- the activation unit (Eq. 3) and Dice (Eq. 8-9) against hand computations ---------------
 def _unit_case(seed=0, b=3, length=4, d=3):
     rng = np.random.default_rng(seed)
     keys, query = rng.normal(size=(b, length, d)).astype(np.float32), rng.normal(size=(b, d)).astype(np.float32)
