@@ -43,33 +43,45 @@ def model(**options):
 def test_sabn_keeps_separate_statistics_per_source_and_serves_the_ad_branch():
     rng = np.random.default_rng(1)
     source = (np.arange(200) % 2).astype(np.int64)
-    x = np.where(source[:, None] == 1, rng.normal(5.0, 2.0, (200, 3)), rng.normal(-3.0, 0.5, (200, 3)))
-    x = x.astype(np.float32)
-    sabn = SourceAwareBatchNorm(momentum=0.5, epsilon=1e-3)
-    y = sabn(x, source, training=True).numpy()
-    for s in (0, 1):
-        rows = x[source == s]
+
+    def draw():
+        return np.where(source[:, None] == 1, rng.normal(5.0, 2.0, (200, 3)),
+                        rng.normal(-3.0, 0.5, (200, 3))).astype(np.float32)
+
+    sabn = SourceAwareBatchNorm(momentum=0.9, epsilon=1e-3)
+    x0 = draw()
+    np.testing.assert_allclose(sabn(x0, training=False).numpy(), x0 / np.sqrt(1 + 1e-3), rtol=1e-6)  # (0, 1) before training
+    x1, x2 = draw(), draw()
+    y = sabn(x1, source, training=True).numpy()
+    sabn(x2, source, training=True)
+    for s, branch in ((1, sabn.branches[0]), (0, sabn.branches[1])):
+        rows = x1[source == s]
         np.testing.assert_allclose(y[source == s], (rows - rows.mean(0)) / np.sqrt(rows.var(0) + 1e-3), atol=1e-4)
-        ad_or_rec = sabn.branches[0 if s == 1 else 1]
-        np.testing.assert_allclose(ad_or_rec["mean"].numpy(), 0.5 * rows.mean(0), rtol=1e-5)  # from 0, momentum 0.5
-        np.testing.assert_allclose(ad_or_rec["var"].numpy(), 0.5 + 0.5 * rows.var(0), rtol=1e-5)
-    ad = sabn.branches[0]
+        # bias-corrected moving averages: (0.9 * 0.1 m1 + 0.1 m2) / (1 - 0.9^2)
+        m1, m2 = rows.mean(0), x2[source == s].mean(0)
+        v1, v2 = rows.var(0), x2[source == s].var(0)
+        mean, var = (t.numpy() for t in sabn.moving_statistics(branch))
+        np.testing.assert_allclose(mean, (0.09 * m1 + 0.1 * m2) / 0.19, rtol=1e-5)
+        np.testing.assert_allclose(var, (0.09 * v1 + 0.1 * v2) / 0.19, rtol=1e-5)
+    ad, rec = sabn.branches
     for v, value in ((ad["gamma"], 2.0), (ad["beta"], 0.5)):
         v.assign(np.full(3, value, np.float32))
-    want = 2.0 * (x - ad["mean"].numpy()) / np.sqrt(ad["var"].numpy() + 1e-3) + 0.5
-    np.testing.assert_allclose(sabn(x, training=False).numpy(), want, rtol=1e-5)  # serving: the ad branch for all
-    rec = sabn.branches[1]
-    by_source = sabn(x, source, training=False).numpy()
-    np.testing.assert_allclose(by_source[source == 0], ((x - rec["mean"].numpy()) / np.sqrt(rec["var"].numpy() + 1e-3))[source == 0],
-                               rtol=1e-5)
+    x = draw()
+    mean, var = (t.numpy() for t in sabn.moving_statistics(ad))
+    np.testing.assert_allclose(sabn(x, training=False).numpy(), 2.0 * (x - mean) / np.sqrt(var + 1e-3) + 0.5,
+                               rtol=1e-5)  # serving: the ad branch for every row
+    mean, var = (t.numpy() for t in sabn.moving_statistics(rec))
+    np.testing.assert_allclose(sabn(x, source, training=False).numpy()[source == 0],
+                               ((x - mean) / np.sqrt(var + 1e-3))[source == 0], rtol=1e-5)
 
 
 def test_sabn_leaves_an_absent_source_untouched_and_shared_mode_pools_both():
     x = np.random.default_rng(2).normal(size=(10, 2)).astype(np.float32)
     sabn = SourceAwareBatchNorm(momentum=0.9)
     sabn(x, np.ones(10, np.int64), training=True)
-    np.testing.assert_array_equal(sabn.branches[1]["mean"].numpy(), 0.0)
-    np.testing.assert_array_equal(sabn.branches[1]["var"].numpy(), 1.0)
+    assert sabn.branches[1]["updates"].numpy() == 0
+    np.testing.assert_array_equal(sabn.moving_statistics(sabn.branches[1])[1].numpy(), 1.0)
+    np.testing.assert_allclose(sabn.moving_statistics(sabn.branches[0])[0].numpy(), x.mean(0), rtol=1e-5)
     shared = SourceAwareBatchNorm(momentum=0.0, shared=True)
     y = shared(x, np.arange(10) % 2, training=True).numpy()
     np.testing.assert_allclose(y, (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3), atol=1e-5)

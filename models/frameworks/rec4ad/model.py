@@ -53,7 +53,7 @@ DEFAULTS = {
     "discriminator_units": [64],     # hidden units of MLP_H (ours)
     "prediction_units": [64],        # hidden units of MLP_pred^s (ours)
     "activation": "relu",
-    "bn_momentum": 0.99,             # SABN moving statistics (Keras' BatchNormalization defaults)
+    "bn_momentum": 0.99,             # SABN's moving averages (Keras' default; bias-corrected, layers.py)
     "bn_epsilon": 0.001,
 }
 RANGES = {"d": "[1, inf)", "alpha": "[0, inf)", "lambda1": "[0, inf)", "lambda2": "[0, inf)",
