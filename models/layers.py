@@ -158,6 +158,40 @@ def _upper_pairs(num_fields: int):
     return np.triu_indices(num_fields, k=1)
 
 
+# ---- moving statistics -------------------------------------------------------------------
+class MovingMoments:
+    """Bias-corrected moving mean and variance of a layer's batch statistics (what it uses at
+    inference in place of the batch's): exponential averages with momentum m starting at 0,
+    divided by 1 - m^t after t updates, as Adam corrects its moments, so they are the batches'
+    own from the first update. (Keras' BatchNormalization starts its variance at 1 and, at
+    m = 0.99, still holds a third of that after 100 steps: runs of a few hundred steps then
+    serve mis-scaled activations.) (0, 1) before any update. Weights float32, per replica and
+    averaged when read across replicas, as BatchNormalization's."""
+
+    def __init__(self, layer: tf.keras.layers.Layer, prefix: str, shape, momentum: float):
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"{layer.name}: momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        kw = dict(trainable=False, dtype=tf.float32, synchronization=tf.VariableSynchronization.ON_READ,
+                  aggregation=tf.VariableAggregation.MEAN, initializer="zeros", experimental_autocast=False)
+        self.mean = layer.add_weight(name=f"{prefix}mean", shape=shape, **kw)
+        self.variance = layer.add_weight(name=f"{prefix}variance", shape=shape, **kw)
+        self.updates = layer.add_weight(name=f"{prefix}updates", shape=(), **kw)
+
+    def update(self, mean, variance, present) -> None:
+        """One step's batch moments; nothing changes where ``present`` (a scalar or per-unit bool) is False."""
+        keep = tf.where(present, self.momentum, 1.0)
+        self.mean.assign(self.mean * keep + mean * (1.0 - keep))
+        self.variance.assign(self.variance * keep + variance * (1.0 - keep))
+        self.updates.assign_add(tf.cast(tf.reduce_any(present), tf.float32))
+
+    def read(self):
+        """(mean, variance), bias-corrected."""
+        seen = self.updates > 0
+        done = tf.maximum(1.0 - tf.pow(self.momentum, self.updates), 1e-12)
+        return tf.where(seen, self.mean / done, 0.0), tf.where(seen, self.variance / done, 1.0)
+
+
 # ---- activations with weights of their own ----------------------------------------------
 LAYER_ACTIVATIONS = ("dice", "prelu")  # activation names MLP builds as layers (one per hidden layer)
 
@@ -170,9 +204,9 @@ class Dice(tf.keras.layers.Layer):
     p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + epsilon)), f(s) = p(s) s + (1 - p(s)) alpha s,
     per unit (the last axis): E and Var are the batch's (over every other axis; only where
     ``mask`` [B, L] is True, so padded behaviours do not move them, unlike the authors' code)
-    in training and moving averages (``momentum``, as batch normalisation) at inference; a
-    batch with no unmasked position leaves them as they are. ``alpha`` is learned per unit,
-    from 0 as in the authors' code. The statistics are computed in float32 whatever the
+    in training and their bias-corrected moving averages (:class:`MovingMoments`, ``momentum``)
+    at inference; a batch with no unmasked position leaves them as they are. ``alpha`` is
+    learned per unit, from 0 as in the authors' code. The statistics are computed in float32 whatever the
     compute dtype (a bf16 variance is too coarse for the sigmoid's centre).
     """
 
@@ -184,24 +218,19 @@ class Dice(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         units = int(input_shape[-1])
-        # float32 under mixed precision too (no autocast); the statistics per replica, averaged
-        # when read across replicas (as BatchNormalization's)
+        # float32 under mixed precision too (no autocast)
         self.alpha = self.add_weight(name="alpha", shape=(units,), initializer="zeros", dtype=tf.float32,
                                      experimental_autocast=False)
-        moving = dict(trainable=False, dtype=tf.float32, synchronization=tf.VariableSynchronization.ON_READ,
-                      aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
-        self.moving_mean = self.add_weight(name="moving_mean", shape=(units,), initializer="zeros", **moving)
-        self.moving_variance = self.add_weight(name="moving_variance", shape=(units,), initializer="ones", **moving)
+        self.moving = MovingMoments(self, "moving_", (units,), self.momentum)
         super().build(input_shape)
 
     def call(self, x, training=None, mask=None):
         s = tf.cast(x, tf.float32)
         if training:
             mean, variance, count = self._moments(s, mask)
-            for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                moving.assign(tf.where(count > 0, self.momentum * moving + (1.0 - self.momentum) * value, moving))
+            self.moving.update(mean, variance, count > 0)
         else:
-            mean, variance = self.moving_mean, self.moving_variance
+            mean, variance = self.moving.read()
         p = tf.sigmoid((s - mean) * tf.math.rsqrt(variance + self.epsilon))
         return tf.cast(p * s + (1.0 - p) * self.alpha * s, x.dtype)
 

@@ -77,7 +77,8 @@ def _unit_case(seed=0, b=3, length=4, d=3):
     unit(keys, query, mask)
     set_random(unit, rng)  # alpha and the moving statistics too (positive variances below)
     for act in unit.mlp.acts:
-        act.moving_variance.assign(rng.uniform(0.5, 2.0, act.moving_variance.shape).astype(np.float32))
+        act.moving.variance.assign(rng.uniform(0.5, 2.0, act.moving.variance.shape).astype(np.float32))
+        act.moving.updates.assign(3.0)
     return unit, keys, query, mask
 
 
@@ -88,7 +89,7 @@ def test_activation_unit_matches_hand_computation():
     q = np.broadcast_to(query[:, None, :], keys.shape).astype(np.float64)
     h = np.concatenate([k, q, k - q, k * q], axis=-1)
     for dense, act in zip(unit.mlp.dense, unit.mlp.acts):  # inference: the moving statistics
-        h = dice_np(dense_np(dense, h), act.moving_mean.numpy(), act.moving_variance.numpy(), act.alpha.numpy())
+        h = dice_np(dense_np(dense, h), *[t.numpy() for t in act.moving.read()], act.alpha.numpy())
     w = dense_np(unit.score, h)[..., 0] * mask  # no softmax
     np.testing.assert_allclose(weights.numpy(), w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(interest.numpy(), np.einsum("bl,bld->bd", w, k), rtol=1e-5, atol=1e-6)
@@ -119,11 +120,15 @@ def test_dice_training_uses_batch_statistics_and_updates_moving_ones():
     flat = s.reshape(-1, 3).astype(np.float64)
     mean, var = flat.mean(axis=0), flat.var(axis=0)  # the batch's, biased, as batch normalisation
     np.testing.assert_allclose(got, dice_np(s, mean, var, alpha), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(dice.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
-    np.testing.assert_allclose(dice.moving_variance.numpy(), 0.9 + 0.1 * var, rtol=1e-5)
-    # inference reads the moving statistics, not the batch's
-    np.testing.assert_allclose(dice(s, training=False).numpy(),
-                               dice_np(s, 0.1 * mean, 0.9 + 0.1 * var, alpha), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dice.moving.mean.numpy(), 0.1 * mean, rtol=1e-5)  # from 0, momentum 0.9
+    np.testing.assert_allclose(dice.moving.variance.numpy(), 0.1 * var, rtol=1e-5)
+    s2 = rng.normal(-1.0, 0.5, size=(6, 4, 3)).astype(np.float32)
+    dice(s2, training=True)
+    flat2 = s2.reshape(-1, 3).astype(np.float64)
+    mean = (0.09 * mean + 0.1 * flat2.mean(axis=0)) / 0.19  # bias-corrected: / (1 - 0.9^2)
+    var = (0.09 * var + 0.1 * flat2.var(axis=0)) / 0.19
+    # inference reads the (corrected) moving statistics, not the batch's
+    np.testing.assert_allclose(dice(s, training=False).numpy(), dice_np(s, mean, var, alpha), rtol=1e-5, atol=1e-6)
 
 
 def test_dice_and_activation_unit_config_round_trip():
@@ -204,7 +209,7 @@ def test_config_round_trip_and_checkpoint_give_equal_outputs(tmp_path):
     model(x, training=False)
     set_random(model, np.random.default_rng(7), scale=0.3)
     for w in model.weights:
-        if "moving_variance" in w.name:
+        if "moving_variance" in w.name or "moving_updates" in w.name:
             w.assign(tf.abs(w) + 0.5)
     want = model(x, training=False)["click"].numpy()
     clone = type(model).from_config(json.loads(json.dumps(model.get_config())))
@@ -288,7 +293,7 @@ def test_mixed_bfloat16_keeps_attention_input_and_logits_float32():
         assert out.dtype == tf.float32 and np.all(np.isfinite(out.numpy()))
         assert [d.compute_dtype for d in unit.mlp.dense] == ["float32", "bfloat16"]
         assert unit.score.compute_dtype == "float32" and unit.mlp.acts[1].compute_dtype == "bfloat16"
-        assert unit.mlp.acts[1].moving_mean.dtype == tf.float32
+        assert unit.mlp.acts[1].moving.mean.dtype == tf.float32
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
 

@@ -60,17 +60,17 @@ def test_sabn_keeps_separate_statistics_per_source_and_serves_the_ad_branch():
         # bias-corrected moving averages: (0.9 * 0.1 m1 + 0.1 m2) / (1 - 0.9^2)
         m1, m2 = rows.mean(0), x2[source == s].mean(0)
         v1, v2 = rows.var(0), x2[source == s].var(0)
-        mean, var = (t.numpy() for t in sabn.moving_statistics(branch))
+        mean, var = (t.numpy() for t in branch["moving"].read())
         np.testing.assert_allclose(mean, (0.09 * m1 + 0.1 * m2) / 0.19, rtol=1e-5)
         np.testing.assert_allclose(var, (0.09 * v1 + 0.1 * v2) / 0.19, rtol=1e-5)
     ad, rec = sabn.branches
     for v, value in ((ad["gamma"], 2.0), (ad["beta"], 0.5)):
         v.assign(np.full(3, value, np.float32))
     x = draw()
-    mean, var = (t.numpy() for t in sabn.moving_statistics(ad))
+    mean, var = (t.numpy() for t in ad["moving"].read())
     np.testing.assert_allclose(sabn(x, training=False).numpy(), 2.0 * (x - mean) / np.sqrt(var + 1e-3) + 0.5,
                                rtol=1e-5)  # serving: the ad branch for every row
-    mean, var = (t.numpy() for t in sabn.moving_statistics(rec))
+    mean, var = (t.numpy() for t in rec["moving"].read())
     np.testing.assert_allclose(sabn(x, source, training=False).numpy()[source == 0],
                                ((x - mean) / np.sqrt(var + 1e-3))[source == 0], rtol=1e-5)
 
@@ -79,9 +79,9 @@ def test_sabn_leaves_an_absent_source_untouched_and_shared_mode_pools_both():
     x = np.random.default_rng(2).normal(size=(10, 2)).astype(np.float32)
     sabn = SourceAwareBatchNorm(momentum=0.9)
     sabn(x, np.ones(10, np.int64), training=True)
-    assert sabn.branches[1]["updates"].numpy() == 0
-    np.testing.assert_array_equal(sabn.moving_statistics(sabn.branches[1])[1].numpy(), 1.0)
-    np.testing.assert_allclose(sabn.moving_statistics(sabn.branches[0])[0].numpy(), x.mean(0), rtol=1e-5)
+    assert sabn.branches[1]["moving"].updates.numpy() == 0
+    np.testing.assert_array_equal(sabn.branches[1]["moving"].read()[1].numpy(), 1.0)
+    np.testing.assert_allclose(sabn.branches[0]["moving"].read()[0].numpy(), x.mean(0), rtol=1e-5)
     shared = SourceAwareBatchNorm(momentum=0.0, shared=True)
     y = shared(x, np.arange(10) % 2, training=True).numpy()
     np.testing.assert_allclose(y, (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3), atol=1e-5)
