@@ -48,8 +48,13 @@ class CTRModel(FrameworkModel):
             self.backbone = get_backbone(backbone, num_fields, self.embedding_dim, **self.backbone_options)
             self.task_heads = get_heads(heads, tasks, **self.head_options)
 
+    def embedded(self, inputs: dict, training=None):
+        """The embedded fields the field modules and the backbone read (a framework such as ``iv``
+        rewrites them here)."""
+        return self.embedding(inputs, training=training)
+
     def forward(self, inputs: dict, training=None) -> Forward:
-        emb = self.added_fields(inputs, self.embedding(inputs, training=training), training=training)
+        emb = self.added_fields(inputs, self.embedded(inputs, training=training), training=training)
         return Forward(self.task_heads(self.backbone(emb, training=training), training=training), {})
 
     def variable_groups(self):

@@ -59,7 +59,6 @@ from models import layers as L
 from models.ctr_model import CTRModel
 from models.embedding import plan_fields
 from models.factory import register_framework
-from models.framework import Forward
 from models.options import OptionError, check_activations
 
 DEFAULTS = {
@@ -220,10 +219,9 @@ class IV(CTRModel):
             sequences = tuple(sequences)
         return emb._replace(fields=tf.stack(columns, axis=1), sequences=sequences)
 
-    def forward(self, inputs: dict, training=None) -> Forward:
-        emb = self.reconstructed(inputs, self.embedding(inputs, training=training), training=training)
-        emb = self.added_fields(inputs, emb, training=training)
-        return Forward(self.task_heads(self.backbone(emb, training=training), training=training), {})
+    def embedded(self, inputs: dict, training=None):
+        """CTRModel's embedded fields with every treatment replaced by its t'."""
+        return self.reconstructed(inputs, self.embedding(inputs, training=training), training=training)
 
     def variable_groups(self):
         """CTRModel's groups and ``iv``: the weighting networks."""
