@@ -141,7 +141,21 @@ def _write_summary(run_dir: str, results: Dict[str, dict]) -> None:
     links = "\n".join(f"- [{s}](eval_{s}/report.md): slices, reliability diagram, per-quintile logloss"
                        for s in merged)
     outputs.write_file_atomic(os.path.join(run_dir, "report.md"),
-                              f"# {os.path.basename(run_dir)}\n\n{summary_table(merged)}\n\nPer split:\n{links}\n")
+                              f"# {os.path.basename(run_dir)}\n\n{summary_table(merged)}\n\nPer split:\n{links}\n"
+                              f"{_analyses_section(run_dir)}")
+
+
+def _analyses_section(run_dir: str) -> str:
+    """The run's analyses (``<run>/analysis/``, written while training: TF4CTR's difficulty and
+    gradient norms, Rec4Ad's discriminator AUC and representations): each figure shown, each JSON
+    linked; empty when the run has none."""
+    folder = os.path.join(run_dir, "analysis")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    figures = [f"![{n[:-4]}](analysis/{n})" for n in names if n.endswith(".png")]
+    data = [f"[{n}](analysis/{n})" for n in names if n.endswith(".json")]
+    if not figures and not data:
+        return ""
+    return "\nAnalyses (written while training):\n\n" + "\n\n".join(figures) + "\n\nData: " + ", ".join(data) + "\n"
 
 
 def _earlier_metrics(run_dir: str) -> Dict[str, dict]:

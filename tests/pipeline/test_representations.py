@@ -53,3 +53,16 @@ def test_a_training_run_writes_the_discriminator_curve_and_the_projections(tmp_p
     result = json.loads((tmp_path / "representations.json").read_text())
     assert result["rows"] == {"ad": 30, "rec": 30} and set(result["separation_auc"]) == {"x_inv", "x_con"}
     assert (tmp_path / "representations.png").stat().st_size > 0 and (tmp_path / "discriminator_auc.png").exists()
+
+
+def test_the_run_report_shows_the_analyses_written_while_training(tmp_path):
+    from pipeline.evaluate import _analyses_section
+
+    assert _analyses_section(str(tmp_path)) == ""
+    (tmp_path / "analysis").mkdir()
+    for name in ("discriminator_auc.png", "discriminator_auc.json", "representations.png", "representations.json"):
+        (tmp_path / "analysis" / name).write_text("x")
+    text = _analyses_section(str(tmp_path))
+    assert "![discriminator_auc](analysis/discriminator_auc.png)" in text
+    assert "![representations](analysis/representations.png)" in text
+    assert "[representations.json](analysis/representations.json)" in text
