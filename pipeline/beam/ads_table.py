@@ -18,6 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.encoders import categorical_keys
+from models.options import OptionError
 from pipeline.beam.coercion import Problems, as_integers, as_numbers, coerce_feature, coerce_meta
 from pipeline.config import ConfigError
 from pipeline.raw_io import RawInputError, arrow_scalar, csv_header, arrow_source, file_errors, open_text_input
@@ -35,6 +36,19 @@ def check_path(path, where: str) -> None:
     if not isinstance(path, str) or not path.lower().endswith(PARQUET + CSV):
         raise ConfigError(f"{where} = {path!r}: expected the path of a Parquet ({', '.join(PARQUET)}) or CSV "
                           f"({', '.join(CSV)}) file of the ads")
+
+
+def check_transform_options(transform, config, where: str, columns: str) -> None:
+    """At config load, for a transform reading the ads table: ``ads_table`` given and a Parquet /
+    CSV path, and the config's ``source_column`` set (the transform tells ad from rec rows);
+    ``columns`` describes the table's columns it needs, for the error."""
+    path = transform.options["ads_table"]
+    if path is None:
+        raise OptionError(f"{where}.ads_table: missing; expected the path of the ads table (Parquet or CSV with "
+                          f"{columns}) (transform '{transform.name}')")
+    check_path(path, f"{where}.ads_table")
+    if not config.source_column:
+        raise OptionError(f"{where}: transform '{transform.name}' needs source_column (ad / rec rows) in the config")
 
 
 def read_ads_table(path: str, columns: Sequence[str], where: str) -> Dict[str, Column]:

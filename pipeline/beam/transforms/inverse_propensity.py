@@ -55,13 +55,8 @@ class InversePropensity(Transform):
         super().check(config, where)
         o = self.options
         self.where = where
-        if o["ads_table"] is None:
-            raise OptionError(f"{where}.ads_table: missing; expected the path of the ads table (Parquet or CSV with "
-                              f"{o['ad_column']}, {o['impressions_column']}, {o['candidate_sessions_column']}) "
-                              f"(transform '{self.name}')")
-        A.check_path(o["ads_table"], f"{where}.ads_table")
-        if not config.source_column:
-            raise OptionError(f"{where}: transform '{self.name}' needs source_column (ad / rec rows) in the config")
+        A.check_transform_options(self, config, where,
+                                  f"{o['ad_column']}, {o['impressions_column']}, {o['candidate_sessions_column']}")
         self.ad_kind = A.log_column(config, o["ad_column"])
         if self.ad_kind is None:
             raise OptionError(f"{where}.ad_column = {o['ad_column']!r}: expected a scalar feature or an extra_meta "

@@ -82,13 +82,8 @@ class PseudoAdMapping(Transform):
         super().check(config, where)
         o = self.options
         self.where = where
-        if o["ads_table"] is None:
-            raise OptionError(f"{where}.ads_table: missing; expected the path of the ads table (Parquet or CSV with "
-                              f"{o['ad_column']}, {o['item_column']}, {o['created_at_column']} and the ad features) "
-                              f"(transform '{self.name}')")
-        A.check_path(o["ads_table"], f"{where}.ads_table")
-        if not config.source_column:
-            raise OptionError(f"{where}: transform '{self.name}' needs source_column (ad / rec rows) in the config")
+        A.check_transform_options(self, config, where,
+                                  f"{o['ad_column']}, {o['item_column']}, {o['created_at_column']} and the ad features")
         outside = [s for s in o["rec_splits"] if s not in o["splits"]]
         if outside:
             raise OptionError(f"{where}.rec_splits: {outside} not among the transform's splits {o['splits']} "
