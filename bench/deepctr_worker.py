@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from deepctr.feature_column import SparseFeat, get_feature_names  # noqa: E402
 from deepctr.models import DCN, WDL, DeepFM  # noqa: E402
-from epoch_stats import cpu_seconds, epoch_summary  # noqa: E402  (bench/ is the script directory)
+from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is the script directory)
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 NAMES = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category", "brand",
@@ -50,15 +50,13 @@ def main():
     tf.keras.utils.set_random_seed(args.seed)
     model = build(args.model, columns)
     model.compile(tf.keras.optimizers.Adam(1e-3), "binary_crossentropy")
-    epoch_s, epoch_cpu, auc = [], [], {"valid": [], "test": []}
-    for _ in range(args.epochs):
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        model.fit(x["train"], y["train"], batch_size=4096, epochs=1, verbose=0, shuffle=True)
-        epoch_s.append(time.perf_counter() - t0)
-        epoch_cpu.append(cpu_seconds() - c0)
-        for split in auc:
-            p = model.predict(x[split], batch_size=4096, verbose=0).reshape(-1)
-            auc[split].append(float(roc_auc_score(y[split], p)))
+    def split_aucs():
+        return {split: float(roc_auc_score(y[split], model.predict(x[split], batch_size=4096, verbose=0).reshape(-1)))
+                for split in ("valid", "test")}
+
+    epoch_s, epoch_cpu, auc = timed_epochs(
+        lambda: model.fit(x["train"], y["train"], batch_size=4096, epochs=1, verbose=0, shuffle=True),
+        split_aucs, args.epochs)
     t0 = time.perf_counter()
     model.predict(x["test"], batch_size=4096, verbose=0)
     pred_s = time.perf_counter() - t0

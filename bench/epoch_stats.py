@@ -2,12 +2,27 @@
 DeepCTR imports: bench/deepctr_worker.py runs it in DeepCTR's virtualenv)."""
 import resource
 import statistics
+import time
 
 
 def cpu_seconds() -> float:
     """CPU seconds of this process: a load-independent cost (the machine may be shared)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def timed_epochs(fit_epoch, split_aucs, epochs: int):
+    """``fit_epoch()`` ``epochs`` times, each timed (wall and CPU seconds), then ``split_aucs()``
+    -> {split: AUC} untimed. Returns (epoch_s, epoch_cpu, {split: [AUC of each epoch]})."""
+    epoch_s, epoch_cpu, aucs = [], [], {}
+    for _ in range(epochs):
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        fit_epoch()
+        epoch_s.append(time.perf_counter() - t0)
+        epoch_cpu.append(cpu_seconds() - c0)
+        for split, value in split_aucs().items():
+            aucs.setdefault(split, []).append(value)
+    return epoch_s, epoch_cpu, aucs
 
 
 def epoch_summary(epoch_s, epoch_cpu, rows, valid_auc, test_auc) -> dict:

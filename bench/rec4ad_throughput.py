@@ -32,12 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from epoch_stats import cpu_seconds, epoch_summary  # noqa: E402  (bench/ is the script directory)
+from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is the script directory)
 from report_json import emit, machine  # noqa: E402
 
 SIMULATE = os.path.join(REPO, "configs", "simulate_default.yaml")
@@ -114,15 +113,11 @@ def measure(data: str, method: str, seed: int, epochs: int) -> dict:
         evals = {s: make_dataset(cfg.data_dir, s, cfg.eval_batch_size, schema=schema, shuffle=False,
                                  cache=cfg.cache, labels=tasks) for s in (cfg.valid_split, cfg.eval_splits[0])}
         rows = sum(int(b[1][tasks[0]].shape[0]) for b in train)  # also fills the cache before timing
-        epoch_s, epoch_cpu, auc = [], [], {s: [] for s in evals}
-        for _ in range(epochs):
-            t0, c0 = time.perf_counter(), cpu_seconds()
-            model.fit(train, epochs=1, verbose=0)
-            epoch_s.append(time.perf_counter() - t0)
-            epoch_cpu.append(cpu_seconds() - c0)
-            for split, ds in evals.items():
-                y, p = predict_labels(model, ds, tasks)
-                auc[split].append(M.auc(y[tasks[0]], p[tasks[0]]))
+        def split_aucs():
+            return {split: M.auc(*(out[tasks[0]] for out in predict_labels(model, ds, tasks)))
+                    for split, ds in evals.items()}
+
+        epoch_s, epoch_cpu, auc = timed_epochs(lambda: model.fit(train, epochs=1, verbose=0), split_aucs, epochs)
     out = epoch_summary(epoch_s, epoch_cpu, rows, *auc.values())
     out.update(epoch_s=epoch_s, split_rows=split_rows(cfg.data_dir, cfg.train_split, cfg.sources, schema),
                sources=cfg.sources, framework=cfg.model.framework, backbone=cfg.model.backbone,

@@ -44,7 +44,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from epoch_stats import cpu_seconds, epoch_summary  # noqa: E402  (bench/ is the script directory)
+from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is the script directory)
 from report_json import emit, machine as measured_on  # noqa: E402
 
 CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category",
@@ -112,15 +112,11 @@ def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed:
     train = make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=seed, labels=["click"])
     evals = {s: make_dataset(data, s, BATCH, shuffle=False, cache=True, labels=["click"]) for s in ("valid", "test")}
     rows = sum(int(b[1]["click"].shape[0]) for b in train)
-    epoch_s, epoch_cpu, auc = [], [], {"valid": [], "test": []}
-    for _ in range(epochs):
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        model.fit(train, epochs=1, verbose=0)
-        epoch_s.append(time.perf_counter() - t0)
-        epoch_cpu.append(cpu_seconds() - c0)
-        for split, ds in evals.items():
-            y, p = predict_labels(model, ds, ["click"])
-            auc[split].append(M.auc(y["click"], p["click"]))
+    def split_aucs():
+        return {split: M.auc(*(out["click"] for out in predict_labels(model, ds, ["click"])))
+                for split, ds in evals.items()}
+
+    epoch_s, epoch_cpu, auc = timed_epochs(lambda: model.fit(train, epochs=1, verbose=0), split_aucs, epochs)
     t0 = time.perf_counter()
     y, _ = predict_labels(model, evals["test"], ["click"])
     out = epoch_summary(epoch_s, epoch_cpu, rows, auc["valid"], auc["test"])
