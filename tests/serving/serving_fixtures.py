@@ -131,10 +131,11 @@ def encode_rows(schema: Schema, data_dir: str, rows: list) -> dict:
 
 
 def perturb(model, seed: int = 0, scale: float = 0.3) -> None:
-    """Give zero-initialised weights (multi-task heads, first-order terms, biases) random
-    values, so outputs differ between rows and tasks and parity means something."""
+    """Give zero-initialised trainable weights (multi-task heads, first-order terms, biases)
+    random values, so outputs differ between rows and tasks and parity means something (moving
+    statistics keep their values: a random variance or update count would be meaningless)."""
     rng = np.random.default_rng(seed)
-    for v in model.variables:
+    for v in model.trainable_variables:
         if not np.any(v.numpy()):
             v.assign(rng.normal(0.0, scale, v.shape).astype(v.dtype.as_numpy_dtype))
 
