@@ -47,6 +47,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from features.encoders import INT_MISSING
+from features.errors import UserError
 from features.schema import Schema
 from serving.layout import read_export_metadata
 from serving.signatures import RAW_SIGNATURE, RawInput, raw_inputs, signature_keys
@@ -55,8 +56,9 @@ _NP_DTYPES = {"string": object, "int64": np.int64, "float32": np.float32}
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-class RequestError(ValueError):
-    """A request the model cannot take; ``.feature`` names the feature / input at fault."""
+class RequestError(UserError):
+    """A request the model cannot take (a user's mistake: a ``ValueError`` like every
+    ``UserError``); ``.feature`` names the feature / input at fault."""
 
     def __init__(self, feature: str, reason: str, rows: Optional[Sequence[int]] = None):
         self.feature, self.reason = feature, reason

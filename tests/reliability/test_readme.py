@@ -23,7 +23,6 @@ it names a path outside the clone (anything absolute or climbing out with ``..``
 ``load --src``).
 """
 import os
-import re
 import shlex
 
 import numpy as np

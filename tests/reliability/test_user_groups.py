@@ -1,7 +1,6 @@
 """Head / tail users are defined once (pipeline/user_groups.py): preprocess writes the group
 column with the configured fraction, evaluation reads it back and never falls back to 0.2."""
 import ast
-import json
 import os
 
 import numpy as np

@@ -7,7 +7,6 @@ unknown categories, missing optional values, ragged / empty / too-long sequences
 missing dense vectors. Keras inputs are the Beam encoder's (``NumpyEncoder``) output.
 """
 import json
-import math
 import os
 
 import numpy as np
