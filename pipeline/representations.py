@@ -1,7 +1,8 @@
 """Rec4Ad's representation analysis of a training run (Gao et al., Sec. 4.2.4, Fig. 7 and 8).
 
 A fixed sample of the training split, up to ``rows_per_source`` ad rows and as many rec rows,
-is taken when training starts. Every ``every_batches`` training batches the discriminator H
+is taken when training starts. Every ``every_batches`` training batches (5: a few points per
+epoch of the simulator's ~36 batches, at ~4 % of the step time) the discriminator H
 scores the sample's invariant representations x_inv (each row through its own source's branch,
 inference mode) and the AUC of H separating ad from rec rows is recorded (Fig. 8: it rises while
 H learns, then falls towards 0.5 as the alignment confuses it). When training ends, x_inv and
@@ -75,7 +76,7 @@ def principal_components(z: np.ndarray, k: int = 2) -> np.ndarray:
 class SourceRepresentations(tf.keras.callbacks.Callback):
     """See the module docstring."""
 
-    def __init__(self, out_dir: str, dataset: tf.data.Dataset, rows_per_source: int = 2000, every_batches: int = 20):
+    def __init__(self, out_dir: str, dataset: tf.data.Dataset, rows_per_source: int = 2000, every_batches: int = 5):
         super().__init__()
         self.out_dir, self.dataset = out_dir, dataset
         self.rows_per_source, self.every = int(rows_per_source), max(int(every_batches), 1)
