@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
@@ -64,6 +65,12 @@ class CompareConfig:
             raise ConfigError(f"baseline '{self.baseline}' is not one of the methods {sorted(self.methods)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be a non-empty list of distinct seeds, got {self.seeds}")
+        labels: Dict[str, str] = {}
+        for method in self.methods:
+            other = labels.setdefault(run_label(method), method)
+            if other != method:
+                raise ConfigError(f"methods '{other}' and '{method}' would share the run folders "
+                                  f"'{run_label(method)}-seed<N>'; rename one")
         known = slice_groups()
         for name, groups in self.slices.items():
             if name not in known:
@@ -71,6 +78,12 @@ class CompareConfig:
             unknown = [g for g in groups if g not in known[name]]
             if unknown or not groups or len(set(groups)) != len(groups):
                 raise ConfigError(f"slices.{name} = {groups}: expected distinct groups from {known[name]}")
+
+
+def run_label(method: str) -> str:
+    """A method's name as its runs' folder name: characters other than letters, digits and ``_.-``
+    become ``_`` (``w/o SABN`` -> ``w_o_SABN``), so a name never nests or escapes ``out_dir``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", method)
 
 
 def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConfig]:
@@ -82,7 +95,7 @@ def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConf
             try:
                 configs[(method, seed)] = load_config(TrainConfig, cfg.base_config, {
                     **cfg.base_overrides, **overrides, "seed": seed, "runs_dir": runs_dir,
-                    "run_name": f"{method}-seed{seed}", "verbose": verbose})
+                    "run_name": f"{run_label(method)}-seed{seed}", "verbose": verbose})
             except ConfigError as exc:
                 raise ConfigError(f"compare method '{method}' (seed {seed}): {exc}") from None
     return configs

@@ -187,6 +187,10 @@ class TrainConfig:
             names = getattr(self, name) or []
             if len(set(names)) != len(names):
                 raise ConfigError(f"{name} = {names}: expected distinct names")
+        if self.run_name is not None and (not self.run_name or set(self.run_name) & {"/", "\\"}
+                                          or self.run_name in (".", "..")):
+            raise ConfigError(f"run_name = {self.run_name!r}: expected a folder name under runs_dir (no '/' or '\\', "
+                              f"not '.' or '..')")
         pb = self.profile_batches
         if pb is not None and not (len(pb) == 2 and 1 <= int(pb[0]) <= int(pb[1])):
             raise ConfigError(f"profile_batches must be [first, last] steps with 1 <= first <= last, got {pb}")

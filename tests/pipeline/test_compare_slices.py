@@ -153,3 +153,16 @@ def test_compare_trains_and_tabulates_the_real_slices(sim_data, sim_raw, tmp_pat
     assert rows["Rec4Ad"][0].split(" (p=")[0].strip("*") == f"{ir4['Rec4Ad']:.4f}"
     assert rows["Rec4Ad"][1] == format(ir4["Rec4Ad"] - ir4["Base"], "+.2e" if abs(ir4["Rec4Ad"] - ir4["Base"]) < 1e-3
                                        else "+.4f")
+
+
+def test_method_names_become_flat_run_folders(sim_data, tmp_path):
+    """'w/o SABN' (the paper's ablation names) must not nest folders or climb out of out_dir."""
+    from pipeline.compare import train_configs
+
+    cfg = _grid(sim_data, tmp_path, methods={"Base": {}, "w/o SABN": {}, "../x": {}})
+    names = sorted(c.run_name for c in train_configs(cfg).values())
+    assert names == [f"{m}-seed{s}" for m in (".._x", "Base", "w_o_SABN") for s in SEEDS]
+    with pytest.raises(ConfigError, match=r"methods 'w/o SABN' and 'w_o SABN' would share the run folders"):
+        _grid(sim_data, tmp_path, methods={"Base": {}, "w/o SABN": {}, "w_o SABN": {}})
+    with pytest.raises(ConfigError, match=r"run_name = '\.\./x': expected a folder name"):
+        train_config(sim_data, tmp_path / "runs", run_name="../x")
