@@ -16,6 +16,8 @@ Options: every backbone has a ``defaults`` dict (the papers' values; MLPs
 default or outside :data:`OPTION_RANGES` is an :class:`~models.options.OptionError` naming it.
 ``get_config`` holds ``num_fields``, ``embedding_dim`` and the options.
 
+A backbone with ``uses_field_info`` is built with each field's [feature, role]
+(:func:`models.embedding.field_info`; GwPFM's field parts and groups).
 A backbone with ``uses_linear`` reads the first-order terms (``EmbeddedFields.linear``), one
 with ``uses_sequences`` the behaviour sequences against their targets
 (``EmbeddedFields.sequences``, DIN); models build their embedding with exactly what the
@@ -71,9 +73,13 @@ def backbone_class(name: str) -> type:
     return BACKBONES[key]
 
 
-def get_backbone(name: str, num_fields: int, embedding_dim: int, **options) -> "Backbone":
-    """Build the backbone registered as ``name``; unknown options fail naming the known ones."""
-    return backbone_class(name)(num_fields=num_fields, embedding_dim=embedding_dim, **options)
+def get_backbone(name: str, num_fields: int, embedding_dim: int, field_info=None, **options) -> "Backbone":
+    """Build the backbone registered as ``name``; unknown options fail naming the known ones.
+    ``field_info`` ([feature, role] per field, :func:`models.embedding.field_info`) reaches only
+    backbones that declare ``uses_field_info``."""
+    cls = backbone_class(name)
+    extra = {"field_info": field_info} if cls.uses_field_info else {}
+    return cls(num_fields=num_fields, embedding_dim=embedding_dim, **extra, **options)
 
 
 def _float32(out: BackboneOutput) -> BackboneOutput:
@@ -94,14 +100,21 @@ class Backbone(tf.keras.layers.Layer):
     branch_names: Optional[Tuple[str, str]] = None
     uses_linear = False  # reads EmbeddedFields.linear (the first-order terms)
     uses_sequences = False  # reads EmbeddedFields.sequences (behaviour rows against their targets)
+    uses_field_info = False  # reads each field's [feature, role] (``field_info``), e.g. GwPFM's parts and groups
 
-    def __init__(self, num_fields: int, embedding_dim: int, name=None, trainable=True, dtype=None, **options):
+    def __init__(self, num_fields: int, embedding_dim: int, name=None, trainable=True, dtype=None,
+                 field_info=None, **options):
         options = self.check_options(options)
         # float32 under mixed precision but for MLP hidden layers (models.layers.precision_sensitive)
         super().__init__(name=name, trainable=trainable, dtype=dtype or "float32")
         self.num_fields, self.embedding_dim = int(num_fields), int(embedding_dim)
         if self.num_fields < 1 or self.embedding_dim < 1:
             raise ValueError(f"backbone '{self.registered_name}': num_fields and embedding_dim must be >= 1")
+        self.field_info = None if field_info is None else [[str(f), str(r)] for f, r in field_info]
+        if self.uses_field_info and (self.field_info is None or len(self.field_info) != self.num_fields):
+            raise ValueError(f"backbone '{self.registered_name}' reads each field's feature and role: build it with "
+                             f"field_info ([feature, role] per field, models.embedding.field_info) for "
+                             f"{self.num_fields} fields, got {field_info!r}")
         self.options = {**self.defaults, **options}
         with L.precision_sensitive():
             self._build_layers()
@@ -177,8 +190,9 @@ class Backbone(tf.keras.layers.Layer):
                               sequences)
 
     def get_config(self):
+        info = {"field_info": self.field_info} if self.field_info is not None else {}
         return {**super().get_config(), "num_fields": self.num_fields, "embedding_dim": self.embedding_dim,
-                **L.plain(self.options)}
+                **info, **L.plain(self.options)}
 
 
 # ---- first- and second-order models ---------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import List, Optional
 import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
-from models.embedding import FeatureEmbedding, plan_fields
+from models.embedding import FeatureEmbedding, field_info
 from models.field_modules import FieldModules, count_added_fields
 from models.framework import Forward, FrameworkModel
 from models.heads import get_heads
@@ -37,15 +37,16 @@ class CTRModel(FrameworkModel):
         self.heads_name, self.head_options = heads, dict(head_options or {})
         self.field_module_specs = [dict(m) for m in field_modules or []]
         cls = backbone_class(backbone)
-        num_fields = len(plan_fields(self.schema, self.embedding_options.get("features"))) \
-            + count_added_fields(schema_dict, self.field_module_specs)
+        added = count_added_fields(schema_dict, self.field_module_specs)
+        info = field_info(self.schema, self.embedding_options.get("features"), added)
+        num_fields = len(info)
         width = cls.input_embedding_dim(num_fields, self.embedding_dim)  # FFM: F * k
         with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)
             self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
                                               sequences=cls.uses_sequences, name="embedding",
                                               **self.embedding_options)
             self.added_fields = FieldModules(schema_dict, self.field_module_specs, width)
-            self.backbone = get_backbone(backbone, num_fields, self.embedding_dim, **self.backbone_options)
+            self.backbone = get_backbone(backbone, num_fields, self.embedding_dim, info, **self.backbone_options)
             self.task_heads = get_heads(heads, tasks, **self.head_options)
 
     def embedded(self, inputs: dict, training=None):

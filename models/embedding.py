@@ -111,6 +111,16 @@ def plan_fields(schema, features: Optional[Sequence[str]] = None) -> List[FieldS
     return specs
 
 
+def field_info(schema, features: Optional[Sequence[str]] = None, added: int = 0) -> List[List[str]]:
+    """[feature, role] of every field a model's backbone reads, in field order: the embedded
+    fields of ``features`` (:func:`plan_fields`), then ``added`` fields of field modules
+    (feature ``""``, role ``"module"``). Backbones that split fields by role or feature
+    (GwPFM's parts and groups) read it."""
+    schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
+    return [[s.feature, schema.feature(s.feature).role] for s in plan_fields(schema, features)] \
+        + [["", "module"]] * int(added)
+
+
 def plan_sequences(schema, features: Optional[Sequence[str]] = None) -> List[Tuple[str, str]]:
     """(sequence, target) feature pairs that :class:`FeatureEmbedding` with ``sequences=True``
     gives rows for: a sequence feature embedded as a field whose encoding names, in

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from features.mnse import mnse_ids
 from features.schema import Feature, Schema, SchemaError
-from models.embedding import FeatureEmbedding, plan_fields
+from models.embedding import FeatureEmbedding, field_info, plan_fields
 
 MNSE = {"type": "mnse", "bases": [2, 10], "digits": [4, 2], "scale": 1, "signed": True}
 MNSE_IDS = 2 + 2 * 4 + 10 * 2 + 2
@@ -68,6 +68,13 @@ def test_field_layout_follows_schema():
     out = layer(batch())
     assert out.fields.shape == (4, 7, 4) and out.linear.shape == (4, 7)
     assert len(plan_fields(schema(), ["user", "vec"])) == 2
+
+
+def test_field_info_gives_each_fields_feature_and_role_in_field_order():
+    assert field_info(schema()) == [["user", "user"], ["price", "item"], ["price", "item"], ["price", "item"],
+                                    ["score", "item"], ["hist", "sequence"], ["vec", "user"]]
+    assert field_info(schema(), ["vec", "user"], added=2) == [["vec", "user"], ["user", "user"],
+                                                             ["", "module"], ["", "module"]]
 
 
 def test_mnse_field_is_the_sum_per_numeral_system():

@@ -32,7 +32,7 @@ from typing import List, Optional
 import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
-from models.embedding import FeatureEmbedding, plan_fields
+from models.embedding import FeatureEmbedding, field_info, plan_fields
 from models.factory import register_framework
 from models.framework import Forward, FrameworkModel, Objective, task_value, weighted_mean
 from models.frameworks.rec4ad.layers import AD, DECORRELATIONS, SourceAwareBatchNorm, decorrelation_loss
@@ -92,7 +92,9 @@ class Rec4Ad(FrameworkModel):
                 **self.embedding_options)
             self.sabn = (SourceAwareBatchNorm(o["bn_momentum"], o["bn_epsilon"], shared=o["normalization"] == "shared",
                                               name="sabn") if o["normalization"] != "none" else None)
-            self.backbone = get_backbone(backbone, num_fields, self.embedding_dim, **self.backbone_options)
+            self.backbone = get_backbone(backbone, num_fields, self.embedding_dim,
+                                         field_info(self.schema, self.embedding_options.get("features")),
+                                         **self.backbone_options)
             units = [*o["projection_hidden"], int(o["d"])]
             self.inv = {s: MLP(units, o["activation"], name=f"inv_{s}") for s in ("ad", "rec")}  # Eq. 7
             self.con = MLP(units, o["activation"], name="con_ad")  # Eq. 10: the ad projection, for both

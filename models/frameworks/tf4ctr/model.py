@@ -27,6 +27,7 @@ from typing import List, Optional
 import tensorflow as tf
 
 from models.backbones import BACKBONES, backbone_class, get_backbone
+from models.embedding import field_info
 from models.factory import register_framework
 from models.framework import COMPILED, Forward, FrameworkModel, Objective, task_value
 from models.frameworks.tf4ctr.layers import DFM_MODES, SSEM_MODES, DynamicFusion, SampleSelectionEmbedding
@@ -95,7 +96,9 @@ class TF4CTR(FrameworkModel):
                 gate_units=o["ssem_gate_units"], expert_units=o["ssem_expert_units"],
                 activation=o["ssem_activation"], dropout=o["ssem_dropout"], batch_norm=o["ssem_batch_norm"],
                 sequences=backbone_class(backbone).uses_sequences, name="ssem")
-        self.backbone = get_backbone(backbone, self.ssem.num_fields, self.embedding_dim, **self.backbone_options)
+        self.backbone = get_backbone(backbone, self.ssem.num_fields, self.embedding_dim,
+                                     field_info(self.schema, self.embedding_options.get("features")),
+                                     **self.backbone_options)
         if not self.backbone.branches:
             raise OptionError(f"tf4ctr needs a two-branch backbone for its simple and complex encoders (Eq. 6); "
                               f"'{backbone}' with options {self.backbone_options} has one branch. Two-branch "
