@@ -23,13 +23,18 @@ with ``uses_sequences`` the behaviour sequences against their targets
 (``EmbeddedFields.sequences``, DIN); models build their embedding with exactly what the
 backbone reads (``linear=`` / ``sequences=`` of :class:`~models.embedding.FeatureEmbedding`).
 
-Registered names: lr, fm, ffm, fwfm, dnn, ipnn, widedeep, deepfm, dcn, dcnv2,
+The FM family (fm, fwfm, ffm, gwpfm) shares one pairwise mechanism
+(:class:`~models.layers.PairwiseInteraction`) and its ``projection`` option (Tencent KDD'24,
+Eq. 5). Tencent's FlatDNN (an MLP over the flattened field embeddings, Sec. 4.2) is ``dnn`` and
+its IPNN expert is ``ipnn``.
+
+Registered names: lr, fm, ffm, fwfm, gwpfm, dnn, ipnn, widedeep, deepfm, dcn, dcnv2,
 xdeepfm, autoint+, gdcn, dualmlp, finalmlp, din (case-insensitive).
 """
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -129,8 +134,9 @@ class Backbone(tf.keras.layers.Layer):
         return options
 
     @classmethod
-    def input_embedding_dim(cls, num_fields: int, embedding_dim: int) -> int:
-        """Width of the field embeddings this backbone reads (FFM needs F * k)."""
+    def input_embedding_dim(cls, num_fields: int, embedding_dim: int, options: Optional[Dict[str, Any]] = None) -> int:
+        """Width of the field embeddings this backbone reads with ``options`` (its backbone
+        options; FFM needs F * k, GwPFM P * k)."""
         return embedding_dim
 
     @property
@@ -210,9 +216,12 @@ class LR(Backbone):
 
 
 class _PairwiseBackbone(Backbone):
-    """logit = b + sum_i w_i + sum over d of a pairwise interaction vector (the repr)."""
+    """logit = b + sum_i w_i + sum over d of a pairwise interaction vector (the repr);
+    ``projection`` makes the interaction the projection interaction (Tencent KDD'24 Eq. 5,
+    :class:`~models.layers.PairwiseInteraction`)."""
 
     uses_linear = True
+    defaults = {"projection": False}
 
     def _interaction(self) -> tf.keras.layers.Layer:
         raise NotImplementedError
@@ -231,7 +240,7 @@ class FM(_PairwiseBackbone):
     """Factorization Machine (Rendle, ICDM'10, Eq. 1)."""
 
     def _interaction(self):
-        return L.FMInteraction(name="fm")
+        return L.FMInteraction(self.options["projection"], name="fm")
 
 
 @register_backbone("fwfm")
@@ -239,7 +248,7 @@ class FwFM(_PairwiseBackbone):
     """Field-weighted FM (Pan et al., WWW'18, Eq. 4): one learned weight per field pair."""
 
     def _interaction(self):
-        return L.FieldWeightedInteraction(name="fwfm")
+        return L.FieldWeightedInteraction(self.options["projection"], name="fwfm")
 
 
 @register_backbone("ffm")
@@ -253,11 +262,126 @@ class FFM(_PairwiseBackbone):
     """
 
     @classmethod
-    def input_embedding_dim(cls, num_fields, embedding_dim):
+    def input_embedding_dim(cls, num_fields, embedding_dim, options=None):
         return num_fields * embedding_dim
 
     def _interaction(self):
-        return L.FieldAwareInteraction(self.num_fields, name="ffm")
+        return L.FieldAwareInteraction(self.num_fields, projection=self.options["projection"], name="ffm")
+
+
+AD_ROLES = ("item", "ad")  # the fields "regarding the target ad" (GwPFM's ad part and ad group)
+
+
+def _name_lists(value, key: str) -> list:
+    """``value`` as a list of non-empty lists of feature names, else an OptionError naming ``key``."""
+    if (not isinstance(value, (list, tuple)) or not value
+            or any(not isinstance(names, (list, tuple)) or not names for names in value)
+            or any(not isinstance(n, str) for names in value for n in names)):
+        raise OptionError(f"{key} = {value!r}: expected a non-empty list of non-empty lists of feature names "
+                          f"(backbone 'gwpfm')")
+    return [list(names) for names in value]
+
+
+def _index_of_listed(field_info, lists: list, key: str) -> Dict[str, int]:
+    """feature -> the index of the list naming it; a name listed twice or naming no embedded
+    feature fails naming it."""
+    embedded = list(dict.fromkeys(f for f, _ in field_info if f))
+    index: Dict[str, int] = {}
+    for i, names in enumerate(lists):
+        for name in names:
+            if name in index:
+                raise OptionError(f"{key}: feature '{name}' is listed twice (lists {index[name]} and {i})")
+            if name not in embedded:
+                raise OptionError(f"{key}: '{name}' is not an embedded feature of this model; "
+                                  f"embedded: {embedded}")
+            index[name] = i
+    return index
+
+
+def field_parts(field_info, parts, key: str = "backbone_options.parts") -> List[int]:
+    """GwPFM's P(i) per field from ``field_info`` ([feature, role] per field).
+
+    ``"ad"``: the paper's two parts (Sec. 4.3, deployment): 0 = every field unrelated to the
+    target ad (user, context, sequence fields and field modules' fields), 1 = the fields of
+    roles item / ad; both must hold a field. A list of lists of feature names: part p holds the
+    features of list p; every embedded feature is in exactly one, field-module fields (they have
+    no feature) are in part 0."""
+    if parts == "ad":
+        out = [int(role in AD_ROLES) for _, role in field_info]
+        if len(set(out)) < 2:
+            side = "item / ad" if not any(out) else "other (user, context, ...)"
+            raise OptionError(f"{key} = 'ad' splits the fields into the ad part (roles item / ad) and the rest, but "
+                              f"no field has an {side} role (fields: {field_info}); list the parts explicitly")
+        return out
+    index = _index_of_listed(field_info, _name_lists(parts, key), key)
+    missing = list(dict.fromkeys(f for f, _ in field_info if f and f not in index))
+    if missing:
+        raise OptionError(f"{key}: features {missing} are in no part; every embedded feature must be in exactly one")
+    return [index[f] if f else 0 for f, _ in field_info]
+
+
+def field_groups(field_info, groups, key: str = "backbone_options.groups") -> List[int]:
+    """GwPFM's G(i) per field from ``field_info`` ([feature, role] per field).
+
+    The listed groups (lists of feature names) come first; every field not listed is grouped
+    by its role, the roles item / ad together (the paper puts all ad fields in one group):
+    ``None`` (the default) is one group per role (user, personal, context, sequence, field
+    modules) and one for the ad fields."""
+    index = _index_of_listed(field_info, _name_lists(groups, key), key) if groups is not None else {}
+    listed = len(groups or ())
+    by_role: Dict[str, int] = {}
+    out = []
+    for feature, role in field_info:
+        if feature in index:
+            out.append(index[feature])
+            continue
+        role = "ad" if role in AD_ROLES else role
+        out.append(by_role.setdefault(role, listed + len(by_role)))
+    return out
+
+
+@register_backbone("gwpfm")
+class GwPFM(_PairwiseBackbone):
+    """Group-weighted Part-aware FM (Tencent, KDD'24, Sec. 4.3, Eq. 4): first-order terms +
+    Phi = sum_{i<j} <e_{i,P(j)}, e_{j,P(i)}> r_{G(i),G(j)}.
+
+    P field parts (``parts``, :func:`field_parts`: ``"ad"``, the paper's two, by default) give
+    each feature P embeddings of width k, so it reads field embeddings of width P * k
+    (``input_embedding_dim``, as FFM reads F * k); G field groups (``groups``,
+    :func:`field_groups`: one per role and all ad fields in one by default; the paper groups the
+    non-ad fields by expert knowledge, G < 50) weigh each group pair by a learnable r,
+    initialised to 1 (:class:`~models.layers.GwPFMInteraction`). ``projection``: Eq. 5.
+
+    repr is the K-vector sum_{i<j} (e_{i,P(j)} * e_{j,P(i)}) r_{G(i),G(j)} and the logit adds
+    its sum, the scalar Phi: as a standalone model GwPFM gives the scalar; as an expert of the
+    multi-embedding paradigm (Sec. 4.2) it gives the K-vector, which a gate or an MLP reads.
+    """
+
+    uses_field_info = True
+    defaults = {"projection": False, "parts": "ad", "groups": None}
+
+    @classmethod
+    def check_options(cls, options, prefix="backbone_options."):
+        """``parts`` is ``"ad"`` or lists of feature names, ``groups`` None or such lists (the
+        names are checked against the fields when the backbone is built)."""
+        options = dict(options)
+        parts = options.pop("parts", None)
+        if parts is not None and parts != "ad":
+            parts = _name_lists(parts, f"{prefix}parts")
+        if options.get("groups") is not None:
+            options["groups"] = _name_lists(options["groups"], f"{prefix}groups")
+        options = super().check_options(options, prefix)
+        return {**options, "parts": parts} if parts is not None else options
+
+    @classmethod
+    def input_embedding_dim(cls, num_fields, embedding_dim, options=None):
+        parts = cls.check_options(dict(options or {})).get("parts", cls.defaults["parts"])
+        return (2 if parts == "ad" else len(parts)) * embedding_dim
+
+    def _interaction(self):
+        o = self.options
+        return L.GwPFMInteraction(field_parts(self.field_info, o["parts"]), field_groups(self.field_info, o["groups"]),
+                                  projection=o["projection"], name="gwpfm")
 
 
 # ---- MLP models ------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class CTRModel(FrameworkModel):
         added = count_added_fields(schema_dict, self.field_module_specs)
         info = field_info(self.schema, self.embedding_options.get("features"), added)
         num_fields = len(info)
-        width = cls.input_embedding_dim(num_fields, self.embedding_dim)  # FFM: F * k
+        width = cls.input_embedding_dim(num_fields, self.embedding_dim, self.backbone_options)  # FFM: F * k
         with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)
             self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
                                               sequences=cls.uses_sequences, name="embedding",

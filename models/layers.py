@@ -338,71 +338,179 @@ class FirstOrder(tf.keras.layers.Layer):
         return tf.reduce_sum(linear, axis=-1, keepdims=True) + tf.cast(self.bias, linear.dtype)
 
 
-# ---- pairwise (second-order) interactions ------------------------------------------
-@_register
-class FMInteraction(tf.keras.layers.Layer):
-    """Bi-interaction pooling: sum_{i<j} v_i * v_j = 0.5 ((sum v)^2 - sum v^2).
+# ---- pairwise (second-order) interactions: the FM family ------------------------------------
+def _identity_matrices(shape, dtype=None, **_):
+    """[n, k, k] identity matrices: the projection interaction starts as the plain product."""
+    return tf.eye(int(shape[1]), batch_shape=[int(shape[0])], dtype=dtype or tf.float32)
 
-    Rendle, FM (ICDM'10), Lemma 3.1; summing the [B, d] result over d gives the FM
-    second-order term of each sample (never summed over the batch).
+
+def _upper_triangle_read(matrix, groups: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+    """w_ij = matrix[min(G(i), G(j)), max(G(i), G(j))] for each pair (i, j): a symmetric weight
+    per group pair read from the upper triangle (diagonal included) of a G x G matrix."""
+    a, b = groups[rows], groups[cols]
+    index = (np.minimum(a, b) * int(matrix.shape[0]) + np.maximum(a, b)).astype(np.int32)
+    return tf.gather(tf.reshape(matrix, [-1]), index)
+
+
+class PairwiseInteraction(tf.keras.layers.Layer):
+    """The FM family's second-order term, one mechanism for FM, FwFM, FFM and GwPFM:
+
+        sum_{i<j} w_ij f(e_{i,P(j)}, e_{j,P(i)})  ->  [B, k]
+
+    Field i's embedding ([B, F, P*k]) holds one k-vector per field *part*; against field j it
+    uses the vector of j's part P(j) (FM, FwFM: one part; FFM: a part per field; GwPFM, Tencent
+    KDD'24 Eq. 4: a few). w_ij weighs the pair (FwFM's r_ij, GwPFM's r_{G(i),G(j)}; 1 for FM
+    and FFM). f is the element-wise product, or with ``projection`` the projection interaction
+    (Tencent KDD'24 Sec. 4.4, Eq. 5): f(e_i, e_j) = (e_i M_{F(i)->F(j)}) ⊙ e_j, one k x k
+    matrix per field pair i < j, initialised to the identity so training starts from the plain
+    interaction (a collapsed field then no longer confines its partners to its own subspace).
+    Summed over k the result is each sample's term (never summed over the batch).
+
+    Subclasses give each field's part (``_field_parts``) and the pair weights (``_pair_weights``).
+    After ``build``: ``pair_rows`` / ``pair_cols`` (the pairs i < j, row-major), ``parts``
+    (P(i) per field), ``latent_dim`` (k) and, with ``projection``, ``projection_matrices``
+    [pairs, k, k] (M of each pair, read by ``pipeline/collapse.py``).
+    """
+
+    def __init__(self, projection: bool = False, **kw):
+        super().__init__(**kw)
+        self.projection = bool(projection)
+
+    def _field_parts(self, num_fields: int) -> np.ndarray:
+        """P(i) of every field (default: a single part)."""
+        return np.zeros(num_fields, np.int64)
+
+    def _pair_weights(self) -> Optional[tf.Tensor]:
+        """w_ij of every pair [pairs], or None (every pair weighs 1)."""
+        return None
+
+    def build(self, input_shape):
+        f, width = int(input_shape[1]), int(input_shape[2])
+        self.parts = np.asarray(self._field_parts(f), np.int64)
+        self.num_parts = int(self.parts.max()) + 1 if f else 1
+        if width % self.num_parts:
+            raise ValueError(f"{self.name}: {self.num_parts} field parts need field embeddings of width "
+                             f"{self.num_parts} * k, got {list(input_shape)}")
+        self.latent_dim = width // self.num_parts
+        self.pair_rows, self.pair_cols = _upper_pairs(f)
+        # rows of the [B, F * P, k] view: e_{i,P(j)} (left) and e_{j,P(i)} (right) of each pair
+        self._left = (self.pair_rows * self.num_parts + self.parts[self.pair_cols]).astype(np.int32)
+        self._right = (self.pair_cols * self.num_parts + self.parts[self.pair_rows]).astype(np.int32)
+        if self.projection:
+            k = self.latent_dim
+            self.projection_matrices = self.add_weight(name="projection", shape=(len(self.pair_rows), k, k),
+                                                       initializer=_identity_matrices)
+        super().build(input_shape)
+
+    def call(self, fields):
+        v = tf.reshape(fields, [-1, fields.shape[1] * self.num_parts, self.latent_dim])
+        left, right = tf.gather(v, self._left, axis=1), tf.gather(v, self._right, axis=1)  # [B, pairs, k]
+        if self.projection:  # Eq. 5: e_i M_{F(i)->F(j)}
+            left = tf.einsum("bpk,pkl->bpl", left, tf.cast(self.projection_matrices, left.dtype))
+        pairs = left * right
+        weights = self._pair_weights()
+        if weights is not None:
+            pairs = pairs * tf.cast(weights, pairs.dtype)[None, :, None]
+        return tf.reduce_sum(pairs, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "projection": self.projection}
+
+
+@_register
+class FMInteraction(PairwiseInteraction):
+    """FM's bi-interaction pooling (Rendle, ICDM'10): sum_{i<j} v_i * v_j -> [B, d].
+
+    Plain, by Lemma 3.1's 0.5 ((sum v)^2 - sum v^2) in O(F d); with ``projection`` (Eq. 5 of
+    :class:`PairwiseInteraction`) a matrix per pair breaks that identity: the pairwise form.
     """
 
     def call(self, fields):
+        if self.projection:
+            return super().call(fields)
         square_of_sum = tf.square(tf.reduce_sum(fields, axis=1))
         sum_of_square = tf.reduce_sum(tf.square(fields), axis=1)
         return 0.5 * (square_of_sum - sum_of_square)
 
 
 @_register
-class FieldWeightedInteraction(tf.keras.layers.Layer):
+class FieldWeightedInteraction(PairwiseInteraction):
     """FwFM (Pan et al., WWW'18, Eq. 4): sum_{i<j} r_{F(i),F(j)} v_i * v_j -> [B, d].
 
-    One scalar weight per field pair (strict upper triangle of R), initialised to 1
-    so training starts from FM.
+    One scalar weight per field pair (the strict upper triangle of ``pair_weights`` R),
+    initialised to 1 so training starts from FM.
     """
 
     def build(self, input_shape):
         f = int(input_shape[1])
         self.pair_weights = self.add_weight(name="pair_weights", shape=(f, f), initializer="ones")
-        self._mask = np.triu(np.ones((f, f), np.float32), k=1)
         super().build(input_shape)
 
-    def call(self, fields):
-        r = tf.cast(self.pair_weights * self._mask, fields.dtype)
-        weighted = tf.einsum("ij,bjd->bid", r, fields)  # sum_{j>i} r_ij v_j
-        return tf.reduce_sum(fields * weighted, axis=1)
+    def _pair_weights(self):
+        return _upper_triangle_read(self.pair_weights, np.arange(len(self.parts)), self.pair_rows, self.pair_cols)
 
 
 @_register
-class FieldAwareInteraction(tf.keras.layers.Layer):
+class FieldAwareInteraction(PairwiseInteraction):
     """FFM (Juan et al., RecSys'16, Eq. 3): sum_{i<j} v_{i,F(j)} * v_{j,F(i)} -> [B, k].
 
     Input [B, F, F*k]: field i's row holds its F latent vectors of width k, the j-th
     being the one used against field j (what FeatureEmbedding gives when built with
-    ``embedding_dim = F * k``, see ``FFM.input_embedding_dim``).
+    ``embedding_dim = F * k``, see ``FFM.input_embedding_dim``): a part per field.
     """
 
     def __init__(self, num_fields: int, **kw):
         super().__init__(**kw)
         self.num_fields = int(num_fields)
 
-    def build(self, input_shape):
-        f, width = int(input_shape[1]), int(input_shape[2])
-        if f != self.num_fields or width % f:
+    def _field_parts(self, num_fields):
+        if num_fields != self.num_fields:
             raise ValueError(f"FFM expects [batch, {self.num_fields}, {self.num_fields}*k] field embeddings, "
-                             f"got {list(input_shape)}")
-        self.latent_dim = width // f
-        self._mask = np.triu(np.ones((f, f), np.float32), k=1)[:, :, None]
-        super().build(input_shape)
-
-    def call(self, fields):
-        f = self.num_fields
-        v = tf.reshape(fields, [-1, f, f, self.latent_dim])  # v[b, i, j] = v_{i, F(j)}
-        pair = v * tf.transpose(v, [0, 2, 1, 3])  # [b, i, j] = v_{i,F(j)} * v_{j,F(i)}
-        return tf.reduce_sum(pair * tf.cast(self._mask, v.dtype), axis=[1, 2])
+                             f"got {num_fields} fields")
+        return np.arange(num_fields)
 
     def get_config(self):
         return {**super().get_config(), "num_fields": self.num_fields}
+
+
+@_register
+class GwPFMInteraction(PairwiseInteraction):
+    """GwPFM (Tencent KDD'24 Sec. 4.3, Eq. 4): sum_{i<j} e_{i,P(j)} * e_{j,P(i)} r_{G(i),G(j)} -> [B, k];
+    summed over k, the scalar Phi.
+
+    ``field_parts`` gives P(i) and ``field_groups`` G(i) of every field (indices from 0); the
+    input is [B, F, P*k] with P = max part + 1 (P embeddings per feature, one per part, instead
+    of FFM's F). r, the learnable weight of each field-group pair, is ``group_weights`` R
+    (G x G) read symmetrically, r_{g,h} = r_{h,g} = R[min(g, h), max(g, h)], initialised to 1.
+    FM (one part, one group), FFM (a part per field, one group) and FwFM (one part, a group per
+    field, R its pair weights) are special cases (``tests/models/test_gwpfm.py``). Eq. 4's
+    x_i x_j is inside the embeddings (an identity-encoded field is value * v).
+    """
+
+    def __init__(self, field_parts: Sequence[int], field_groups: Sequence[int], projection: bool = False, **kw):
+        super().__init__(projection=projection, **kw)
+        self.field_parts, self.field_groups = [int(p) for p in field_parts], [int(g) for g in field_groups]
+        if len(self.field_parts) != len(self.field_groups) or min(self.field_parts + self.field_groups, default=0) < 0:
+            raise ValueError(f"GwPFM needs a part and a group index (>= 0) per field, got parts "
+                             f"{self.field_parts} and groups {self.field_groups}")
+        self.num_groups = max(self.field_groups, default=0) + 1
+
+    def _field_parts(self, num_fields):
+        if num_fields != len(self.field_parts):
+            raise ValueError(f"GwPFM was given parts of {len(self.field_parts)} fields, got {num_fields} fields")
+        return np.asarray(self.field_parts)
+
+    def build(self, input_shape):
+        g = self.num_groups
+        self.group_weights = self.add_weight(name="group_weights", shape=(g, g), initializer="ones")
+        super().build(input_shape)
+
+    def _pair_weights(self):
+        return _upper_triangle_read(self.group_weights, np.asarray(self.field_groups), self.pair_rows,
+                                    self.pair_cols)
+
+    def get_config(self):
+        return {**super().get_config(), "field_parts": self.field_parts, "field_groups": self.field_groups}
 
 
 @_register

@@ -235,7 +235,7 @@ def test_layer_config_round_trip(make, inputs):
 
 # ---- registry and protocol ------------------------------------------------------------------
 def test_registry_names_and_errors():
-    assert set(BACKBONES) == {"lr", "fm", "ffm", "fwfm", "dnn", "ipnn", "widedeep", "deepfm", "dcn", "dcnv2",
+    assert set(BACKBONES) == {"lr", "fm", "ffm", "fwfm", "gwpfm", "dnn", "ipnn", "widedeep", "deepfm", "dcn", "dcnv2",
                               "xdeepfm", "autoint+", "gdcn", "dualmlp", "finalmlp", "din"}
     assert backbone_class("DCNv2") is backbone_class("dcnv2")
     with pytest.raises(ValueError, match="unknown backbone 'dcn3'.*known"):
@@ -263,7 +263,8 @@ def test_branches(name):
     f = 4
     k = backbone_class(name).input_embedding_dim(f, 6)
     emb = fixed_emb(batch=3, fields=f, dim=k)
-    bb = get_backbone(name, f, 6, **SMALL.get(name, {}))
+    info = [["u", "user"], ["i", "item"], ["c", "context"], ["a", "ad"]]  # read by backbones with uses_field_info
+    bb = get_backbone(name, f, 6, info, **SMALL.get(name, {}))
     out = bb(emb, training=False)
     assert isinstance(out, BackboneOutput) and out.logit.shape == (3, 1) and out.repr.shape[0] == 3
     assert out.logit.dtype == tf.float32 and out.repr.dtype == tf.float32

@@ -87,9 +87,9 @@ class Rec4Ad(FrameworkModel):
         cls = backbone_class(backbone)
         num_fields = len(plan_fields(self.schema, self.embedding_options.get("features")))
         with precision_sensitive():
-            self.embedding = FeatureEmbedding(schema_dict, embedding_dim=cls.input_embedding_dim(
-                num_fields, self.embedding_dim), linear=cls.uses_linear, sequences=cls.uses_sequences, name="embedding",
-                **self.embedding_options)
+            width = cls.input_embedding_dim(num_fields, self.embedding_dim, self.backbone_options)  # FFM: F * k
+            self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
+                                              sequences=cls.uses_sequences, name="embedding", **self.embedding_options)
             self.sabn = (SourceAwareBatchNorm(o["bn_momentum"], o["bn_epsilon"], shared=o["normalization"] == "shared",
                                               name="sabn") if o["normalization"] != "none" else None)
             self.backbone = get_backbone(backbone, num_fields, self.embedding_dim,
