@@ -323,6 +323,17 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         rows, _ = self._rows(name, ids, self.tables[int(table)][name])
         return self._to_dim(rows, self.tables[int(table)][name]), tf.not_equal(ids, PAD_ID)
 
+    def embedding_matrices(self) -> List[Dict[str, tf.Tensor]]:
+        """Per table set, {feature: its embedding matrix [num_ids, embedding_dim]}: E_i of Tencent
+        KDD'24 Sec. 4.1, whose singular spectrum shows dimensional collapse (``pipeline/collapse.py``).
+        Features with a table (lookup, mnse, pooled) only, rows projected to ``embedding_dim`` when
+        ``dims`` gives the table its own width (the vectors the backbone reads); identity and dense
+        features have none (one learned vector, a projection). Needs a built layer."""
+        if not self.built:
+            raise RuntimeError("call the embedding once before embedding_matrices (it builds the tables)")
+        return [{name: self._to_dim(tf.convert_to_tensor(w["embedding"]), w) for name, w in weights.items()
+                 if self._feature_kind(name) in ("lookup", "mnse", "pooled")} for weights in self.tables]
+
     def _input(self, inputs: dict, name: str) -> tf.Tensor:
         if name not in inputs:
             raise KeyError(f"FeatureEmbedding: the batch lacks feature '{name}' (it has: {sorted(inputs)})")

@@ -13,12 +13,14 @@ from typing import Callable, Dict, List
 import tensorflow as tf
 
 from models.factory import framework_class
+from pipeline.collapse import collapse_callbacks
 from pipeline.difficulty import difficulty_callbacks
 from pipeline.representations import representation_callbacks
 
 ANALYSES: Dict[str, Callable[..., List[tf.keras.callbacks.Callback]]] = {
     "difficulty": difficulty_callbacks,  # TF4CTR Sec. IV-D, Fig. 5 and 10
     "representations": representation_callbacks,  # Rec4Ad Sec. 4.2.4, Fig. 7 and 8
+    "collapse": collapse_callbacks,  # Tencent KDD'24 Sec. 4.1 / 7.2: information abundance of the embeddings
 }
 
 
