@@ -11,22 +11,24 @@ restored the weights the run saves), under ``<run_dir>/analysis/``:
 
     collapse.json   {"tables": {table set: {"dim": K, "mean_ia": mean over its features,
                                             "features": {feature: {"rows", "ia", "spectrum"}}}},
-                     "projection": {interaction: {"mean_ia", "mean_ia_projected",
-                                                  "fields": {field: {"pairs", "ia", "ia_projected"}}}}}
-    collapse.png    IA per feature of every table set (K dashed), and IA without / with M per field
+                     "interactions": {interaction: {"dim": k, "projection", "mean_ia"[, "mean_ia_projected"],
+                                   "fields": {field: {"pairs", "ia"[, "ia_projected"]}}}}}
+    collapse.png    IA per feature of every table set (K dashed); per field of an interaction with
+                    projection or several parts, IA without (and with) M
 
 A table set is one ``FeatureEmbedding`` table set (``embedding_matrices``): every instance in
 the model, each of its ``num_tables`` sets (``<layer>/table<t>``), so multi-embedding models
 report each table. ``spectrum`` is sigma / sigma_max, descending.
 
-``projection``: for an FM-family interaction with the projection of Eq. 5
-(:class:`models.layers.PairwiseInteraction`), field i is projected as E_i M_{F(i)->F(j)} against
-each later field j (the slice of E_i of j's part, for FFM / GwPFM); ``ia_projected`` is the mean
-over those j of IA(E_i M_ij), ``ia`` the mean of IA(E_i) over the same slices: "the projection
-interaction's IA with and without M". A model names the interactions and the embeddings feeding
-them with ``interaction_sources()`` (a list of (interaction layer, FeatureEmbedding, table set));
-without it, ``model.backbone.interaction`` fed by table set 0 of ``model.embedding`` (CTRModel,
-IV, Rec4Ad). Fields of field modules have no table and are left out.
+``interactions``: per FM-family interaction (:class:`models.layers.PairwiseInteraction`), field
+i meets each later field j with the k-wide slice of E_i of j's part (FFM / GwPFM tables are P * k
+wide: the per-part IA is comparable with FM's at the same k); ``ia`` is the mean over those j of
+IA(E_i^{P(j)}), and with the projection of Eq. 5 ``ia_projected`` the mean of IA(E_i^{P(j)}
+M_{F(i)->F(j)}): "the projection interaction's IA with and without M". A model names its
+interactions and the embeddings feeding them with ``interaction_sources()`` (a list of
+(interaction layer, FeatureEmbedding, table set)); without it, ``model.backbone.interaction`` fed
+by table set 0 of ``model.embedding`` (CTRModel, IV, Rec4Ad). Fields of field modules have no
+table and are left out.
 """
 from __future__ import annotations
 
@@ -98,26 +100,27 @@ def table_report(matrices: Dict[str, np.ndarray]) -> dict:
     features = {f: {"rows": int(m.shape[0]), "ia": information_abundance(m), "spectrum": normalised_spectrum(m)}
                 for f, m in matrices.items()}
     return {"dim": int(next(iter(matrices.values())).shape[1]) if matrices else None,
-            "mean_ia": float(np.mean([v["ia"] for v in features.values()])) if features else None,
+            "mean_ia": _mean(features, "ia"),
             "features": features}
 
 
 def interaction_sources(model: tf.Module) -> list:
-    """(FM-family interaction with projection, FeatureEmbedding feeding it, table set) of ``model``
-    (see the module docstring)."""
+    """(built FM-family interaction, FeatureEmbedding feeding it, table set) of ``model`` (see the
+    module docstring)."""
     if hasattr(model, "interaction_sources"):
         sources = list(model.interaction_sources())
     else:
         interaction = getattr(getattr(model, "backbone", None), "interaction", None)
         embedding = getattr(model, "embedding", None)
         sources = [(interaction, embedding, 0)] if isinstance(embedding, FeatureEmbedding) else []
-    return [(i, e, t) for i, e, t in sources if isinstance(i, PairwiseInteraction) and i.projection and i.built]
+    return [(i, e, t) for i, e, t in sources if isinstance(i, PairwiseInteraction) and i.built]
 
 
-def projection_report(interaction: PairwiseInteraction, embedding: FeatureEmbedding, table: int = 0) -> dict:
-    """IA of each embedded field's slices without and with the pair matrices M (module docstring)."""
+def interaction_report(interaction: PairwiseInteraction, embedding: FeatureEmbedding, table: int = 0) -> dict:
+    """IA of the slices each embedded field meets its partners with, without and (with projection)
+    with the pair matrices M (module docstring)."""
     matrices = {f: m.numpy() for f, m in embedding.embedding_matrices()[table].items()}
-    m_pairs = interaction.projection_matrices.numpy()
+    m_pairs = interaction.projection_matrices.numpy() if interaction.projection else None
     k = interaction.latent_dim
     triangles: Dict[tuple, np.ndarray] = {}
     fields = {}
@@ -132,22 +135,28 @@ def projection_report(interaction: PairwiseInteraction, embedding: FeatureEmbedd
             if key not in triangles:
                 triangles[key] = _triangle(matrices[spec.feature][:, part * k:(part + 1) * k])
             plain.append(information_abundance(triangles[key]))
-            projected.append(information_abundance(triangles[key] @ m_pairs[p]))
+            if m_pairs is not None:
+                projected.append(information_abundance(triangles[key] @ m_pairs[p]))
         fields[spec.name] = {"pairs": int(len(pairs)), "ia": float(np.mean(plain)),
-                             "ia_projected": float(np.mean(projected))}
-    return {"embedding": embedding.name, "table": int(table), "dim": int(k),
-            "mean_ia": float(np.mean([v["ia"] for v in fields.values()])) if fields else None,
-            "mean_ia_projected": float(np.mean([v["ia_projected"] for v in fields.values()])) if fields else None,
-            "fields": fields}
+                             **({"ia_projected": float(np.mean(projected))} if projected else {})}
+    out = {"embedding": embedding.name, "table": int(table), "dim": int(k), "parts": interaction.num_parts,
+           "projection": interaction.projection, "mean_ia": _mean(fields, "ia")}
+    if interaction.projection:
+        out["mean_ia_projected"] = _mean(fields, "ia_projected")
+    return {**out, "fields": fields}
+
+
+def _mean(entries: Dict[str, dict], key: str):
+    return float(np.mean([v[key] for v in entries.values()])) if entries else None
 
 
 def collapse_report(model: tf.Module) -> dict:
     """What ``collapse.json`` holds (see the module docstring)."""
-    projection: Dict[str, dict] = {}
+    interactions: Dict[str, dict] = {}
     for interaction, embedding, table in interaction_sources(model):
-        projection[_unique(interaction.name, projection)] = projection_report(interaction, embedding, table)
+        interactions[_unique(interaction.name, interactions)] = interaction_report(interaction, embedding, table)
     return {"definition": DEFINITION, "tables": {label: table_report(m) for label, m in table_sets(model).items()},
-            "projection": projection}
+            "interactions": interactions}
 
 
 def _save(fig: Figure, path: str) -> None:
@@ -157,10 +166,11 @@ def _save(fig: Figure, path: str) -> None:
 
 
 def plot_collapse(path: str, report: dict) -> None:
-    """A bar chart per table set (IA per feature, the width K dashed) and per projected interaction
-    (IA without / with M per field)."""
+    """A bar chart per table set (IA per feature, the width K dashed) and per interaction with
+    projection or several parts (IA per field of its k-wide slices, without / with M)."""
     panels = [("table", name, r) for name, r in report["tables"].items() if r["features"]]
-    panels += [("projection", name, r) for name, r in report["projection"].items() if r["fields"]]
+    panels += [("interaction", name, r) for name, r in report["interactions"].items()
+               if r["fields"] and (r["projection"] or r["parts"] > 1)]
     if not panels:
         return
     fig = Figure(figsize=(max(6.0, 0.45 * max(len(r.get("features", r.get("fields"))) for _, _, r in panels)),
@@ -173,10 +183,16 @@ def plot_collapse(path: str, report: dict) -> None:
             ax.set_title(f"{name}: IA per feature, mean {r['mean_ia']:.2f}", fontsize=10)
         else:
             labels, x = list(r["fields"]), np.arange(len(r["fields"]))
-            ax.bar(x - 0.2, [r["fields"][f]["ia"] for f in labels], 0.4, label="E_i (without M)")
-            ax.bar(x + 0.2, [r["fields"][f]["ia_projected"] for f in labels], 0.4, label="E_i M_ij (with M)")
-            ax.set_title(f"{name}: projection, mean IA {r['mean_ia']:.2f} without M, {r['mean_ia_projected']:.2f} with",
-                         fontsize=10)
+            keys = ([("ia", "E_i (without M)"), ("ia_projected", "E_i M_ij (with M)")] if r["projection"]
+                    else [("ia", "E_i, the slice of j's part")])
+            width = 0.8 / len(keys)
+            for n, (key, label) in enumerate(keys):
+                ax.bar(x + (n - (len(keys) - 1) / 2) * width, [r["fields"][f][key] for f in labels], width,
+                       label=label)
+            title = f"{name}: IA of the k-wide slices per field, mean {r['mean_ia']:.2f}"
+            if r["projection"]:
+                title += f" without M, {r['mean_ia_projected']:.2f} with"
+            ax.set_title(title, fontsize=10)
             ax.legend(fontsize=8)
         ax.axhline(r["dim"], ls="--", color="grey", lw=0.8)  # K: no collapse
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)

@@ -1,6 +1,7 @@
 """Information abundance (Tencent KDD'24 Def. 7.1) and the ``collapse`` run analysis
 (pipeline/collapse.py): IA on constructed matrices, every table set of every FeatureEmbedding,
-the projection interaction's IA without / with M against numpy, and the files a run writes."""
+the FM-family interactions' per-part IA without / with the projection M against numpy, and the
+files a run writes."""
 import json
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_every_table_set_of_every_feature_embedding_is_found():
     w = model.second.tables[0]["user"]
     np.testing.assert_allclose(sets["wide"]["user"], w["embedding"].numpy() @ w["to_dim"].kernel.numpy(), rtol=1e-6)
     report = C.collapse_report(model)
-    assert report["tables"]["wide"]["dim"] == 8 and report["projection"] == {}
+    assert report["tables"]["wide"]["dim"] == 8 and report["interactions"] == {}
     got = report["tables"]["shared/table0"]
     assert got["features"]["user"]["ia"] == pytest.approx(C.information_abundance(sets["shared/table0"]["user"]))
     assert got["mean_ia"] == pytest.approx(np.mean([got["features"][f]["ia"] for f in ("user", "ctx", "item")]))
@@ -90,7 +91,8 @@ def test_projection_ia_without_and_with_m_matches_numpy(backbone, options):
     interaction = model.backbone.interaction
     m = np.random.default_rng(2).normal(size=interaction.projection_matrices.shape).astype(np.float32)
     interaction.projection_matrices.assign(m)
-    report = C.collapse_report(model)["projection"][interaction.name]
+    report = C.collapse_report(model)["interactions"][interaction.name]
+    assert report["projection"] and report["parts"] == (2 if backbone == "gwpfm" else 1) and report["dim"] == 4
     # fields: user, ctx, item, score; pairs (row-major): (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
     assert sorted(report["fields"]) == ["ctx", "item", "user"]  # score has no table, and no later field
     tables = {f: model.embedding.tables[0][f]["embedding"].numpy() for f in ("user", "ctx", "item")}
@@ -107,7 +109,11 @@ def test_projection_ia_without_and_with_m_matches_numpy(backbone, options):
         assert got["ia_projected"] != pytest.approx(got["ia"], rel=1e-3)  # M changes it
     plain = build_model(schema(), ["click"], backbone=backbone, embedding_dim=4, backbone_options=options)
     plain(x)
-    assert C.collapse_report(plain)["projection"] == {}  # no M, nothing to report
+    report = C.collapse_report(plain)["interactions"][plain.backbone.interaction.name]
+    assert not report["projection"] and "mean_ia_projected" not in report  # no M: the slices' IA only
+    user = plain.embedding.tables[0]["user"]["embedding"].numpy()
+    want = np.mean([C.information_abundance(user[:, 4 * p:4 * p + 4]) for p in plain.backbone.interaction.parts[1:]])
+    assert report["fields"]["user"] == {"pairs": 3, "ia": pytest.approx(want, rel=1e-6)}
 
 
 def test_the_analysis_writes_ia_per_table_and_feature_after_training(tmp_path):
@@ -127,7 +133,8 @@ def test_the_analysis_writes_ia_per_table_and_feature_after_training(tmp_path):
         assert user["rows"] == 30 and user["ia"] == pytest.approx(C.information_abundance(matrix))
         assert user["spectrum"] == pytest.approx(C.normalised_spectrum(matrix)) and len(user["spectrum"]) == 4
         assert 1.0 <= table["mean_ia"] <= 4.0
-    assert sorted(result["projection"]["fm"]["fields"]) == ["ctx", "item", "user"]
+    assert sorted(result["interactions"]["fm"]["fields"]) == ["ctx", "item", "user"]
+    assert result["interactions"]["fm"]["mean_ia_projected"] > 0
     assert (tmp_path / "analysis" / "collapse.png").stat().st_size > 0
     from pipeline.evaluate import _analyses_section
 
