@@ -146,7 +146,8 @@ class FrameworkModel(tf.keras.Model):
         self.schema_dict, self.tasks = schema_dict, tasks
         self.backbone_name, self.embedding_dim = backbone, int(embedding_dim)
         self.backbone_options, self.embedding_options = dict(backbone_options or {}), embedding_options
-        self.options = {**self.option_defaults, **options}
+        # a copy: Keras wraps (in place) the containers a model holds, the class's defaults among them
+        self.options = plain({**self.option_defaults, **options})
         self.frozen_groups: List[str] = []
         self.phase_optimizers: Dict[str, tf.keras.optimizers.Optimizer] = {}
         several = len(self.objective_names) > 1  # one objective: Keras' own loss tracker says it all
