@@ -14,6 +14,7 @@ import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 from features.schema import Feature, Schema
+from models.backbones import BACKBONES, DNN, register_backbone
 from models.ctr_model import CTRModel
 from models.factory import FRAMEWORKS, build_model, custom_objects
 from models.frameworks.experts import ExpertsModel
@@ -347,12 +348,38 @@ def test_structure_errors_name_the_key(options, match):
         check_model_options("dnn", {}, 4, {}, "me", options)
 
 
-def test_build_time_errors_name_the_table():
+@pytest.fixture
+def two_part_backbone():
+    """A test-only backbone that reads two embeddings per feature (2 k wide, as GwPFM's P = 2)."""
+    @register_backbone("_test_two_parts")
+    class TwoParts(DNN):
+        @classmethod
+        def input_embedding_dim(cls, num_fields, embedding_dim):
+            return 2 * embedding_dim
+
+    yield TwoParts
+    BACKBONES.pop("_test_two_parts")
+
+
+def test_plain_experts_read_every_embedding_of_a_wider_table(two_part_backbone):
+    """FlatDNN beside a two-part expert (GwPFM in the Moments model) reads the 2 k-wide rows whole."""
+    m = build("mmoe", experts=[{"table": 0, "backbone": "_test_two_parts", "backbone_options": {"dnn_units": [4]}},
+                               {"table": 0}])
+    assert m.embeddings[0].embedding_dim == 8
+    x = batch(11)[0]
+    np.testing.assert_allclose(m.experts[1](m.embeddings[0](x)).repr.numpy(), expert(m, 1, x), rtol=1e-5)
+    assert flat(m, 0, x).shape == (B, len(FEATURES) * 8)
+    ffm = build("mmoe", experts=[{"table": 0}, {"table": 0, "backbone": "ffm"}])
+    assert ffm.embeddings[0].embedding_dim == len(FEATURES) * 4 and ffm.embeddings[0].linear
+
+
+def test_build_time_errors_name_the_table(two_part_backbone):
     with pytest.raises(OptionError, match=r"tables\[1\]: no expert reads this table"):
         build_model(schema(), TASKS, backbone="dnn", framework="me", framework_options={"experts": [{"table": 0}]})
-    with pytest.raises(OptionError, match=r"tables\[0\]: its experts read it at widths \[4, 12\]"):
+    with pytest.raises(OptionError, match=r"tables\[0\]: its experts need it at widths \[8, 12\]"):
         build_model(schema(), TASKS, backbone="dnn", embedding_dim=4, framework="mmoe",
-                    framework_options={"experts": [{"table": 0}, {"table": 0, "backbone": "ffm"}]})
+                    framework_options={"experts": [{"table": 0, "backbone": "ffm"},
+                                                   {"table": 0, "backbone": "_test_two_parts"}]})
     with pytest.raises(OptionError, match="embedding_options.num_tables"):
         build_model(schema(), TASKS, backbone="dnn", framework="mmoe", embedding_options={"num_tables": 2})
     with pytest.raises(OptionError, match="upper_expert_units"):

@@ -136,17 +136,19 @@ class ExpertsModel(FrameworkModel):
         return list(tasks[:1]) if serve == "main" else list(tasks)
 
     def _table(self, table: Table, index: int, num_fields: int) -> FeatureEmbedding:
-        """Table ``index``, as wide as its experts read it (FFM-like backbones: F * k) and with the
-        first-order terms / behaviour rows only if one of them reads them."""
+        """Table ``index`` of width k, or as wide as an expert that needs several embeddings per
+        feature reads it (FFM: F * k, GwPFM: P * k; the other experts on the table then read all of
+        them, e.g. FlatDNN beside GwPFM flattens every embedding of a feature), with the
+        first-order terms / behaviour rows only if one of its experts reads them."""
         readers = [backbone_class(e.backbone) for e in self.plan if e.table == index]
         if not readers:
             raise OptionError(f"framework_options.tables[{table.spec}]: no expert reads this table; bind an expert "
                               f"to it (experts[i].table) or remove it")
-        widths = {cls.input_embedding_dim(num_fields, table.width) for cls in readers}
+        widths = {cls.input_embedding_dim(num_fields, table.width) for cls in readers} - {table.width}
         if len(widths) > 1:
-            raise OptionError(f"framework_options.tables[{table.spec}]: its experts read it at widths {sorted(widths)} "
+            raise OptionError(f"framework_options.tables[{table.spec}]: its experts need it at widths {sorted(widths)} "
                               f"({[c.registered_name for c in readers]}); give such experts a table of their own")
-        return FeatureEmbedding(self.schema_dict, embedding_dim=widths.pop(),
+        return FeatureEmbedding(self.schema_dict, embedding_dim=widths.pop() if widths else table.width,
                                 linear=any(c.uses_linear for c in readers),
                                 sequences=any(c.uses_sequences for c in readers), name=f"table_{index}",
                                 **self.embedding_options)
