@@ -19,8 +19,8 @@ from pipeline.representations import representation_callbacks
 
 ANALYSES: Dict[str, Callable[..., List[tf.keras.callbacks.Callback]]] = {
     "difficulty": difficulty_callbacks,  # TF4CTR Sec. IV-D, Fig. 5 and 10
-    "representations": representation_callbacks,  # Rec4Ad Sec. 4.2.4, Fig. 7 and 8
     "gates": gate_callbacks,  # experts models (Tencent §5.1, AME): each task's gate weight per table
+    "representations": representation_callbacks,  # Rec4Ad Sec. 4.2.4, Fig. 7 and 8
 }
 
 
