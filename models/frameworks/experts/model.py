@@ -69,7 +69,7 @@ DEFAULTS = {
     "gate_units": [],                    # gate MLP hidden units; [] = softmax(W x) (MMoE Eq. 6, PLE Eq. 3)
     "expert_dim": None,                  # P_e: map each expert's output to this width; None: no map
     "average": False,                    # c = 1/|R(k)| (ME, §4.2) instead of 1
-    "tower_units": [128, 64],            # F_k's hidden units (STEM's benchmark towers, [56])
+    "tower_units": [128, 64],            # F_k's hidden units (the STEM authors' benchmark towers [56])
     "tower_activation": "relu",
     "tower_dropout": 0.0,
     "serve": "all",                      # all | main (STEM-AL: the first task only)
@@ -294,8 +294,8 @@ class SharedBottom(ExpertsModel):
 @register_framework("mmoe")
 @tf.keras.utils.register_keras_serializable("ctrflow")
 class MMoE(ExpertsModel):
-    """MMoE (Ma et al., KDD'18, Eq. 5-6): one table, 8 shared experts (as in STEM's benchmark
-    [56]), a softmax gate per task over all of them (softmax(W_gk x))."""
+    """MMoE (Ma et al., KDD'18, Eq. 5-6): one table, 8 shared experts (the STEM authors' released
+    benchmark setting of MMoE [56]), a softmax gate per task over all of them (softmax(W_gk x))."""
 
     option_defaults = {**DEFAULTS, "tables": [{}], "experts": [{"table": 0, "count": 8}]}
 
@@ -304,9 +304,10 @@ class MMoE(ExpertsModel):
 @tf.keras.utils.register_keras_serializable("ctrflow")
 class PLE(ExpertsModel):
     """PLE (Tang et al., RecSys'20): Customized Gate Control (Eq. 1-3: task k's gate over its own
-    and the shared experts) stacked in two extraction levels (Eq. 4-5: a shared gate over every
-    expert below the last level), one task-specific expert per task and one shared expert per
-    level, one table."""
+    and the shared experts) stacked in extraction levels (Eq. 4-5: a shared gate over every expert
+    below the last level), one table. Defaults: two levels (one level is CGC), one task-specific
+    expert per task and one shared expert per level (ours: the counts the paper tunes are options,
+    ``experts[i].count``)."""
 
     option_defaults = {**DEFAULTS, "tables": [{}], "routing": "own_and_shared", "levels": 2,
                        "experts": [{"table": 0, "owner": TASK}, {"table": 0, "owner": SHARED}]}
@@ -325,8 +326,8 @@ class MEMMoE(ExpertsModel):
 @tf.keras.utils.register_keras_serializable("ctrflow")
 class STEM(ExpertsModel):
     """STEM-Net (Su et al., AAAI'24 = [56]; §5.1): a shared table and one table per task, 8 shared
-    experts on the shared table and one task-specific expert on each task's table (STEM's
-    benchmark setup), All-Forward-Task-specific-Backward gates."""
+    experts on the shared table and one task-specific expert on each task's table (the STEM
+    authors' released benchmark setting), All-Forward-Task-specific-Backward gates."""
 
     option_defaults = {**DEFAULTS, "tables": [{"owner": SHARED}, {"owner": TASK}], "routing": "aftb",
                        "experts": [{"table": 0, "count": 8}, {"table": 1}]}
