@@ -130,8 +130,9 @@ class Backbone(tf.keras.layers.Layer):
         return options
 
     @classmethod
-    def input_embedding_dim(cls, num_fields: int, embedding_dim: int) -> int:
-        """Width of the field embeddings this backbone reads (FFM needs F * k)."""
+    def input_embedding_dim(cls, num_fields: int, embedding_dim: int, options: Optional[Dict[str, Any]] = None) -> int:
+        """Width of the field embeddings this backbone reads with ``options`` (its backbone
+        options; FFM needs F * k, GwPFM P * k)."""
         return embedding_dim
 
     @property
@@ -254,7 +255,7 @@ class FFM(_PairwiseBackbone):
     """
 
     @classmethod
-    def input_embedding_dim(cls, num_fields, embedding_dim):
+    def input_embedding_dim(cls, num_fields, embedding_dim, options=None):
         return num_fields * embedding_dim
 
     def _interaction(self):

@@ -354,7 +354,7 @@ def two_part_backbone():
     @register_backbone("_test_two_parts")
     class TwoParts(DNN):
         @classmethod
-        def input_embedding_dim(cls, num_fields, embedding_dim):
+        def input_embedding_dim(cls, num_fields, embedding_dim, options=None):
             return 2 * embedding_dim
 
     yield TwoParts

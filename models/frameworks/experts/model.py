@@ -140,11 +140,13 @@ class ExpertsModel(FrameworkModel):
         feature reads it (FFM: F * k, GwPFM: P * k; the other experts on the table then read all of
         them, e.g. FlatDNN beside GwPFM flattens every embedding of a feature), with the
         first-order terms / behaviour rows only if one of its experts reads them."""
-        readers = [backbone_class(e.backbone) for e in self.plan if e.table == index]
+        experts = [e for e in self.plan if e.table == index]
+        readers = [backbone_class(e.backbone) for e in experts]
         if not readers:
             raise OptionError(f"framework_options.tables[{table.spec}]: no expert reads this table; bind an expert "
                               f"to it (experts[i].table) or remove it")
-        widths = {cls.input_embedding_dim(num_fields, table.width) for cls in readers} - {table.width}
+        widths = {cls.input_embedding_dim(num_fields, table.width, e.options)
+                  for cls, e in zip(readers, experts)} - {table.width}
         if len(widths) > 1:
             raise OptionError(f"framework_options.tables[{table.spec}]: its experts need it at widths {sorted(widths)} "
                               f"({[c.registered_name for c in readers]}); give such experts a table of their own")
