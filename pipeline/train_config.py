@@ -151,7 +151,7 @@ class TrainConfig:
     sources: Optional[List[str]] = option(None, choices=tuple(SOURCES))
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
-    analysis: List[str] = option(factory=list, choices=tuple(ANALYSES))  # e.g. [difficulty]; a framework adds its own (tf4ctr: difficulty)
+    analysis: List[str] = option(factory=list, choices=tuple(sorted(ANALYSES)))  # e.g. [difficulty]; a framework adds its own (tf4ctr: difficulty)
     # [first, last] steps traced by the TF profiler into tensorboard/
     profile_batches: Optional[List[int]] = option(None, min=1, length=2)
     verbose: int = option(1, choices=(0, 1, 2))
