@@ -78,13 +78,14 @@ def backbone_class(name: str) -> type:
     return BACKBONES[key]
 
 
-def get_backbone(name: str, num_fields: int, embedding_dim: int, field_info=None, **options) -> "Backbone":
-    """Build the backbone registered as ``name``; unknown options fail naming the known ones.
-    ``field_info`` ([feature, role] per field, :func:`models.embedding.field_info`) reaches only
-    backbones that declare ``uses_field_info``."""
+def get_backbone(name: str, num_fields: int, embedding_dim: int, field_info=None, layer_name: Optional[str] = None,
+                 **options) -> "Backbone":
+    """Build the backbone registered as ``name`` (as a layer named ``layer_name``: Keras' default
+    if None); unknown options fail naming the known ones. ``field_info`` ([feature, role] per
+    field, :func:`models.embedding.field_info`) reaches only backbones that declare ``uses_field_info``."""
     cls = backbone_class(name)
     extra = {"field_info": field_info} if cls.uses_field_info else {}
-    return cls(num_fields=num_fields, embedding_dim=embedding_dim, **extra, **options)
+    return cls(num_fields=num_fields, embedding_dim=embedding_dim, name=layer_name, **extra, **options)
 
 
 def _float32(out: BackboneOutput) -> BackboneOutput:

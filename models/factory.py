@@ -6,7 +6,8 @@
 :class:`models.framework.FrameworkModel` and register themselves on import with
 :func:`register_framework`; a framework class declares its ``framework_options`` as
 ``option_defaults`` (and ``option_ranges``, ``option_choices``, ``option_types``: see
-:func:`models.options.check_options`), checked by :func:`check_model_options`.
+:func:`models.options.check_options`), checked by :func:`check_model_options` through the
+class's ``check_framework_options`` (which a framework with nested options extends).
 """
 from __future__ import annotations
 
@@ -78,15 +79,12 @@ def check_model_options(backbone: str, backbone_options: dict, embedding_dim: in
         if key not in accepted:
             raise OptionError(f"{prefix}{key}: framework '{framework}' has no {key.replace('_', ' ')} "
                               f"(it is single-task or builds its own fields); leave it unset")
-    return {"head_options": check_head_options(heads, head_options or {}, prefix),"backbone_options": cls.check_options(backbone_options, f"{prefix}backbone_options."),
+    return {"head_options": check_head_options(heads, head_options or {}, prefix),
+            "backbone_options": cls.check_options(backbone_options, f"{prefix}backbone_options."),
             "embedding_options": check_options(embedding_options, embedding.OPTION_DEFAULTS,
                                                f"{prefix}embedding_options.", "the embedding",
                                                embedding.OPTION_RANGES),
-            "framework_options": check_options(framework_options, getattr(fw, "option_defaults", {}),
-                                               f"{prefix}framework_options.", f"framework '{framework}'",
-                                               getattr(fw, "option_ranges", None),
-                                               getattr(fw, "option_choices", None),
-                                               getattr(fw, "option_types", None))}
+            "framework_options": fw.check_framework_options(framework_options, f"{prefix}framework_options.")}
 
 
 def framework_class(name: str) -> type:

@@ -28,8 +28,12 @@ regularization losses) and a framework adds its own (TF4CTR's L_TF). The base ow
   objectives, its variable group and its optimizer (``compile(phase_optimizers=...)``);
   the default is one phase updating every unfrozen weight on every objective;
 - option validation against the class's ``option_defaults`` / ``option_ranges`` /
-  ``option_choices`` / ``option_types`` (the paper's values), the schema / task checks and
+  ``option_choices`` / ``option_types`` (the paper's values; :meth:`check_framework_options`,
+  which a framework with nested options extends), the schema / task checks and
   ``get_config`` / ``from_config``.
+
+A framework may serve fewer tasks than it trains (:meth:`served_tasks`: STEM-AL's main task):
+its ``call`` then returns only those, and validation, evaluation and export read only those.
 
 Frameworks register with ``models.factory.register_framework``; run analyses they want in
 their report are named by ``analyses`` (the pipeline looks them up by name).
@@ -122,9 +126,7 @@ class FrameworkModel(tf.keras.Model):
                  backbone_options: Optional[dict] = None, embedding_dim: int = 16,
                  embedding_options: Optional[dict] = None, **options):
         model_kw = {k: options.pop(k) for k in _MODEL_KW if k in options}
-        options = check_options(options, self.option_defaults, "framework_options.",
-                                f"framework '{self.framework_name}'", self.option_ranges, self.option_choices,
-                                self.option_types)
+        options = self.check_framework_options(options)
         super().__init__(**model_kw)
         tasks = list(tasks)
         if not tasks or len(set(tasks)) != len(tasks):
@@ -144,7 +146,8 @@ class FrameworkModel(tf.keras.Model):
         self.schema_dict, self.tasks = schema_dict, tasks
         self.backbone_name, self.embedding_dim = backbone, int(embedding_dim)
         self.backbone_options, self.embedding_options = dict(backbone_options or {}), embedding_options
-        self.options = {**self.option_defaults, **options}
+        # a copy: Keras wraps (in place) the containers a model holds, the class's defaults among them
+        self.options = plain({**self.option_defaults, **options})
         self.frozen_groups: List[str] = []
         self.phase_optimizers: Dict[str, tf.keras.optimizers.Optimizer] = {}
         several = len(self.objective_names) > 1  # one objective: Keras' own loss tracker says it all
@@ -153,6 +156,24 @@ class FrameworkModel(tf.keras.Model):
                                    for n in self.objective_names if several and n != COMPILED}
         self.tap_trackers = {name: BatchMean(name) for name in self.gradient_taps}
         self.auc_trackers = {name: tf.keras.metrics.AUC(name=name) for name in self.training_aucs}
+
+    @classmethod
+    def check_framework_options(cls, options: dict, prefix: str = "framework_options.") -> dict:
+        """``options`` checked against :attr:`option_defaults` (names, types, ranges, choices);
+        returns them checked. Errors are :class:`OptionError` naming ``prefix`` + the key."""
+        return check_options(options, cls.option_defaults, prefix, f"framework '{cls.framework_name}'",
+                             cls.option_ranges, cls.option_choices, cls.option_types)
+
+    @classmethod
+    def served_tasks(cls, tasks: Sequence[str], options: Optional[dict] = None) -> List[str]:
+        """The tasks the served ``call`` outputs, which validation, evaluation and export score
+        (every task by default); ``options`` are the framework options."""
+        return list(tasks)
+
+    @property
+    def served(self) -> List[str]:
+        """:meth:`served_tasks` of this model."""
+        return self.served_tasks(self.tasks, self.options)
 
     # ---- what a framework writes ----------------------------------------------------------
     def forward(self, inputs: dict, training=None) -> Forward:

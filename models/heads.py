@@ -17,8 +17,8 @@ towers    per-task towers, as in shared-bottom multi-task models: task t's logit
           its own MLP on r_b (``units``, ``activation``, ``dropout``), with no shared backbone
           logit.
 
-Gated experts (MMoE, PLE, STEM) are one more subclass each: their experts and per-task gates
-read ``repr`` in ``_logits``.
+Gated experts over embedding tables (Shared-Bottom, MMoE, PLE, STEM, AME, ...) are the experts
+framework (``models/frameworks/experts/``), whose towers are its own.
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class CompareConfig:
     seeds: List[int] = option(factory=lambda: [1, 2, 3], min=0)
     base_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     split: str = "test"
-    task: Optional[str] = None  # default: the first task of each run
+    task: Optional[str] = None  # default: the first task of each run (one every method serves)
     metrics: List[str] = option(factory=lambda: ["auc", "gauc", "logloss", "ece"],
                                 choices=tuple(sorted(report.HIGHER_IS_BETTER)))
     title: str = "Method comparison"
@@ -113,6 +113,9 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
         train_cfg = configs[(method, cfg.seeds[0])]
         try:
             schema, tasks, features = resolve(train_cfg)
+            if cfg.task is not None and cfg.task not in train_cfg.served_tasks(tasks):
+                raise ConfigError(f"task = {cfg.task!r}: the model serves (and evaluation scores) only "
+                                  f"{train_cfg.served_tasks(tasks)}")  # caught below, naming the method
             check_slice_inputs(schema, train_cfg.data_dir, list(cfg.slices), cfg.ad_stats)
             tf.keras.backend.clear_session()
             model = new_model(train_cfg, schema, tasks, features)
@@ -141,6 +144,9 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
                 tf.keras.backend.clear_session()
                 train(train_cfg, config_name=method)
             by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats)[cfg.split]
+            if cfg.task is not None and cfg.task not in by_task:  # `ctrflow compare --check` says so before training
+                raise ConfigError(f"task = {cfg.task!r}: method '{method}' serves (and evaluation scores) only "
+                                  f"{sorted(by_task)}")
             task = by_task[cfg.task or next(iter(by_task))]
             results[method].append({k: task["overall"].get(k) for k in cfg.metrics})
             for name, groups in task.get("slices", {}).items():

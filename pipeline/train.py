@@ -415,8 +415,8 @@ def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool, res
     es = cfg.early_stopping
     cbs: List[tf.keras.callbacks.Callback] = [NanGuard()]
     use_exact = not is_ps  # exact validation predicts in-process; PS workers validate with Keras' AUC
-    if use_exact:
-        cbs.append(ExactValidation(valid_ds, tasks, cfg.valid_split))
+    if use_exact:  # the served tasks: a framework may train more than it serves (STEM-AL)
+        cbs.append(ExactValidation(valid_ds, cfg.served_tasks(tasks), cfg.valid_split))
     monitor = es.monitor if use_exact else _keras_monitor(es.monitor, tasks)
     checkpoint = tf.keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "best"), monitor=monitor,
                                                     mode=es.mode, save_best_only=True, save_weights_only=True)

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from models.factory import check_model_options
+from models.factory import check_model_options, framework_class
 from models.losses import LOSSES, check_loss_options
 from models.options import check_options
 from pipeline.config import ConfigError, option
@@ -151,7 +151,7 @@ class TrainConfig:
     sources: Optional[List[str]] = option(None, choices=tuple(SOURCES))
     valid_split: str = "valid"
     eval_splits: List[str] = dataclasses.field(default_factory=lambda: ["test"])
-    analysis: List[str] = option(factory=list, choices=tuple(ANALYSES))  # e.g. [difficulty]; a framework adds its own (tf4ctr: difficulty)
+    analysis: List[str] = option(factory=list, choices=tuple(sorted(ANALYSES)))  # e.g. [difficulty]; a framework adds its own (tf4ctr: difficulty)
     # [first, last] steps traced by the TF profiler into tensorboard/
     profile_batches: Optional[List[int]] = option(None, min=1, length=2)
     verbose: int = option(1, choices=(0, 1, 2))
@@ -208,9 +208,15 @@ class TrainConfig:
         """``task``'s loss, options and weight (``task_losses``, else ``loss`` / ``loss_options``, 1)."""
         return self.task_losses.get(task) or TaskLoss(self.loss, 1.0, dict(self.loss_options))
 
+    def served_tasks(self, tasks: List[str]) -> List[str]:
+        """The tasks of ``tasks`` the model serves, which validation, evaluation and export score
+        (every task unless the framework serves fewer: STEM-AL's main task)."""
+        return framework_class(self.model.framework).served_tasks(tasks, self.model.framework_options)
+
     def check_tasks(self, tasks: List[str]) -> None:
         """What depends on the run's tasks (``tasks``, else the schema's labels): ``task_losses``
-        names only tasks of the run, ``early_stopping.monitor`` a metric the run logs."""
+        names only tasks of the run, ``early_stopping.monitor`` a metric the run logs (of the
+        tasks it serves)."""
         unknown = sorted(set(self.task_losses) - set(tasks))
         if unknown:
             raise ConfigError(f"{', '.join('task_losses.' + t for t in unknown)}: not a task of this run; "
@@ -218,7 +224,7 @@ class TrainConfig:
         if MEAN in tasks and len(tasks) > 1:
             raise ConfigError(f"tasks = {list(tasks)}: a task named '{MEAN}' clashes with the mean over tasks "
                               f"(val_{MEAN}_auc); rename that label")
-        monitors = monitored_metrics(tasks, self.strategy.name == "parameter_server")
+        monitors = monitored_metrics(self.served_tasks(tasks), self.strategy.name == "parameter_server")
         if self.early_stopping.monitor not in monitors:
             raise ConfigError(f"early_stopping.monitor = {self.early_stopping.monitor!r}: not a metric this run "
                               f"logs; expected one of {monitors}")

@@ -52,13 +52,15 @@ def model_spec(run_dir: str) -> Dict[str, Any]:
 
 def load_model(run_dir: str) -> Tuple[tf.keras.Model, Schema, List[str]]:
     """Rebuild the trained model of a completed run; returns (model, the schema it was built
-    from (parsed; the model holds it as a dict for Keras), tasks)."""
+    from (parsed; the model holds it as a dict for Keras), the tasks it serves: those that
+    evaluation scores and export serves, every trained task unless its framework serves fewer,
+    as STEM-AL serves its main task)."""
     spec = model_spec(run_dir)
     schema = Schema.from_dict(spec["schema"])
     # the model gets its own copy: Keras wraps the containers of the dict a layer holds in tracking proxies
     model = build_model(schema.to_dict(), spec["tasks"], **spec["model"])
     model.load_weights(os.path.join(run_dir, WEIGHTS)).expect_partial()
-    return model, schema, spec["tasks"]
+    return model, schema, model.served
 
 
 def run_info(run_dir: str) -> Dict[str, Any]:
