@@ -50,6 +50,9 @@ class CompareConfig:
     base_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     split: str = "test"
     task: Optional[str] = None  # default: the first task of each run (one every method serves)
+    # multi-task grids: a table per task, then one of each metric's mean over these tasks
+    # (the "average AUC" of STEM / AME), after the overall table of ``task``
+    tasks: List[str] = dataclasses.field(default_factory=list)
     metrics: List[str] = option(factory=lambda: ["auc", "gauc", "logloss", "ece"],
                                 choices=tuple(sorted(report.HIGHER_IS_BETTER)))
     title: str = "Method comparison"
@@ -113,9 +116,10 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
         train_cfg = configs[(method, cfg.seeds[0])]
         try:
             schema, tasks, features = resolve(train_cfg)
-            if cfg.task is not None and cfg.task not in train_cfg.served_tasks(tasks):
-                raise ConfigError(f"task = {cfg.task!r}: the model serves (and evaluation scores) only "
-                                  f"{train_cfg.served_tasks(tasks)}")  # caught below, naming the method
+            for name in [cfg.task, *cfg.tasks]:
+                if name is not None and name not in train_cfg.served_tasks(tasks):
+                    raise ConfigError(f"task = {name!r}: the model serves (and evaluation scores) only "
+                                      f"{train_cfg.served_tasks(tasks)}")  # caught below, naming the method
             check_slice_inputs(schema, train_cfg.data_dir, list(cfg.slices), cfg.ad_stats)
             tf.keras.backend.clear_session()
             model = new_model(train_cfg, schema, tasks, features)
@@ -135,6 +139,7 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     (the overall table, then one per group of ``cfg.slices``)."""
     results: Dict[str, List[dict]] = {m: [] for m in cfg.methods}
     sliced: Dict[str, Dict[str, Dict[str, List[dict]]]] = {}
+    per_task: Dict[str, Dict[str, List[dict]]] = {}
     configs = train_configs(cfg, verbose)
     for method in cfg.methods:
         for seed in cfg.seeds:
@@ -144,9 +149,13 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
                 tf.keras.backend.clear_session()
                 train(train_cfg, config_name=method)
             by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats)[cfg.split]
-            if cfg.task is not None and cfg.task not in by_task:  # `ctrflow compare --check` says so before training
-                raise ConfigError(f"task = {cfg.task!r}: method '{method}' serves (and evaluation scores) only "
-                                  f"{sorted(by_task)}")
+            for name in [cfg.task, *cfg.tasks]:  # `ctrflow compare --check` says so before training
+                if name is not None and name not in by_task:
+                    raise ConfigError(f"task = {name!r}: method '{method}' serves (and evaluation scores) only "
+                                      f"{sorted(by_task)}")
+            for name in cfg.tasks:
+                per_task.setdefault(name, {}).setdefault(method, []).append(
+                    {k: by_task[name]["overall"].get(k) for k in cfg.metrics})
             task = by_task[cfg.task or next(iter(by_task))]
             results[method].append({k: task["overall"].get(k) for k in cfg.metrics})
             for name, groups in task.get("slices", {}).items():
@@ -157,16 +166,33 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
                   ", ".join(f"{k}={_f(v)}" for k, v in results[method][-1].items()), flush=True)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as fh:  # before the tables: the raw numbers stay
-        json.dump({"config": dataclasses.asdict(cfg), "results": results, "slices": sliced}, fh, indent=2)
+        json.dump({"config": dataclasses.asdict(cfg), "results": results, "slices": sliced, "tasks": per_task},
+                  fh, indent=2)
     table = report.comparison_table(results, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True)
-    tables = [f"## Overall\n\n{table}"] + [slice_table(cfg, sliced, name, group) for name, groups in cfg.slices.items()
-                        for group in groups]
+    tables = [f"## Overall\n\n{table}"] + task_tables(cfg, per_task) \
+        + [slice_table(cfg, sliced, name, group) for name, groups in cfg.slices.items() for group in groups]
     path = os.path.join(cfg.out_dir, "report.md")
     with open(path, "w") as fh:
         fh.write(f"# {cfg.title}\n\nSplit `{cfg.split}`, seeds {cfg.seeds}; mean ± std over seeds, best in "
                  f"bold, p = paired t-test against `{cfg.baseline}` over the same seeds.\n\n"
                  + "\n".join(tables) + "\n")
     return {"table": table, "tables": tables, "report": path, "results": results, "slices": sliced}
+
+
+def task_tables(cfg: CompareConfig, per_task: Dict[str, Dict[str, List[dict]]]) -> List[str]:
+    """One table per task of ``cfg.tasks``, then the mean over those tasks of each metric, per seed."""
+    if not cfg.tasks:
+        return []
+    tables = [f"## Task `{name}`\n\n" + report.comparison_table(
+        per_task[name], cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True) for name in cfg.tasks]
+    mean = {method: [{k: _mean([per_task[t][method][i][k] for t in cfg.tasks]) for k in cfg.metrics}
+                     for i in range(len(cfg.seeds))] for method in cfg.methods}
+    return tables + [f"## Mean over tasks {', '.join(cfg.tasks)}\n\n" + report.comparison_table(
+        mean, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True)]
+
+
+def _mean(values: List[Optional[float]]) -> Optional[float]:
+    return None if any(v is None for v in values) else sum(values) / len(values)
 
 
 def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: str) -> str:

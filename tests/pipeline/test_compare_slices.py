@@ -166,3 +166,37 @@ def test_method_names_become_flat_run_folders(sim_data, tmp_path):
         _grid(sim_data, tmp_path, methods={"Base": {}, "w/o SABN": {}, "w_o SABN": {}})
     with pytest.raises(ConfigError, match=r"run_name = '\.\./x': expected a folder name"):
         train_config(sim_data, tmp_path / "runs", run_name="../x")
+
+
+def test_multi_task_grids_get_a_table_per_task_and_the_mean_over_tasks(sim_data, tmp_path, monkeypatch):
+    """``tasks``: each task's own table, then the per-seed mean over the tasks (STEM / AME's
+    "average AUC"), each with mean ± std, paired t-test and Impv. against the baseline."""
+    import pipeline.compare as compare
+
+    monkeypatch.setattr(compare, "train", lambda cfg, config_name: None)
+    # auc per (method, seed, task): conversion moves the other way from click
+    aucs = {"Base": {"click": [0.70, 0.71, 0.69], "conversion": [0.60, 0.62, 0.61]},
+            "Rec4Ad": {"click": [0.72, 0.725, 0.70], "conversion": [0.59, 0.60, 0.605]}}
+
+    def evaluate(run_dir, splits, write, ad_stats=None):
+        method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
+        i = SEEDS.index(int(seed))
+        return {splits[0]: {t: {"overall": {"auc": aucs[method][t][i], "ece": 0.01}, "slices": {}}
+                            for t in ("click", "conversion")}}
+
+    monkeypatch.setattr(compare, "evaluate_run", evaluate)
+    out = run_compare(_grid(sim_data, tmp_path, tasks=["click", "conversion"]), verbose=0)
+    titles = [t.splitlines()[0] for t in out["tables"]]
+    assert titles == ["## Overall", "## Task `click`", "## Task `conversion`", "## Mean over tasks click, conversion"]
+    for table, task in zip(out["tables"][1:3], ("click", "conversion")):
+        _, rows = _rows(table)
+        for method in aucs:
+            v = np.array(aucs[method][task])
+            assert rows[method][0].split(" (p=")[0].strip("*") == f"{v.mean():.4f} ± {v.std(ddof=1):.4f}"
+    _, rows = _rows(out["tables"][3])
+    mean = {m: (np.array(a["click"]) + np.array(a["conversion"])) / 2 for m, a in aucs.items()}
+    assert rows["Rec4Ad"][1] == format(mean["Rec4Ad"].mean() - mean["Base"].mean(), "+.4f")
+    assert float(rows["Rec4Ad"][0].split("(p=")[1].split("\\")[0].rstrip(")")) == pytest.approx(
+        stats.ttest_rel(mean["Rec4Ad"], mean["Base"]).pvalue, rel=5e-3)
+    raw = json.load(open(os.path.join(tmp_path, "grid", "results.json")))
+    assert [c["auc"] for c in raw["tasks"]["conversion"]["Rec4Ad"]] == aucs["Rec4Ad"]["conversion"]
