@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from features.errors import UserError
-from features.visual_ids import MANIFEST_FILE, PARAMS_FILE, SIGNATURE, VisualEncoder
+from features.visual_ids import ENCODER_DIR, MANIFEST_FILE, PARAMS_FILE, SIGNATURE, VisualEncoder
 
 EMBED_BATCH = 256  # images per vision-model call
 
@@ -136,3 +136,13 @@ def load_encoder(path: str) -> Tuple[Any, Dict[str, Any]]:
     with tf.io.gfile.GFile(os.path.join(path, MANIFEST_FILE)) as fh:
         manifest = json.load(fh)
     return tf.saved_model.load(path), manifest
+
+
+def served_encoder(data_dir: str, raw_columns) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """The encoder a preprocess output holds (``<data_dir>/visual_encoder/``) when its column is one
+    of ``raw_columns`` (what a served model reads), loaded with its manifest; else None."""
+    path = os.path.join(data_dir, ENCODER_DIR)
+    if not tf.io.gfile.exists(os.path.join(path, MANIFEST_FILE)):
+        return None
+    loaded, manifest = load_encoder(path)
+    return (loaded, manifest) if manifest["column"] in set(raw_columns) else None

@@ -44,6 +44,8 @@ import tensorflow as tf
 from features.encoders import INT_MISSING, make_tf_encoder
 from features.encodings import encoding_of
 from features.schema import Feature, Schema, SchemaError, SideColumn
+from features.visual_ids import SIGNATURE as VISUAL_SIGNATURE
+from features.visual_ids_tf import served_encoder
 
 RAW_SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "encoded"
@@ -214,11 +216,17 @@ class ServingModule(tf.Module):
                     seen.add(id(v))
                     kept.append(v)
         self.model_variables = kept
+        visual = served_encoder(data_dir, [r.name for r in self._plan.inputs])
+        self.visual_encoder, self.visual_manifest = visual if visual else (None, None)
 
     def signatures(self) -> Dict[str, Any]:
-        """{signature name: concrete function} for ``tf.saved_model.save``."""
-        return {RAW_SIGNATURE: self.serve_raw.get_concrete_function(),
-                ENCODED_SIGNATURE: self.serve_encoded.get_concrete_function()}
+        """{signature name: concrete function} for ``tf.saved_model.save``: the two above, and
+        ``visual_semantic_id`` when the data directory holds the encoder of a raw input."""
+        out = {RAW_SIGNATURE: self.serve_raw.get_concrete_function(),
+               ENCODED_SIGNATURE: self.serve_encoded.get_concrete_function()}
+        if self.visual_encoder is not None:
+            out[VISUAL_SIGNATURE] = self.visual_encoder.signatures[VISUAL_SIGNATURE]
+        return out
 
     def _serve_raw(self, raw):
         return self._predict_encoded(self._encode(raw))

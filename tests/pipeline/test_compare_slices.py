@@ -39,7 +39,7 @@ def _fake_runs(monkeypatch, seen):
 
     monkeypatch.setattr(compare, "train", lambda cfg, config_name: None)
 
-    def evaluate(run_dir, splits, write, ad_stats=None):
+    def evaluate(run_dir, splits, write, ad_stats=None, visual_truth=None):
         seen.append(ad_stats)
         method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
         return {splits[0]: _evaluation(GRID[method][SEEDS.index(int(seed))])}
