@@ -106,19 +106,20 @@ def _ad_rows(items: np.ndarray, schema: Schema, data_dir: str, split: str) -> np
 
 def _similar_ad_groups(visual_truth: str, schema: Schema, data_dir: str, item_col: Optional[str],
                        distance: float) -> Dict[object, int]:
-    """{ad as the data holds it: its similar-ad group} from the simulator's ground truth: raw ad ids
-    are encoded with the schema's vocabulary when the ad column is a feature (ads it maps to OOV,
-    which it cannot tell apart, are left out)."""
+    """{ad as the data holds it: its similar-ad group} from the simulator's ground truth, the groups
+    cut over every ad of the catalogue: raw ad ids are then encoded with the schema's vocabulary
+    when the ad column is a feature (ads it maps to OOV, which it cannot tell apart, are left out)."""
     if not distance > 0:
         raise ConfigError(f"similar_distance = {distance!r}: expected a distance > 0 between visual attributes")
     if not item_col or not schema.user_column:
         raise ConfigError(f"visual_truth '{visual_truth}': the data in '{data_dir}' needs an ad column (ad_id) and "
                           "a user column for the score CV among similar ads")
     ads, attributes = VS.simulator_truth(visual_truth, ad_column=item_col)
+    groups = VS.ad_groups(attributes, distance)
     if item_col in schema.feature_names:
         ads = NumpyEncoder(schema.feature(item_col), data_dir).encode(ads)[:, 0]
-        ads, attributes = ads[ads != OOV_ID], attributes[ads != OOV_ID]
-    return VS.ad_groups(ads, attributes, distance)
+        ads, groups = ads[ads != OOV_ID], groups[ads != OOV_ID]
+    return dict(zip(ads.tolist(), groups.tolist()))
 
 
 def _similar_ads_cv(scores: np.ndarray, users: np.ndarray, ads: np.ndarray, groups: Dict[object, int],

@@ -87,9 +87,8 @@ def simulator_truth(raw_dir: str, ad_column: str = "ad_id", item_column: str = "
     return ads[ad_column].to_numpy(), visual.astype(np.float64)
 
 
-def ad_groups(ad_keys: np.ndarray, attributes: np.ndarray, max_distance: float = DEFAULT_MAX_DISTANCE
-              ) -> Dict[object, int]:
-    """{ad: similar-ad group}: ads with equal attributes (one item's creatives) are clustered once."""
+def ad_groups(attributes: np.ndarray, max_distance: float = DEFAULT_MAX_DISTANCE) -> np.ndarray:
+    """The similar-ad group of each ad (int64 [n]) from its creative's attributes [n, 6]: ads with
+    equal attributes (one item's creatives) are clustered once, as one point."""
     unique, inverse = np.unique(np.asarray(attributes, np.float64), axis=0, return_inverse=True)
-    groups = similar_groups(unique, max_distance)[inverse.reshape(-1)]
-    return dict(zip(np.asarray(ad_keys).tolist(), groups.tolist()))
+    return similar_groups(unique, max_distance)[inverse.reshape(-1)]

@@ -60,7 +60,7 @@ def export_model(model: tf.keras.Model, schema: Schema, tasks: Sequence[str], da
     if module.visual_manifest:  # a new creative's visual semantic ID, from the preprocess job's encoder
         m = module.visual_manifest
         signatures[m["signature"]] = {"inputs": [m["input"]], "outputs": [m["column"]],
-                                      "image_shape": m["image_shape"], "dtype": "uint8"}
+                                      "image_shape": [int(d) for d in m["image_shape"]], "dtype": "uint8"}
     meta = {"model_name": model_name, "tasks": list(tasks), "raw_inputs": [r.to_dict() for r in inputs],
             "signatures": sorted(signatures), "example_row": rows[0],
             "model_schema_fingerprint": schema.fingerprint(),
