@@ -28,17 +28,23 @@ DEFAULT_MAX_DISTANCE = 0.15
 CIRCULAR = (0, 1)  # background and foreground hue (pipeline/simulator/world.py, VISUAL_ATTRIBUTES)
 
 
+def _gap(diff: np.ndarray, k: int) -> np.ndarray:
+    """|difference| of attribute ``k``, around the circle for the hues."""
+    x = np.abs(diff)
+    return np.minimum(x, 1.0 - x) if k in CIRCULAR else x
+
+
+def attribute_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances between the rows of visual attributes ``a`` and ``b`` ([n, 6] each), row by row."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.sqrt(sum(_gap(a[..., k] - b[..., k], k) ** 2 for k in range(a.shape[-1])))
+
+
 def attribute_distances(attributes: np.ndarray) -> np.ndarray:
     """Pairwise distances [n, n] of visual attributes [n, 6] in [0, 1]: Euclidean, with the hue
     differences taken around the circle (0.95 and 0.05 are 0.1 apart)."""
     a = np.asarray(attributes, np.float64)
-    d2 = np.zeros((len(a), len(a)))
-    for k in range(a.shape[1]):
-        x = np.abs(a[:, k, None] - a[None, :, k])
-        if k in CIRCULAR:
-            x = np.minimum(x, 1.0 - x)
-        d2 += x ** 2
-    return np.sqrt(d2)
+    return np.sqrt(sum(_gap(a[:, k, None] - a[None, :, k], k) ** 2 for k in range(a.shape[1])))
 
 
 def similar_groups(attributes: np.ndarray, max_distance: float = DEFAULT_MAX_DISTANCE) -> np.ndarray:

@@ -21,6 +21,11 @@ signatures, both returning one probability per task (``{task: [batch] float32}``
   feature name, ``[batch, width]`` in the schema's encoded dtype (what the TFRecords
   hold), for callers that run the Beam encoding themselves.
 
+When the model reads a visual semantic ID that the data directory's encoder computes
+(``visual_encoder/``, ``features/visual_ids_tf.py``), a third signature, ``visual_semantic_id``,
+is that encoder: creative images -> the ID a request carries, so new ads get theirs without
+retraining.
+
 Both fill the model's side inputs (``features.schema.SIDE_INPUTS``: ``_source`` = 1 (ad),
 ``_group`` = -1 (unknown), ``_user`` = ``""`` / -1), which training reads from the data's
 meta columns: clients never send them and the signatures' inputs do not include them.
