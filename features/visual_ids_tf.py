@@ -48,9 +48,9 @@ def load_vision_model(path: str):
     fn = loaded.signatures.get("serving_default")
     inputs = {} if fn is None else fn.structured_input_signature[1]
     if fn is None or len(inputs) != 1 or len(fn.structured_outputs) != 1:
+        has = "no such signature" if fn is None else f"inputs {sorted(inputs)}, outputs {sorted(fn.structured_outputs)}"
         raise VisionModelError(f"vision_model '{path}': its serving_default signature must take one input "
-                               f"(images) and give one output (embeddings); it has "
-                               f"{'none' if fn is None else f'inputs {sorted(inputs)}, outputs {sorted(fn.structured_outputs)}'}")
+                               f"(images) and give one output (embeddings); it has {has}")
     return _SignatureModel(loaded, fn)
 
 
@@ -83,6 +83,11 @@ def model_embeddings(model, images: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
+def _constant(values: np.ndarray, name: str) -> tf.Variable:
+    """A fitted parameter as a float64 non-trainable variable (saved in the SavedModel's variables/)."""
+    return tf.Variable(np.asarray(values, np.float64), trainable=False, name=name)
+
+
 class VisualIdModule(tf.Module):
     """images uint8 [N, H, W, 3] -> IDs int64 [N], the TF twin of :class:`VisualEncoder`;
     ``encode`` is the SavedModel signature (``{column: ids}``)."""
@@ -92,11 +97,10 @@ class VisualIdModule(tf.Module):
         if encoder.uses_model and model is None:
             raise ValueError(f"vision model '{encoder.vision_model}': pass the loaded model")
         self.column, self.vision_model = column, encoder.vision_model
-        const = lambda a, name: tf.Variable(np.asarray(a, np.float64), trainable=False, name=name)  # noqa: E731
-        self.center, self.planes = const(encoder.center, "center"), const(encoder.planes, "planes")
+        self.center, self.planes = _constant(encoder.center, "center"), _constant(encoder.planes, "planes")
         if encoder.vision_model == "pca":
-            self.pixel_mean, self.components = const(encoder.pixel_mean, "pixel_mean"), \
-                const(encoder.components, "components")
+            self.pixel_mean = _constant(encoder.pixel_mean, "pixel_mean")
+            self.components = _constant(encoder.components, "components")
         self.model = model
         self.powers = tf.constant(np.int64(1) << np.arange(encoder.bits, dtype=np.int64))
         self.encode = tf.function(self._encode, input_signature=[

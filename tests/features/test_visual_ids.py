@@ -89,6 +89,13 @@ def test_a_keras_vision_model_hashes_its_embeddings(tmp_path):
     VT.save_encoder(enc, "vid", str(tmp_path / "enc"), loaded)
     served, _ = VT.load_encoder(str(tmp_path / "enc"))
     np.testing.assert_array_equal(served.signatures[V.SIGNATURE](images=tf.constant(images))["vid"].numpy(), ids)
+    # the same model as a SavedModel folder: through its serving_default signature
+    tf.saved_model.save(model, str(tmp_path / "vision_sm"))
+    as_saved = VT.load_vision_model(str(tmp_path / "vision_sm"))
+    np.testing.assert_allclose(VT.model_embeddings(as_saved, images), emb, rtol=1e-5, atol=1e-6)
+    VT.save_encoder(enc, "vid", str(tmp_path / "enc_sm"), as_saved)
+    served, _ = VT.load_encoder(str(tmp_path / "enc_sm"))
+    np.testing.assert_array_equal(served.signatures[V.SIGNATURE](images=tf.constant(images))["vid"].numpy(), ids)
     with pytest.raises(VT.VisionModelError, match="expected 'pca', 'pixels', a .keras"):
         VT.load_vision_model(str(tmp_path))
 

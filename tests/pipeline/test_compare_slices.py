@@ -115,7 +115,7 @@ def test_a_slice_the_evaluation_did_not_write_is_named(sim_data, tmp_path, monke
 
 
 def test_slice_keys_are_checked_at_load_and_by_check(sim_data, sim_raw, tmp_path):
-    with pytest.raises(ConfigError, match=r"slices\.ir: unknown slice; known: \['activity', 'impression_ratio'\]"):
+    with pytest.raises(ConfigError, match=r"slices\.ir: unknown slice; known: \['activity', 'impression_ratio', 'new_ads'\]"):
         _grid(sim_data, tmp_path, slices={"ir": ["IR1"]})
     with pytest.raises(ConfigError, match=r"slices\.impression_ratio = \['IR1', 'IR9'\]: expected distinct groups "
                                           r"from \['IR1', 'IR2', 'IR3', 'IR4'\]"):

@@ -99,3 +99,23 @@ def test_evaluate_run_writes_the_score_cv_and_the_new_ads_slice(sim_visual_data,
         new = got["slices"]["new_ads"]
         assert new["new"]["count"] == int((cols["ad_id"] == OOV_ID).sum()) > 0  # absent from the training split
         assert new["new"]["count"] + new["seen"]["count"] == got["overall"]["count"]
+
+
+@pytest.mark.slow
+def test_the_ready_grid_checks_on_visual_data(sim_visual_data, sim_raw, tmp_path):
+    """configs/compare_visual_sim.yaml: every method's features exist and its model builds; the
+    new-ads slice and score_cv (with the ground truth) are known to the evaluation."""
+    from pipeline.compare import CompareConfig, check_compare
+    from pipeline.config import ConfigError, load_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "compare_visual_sim.yaml")
+    overrides = {"out_dir": str(tmp_path / "grid"), "visual_truth": sim_raw,
+                 "base_overrides": {"data_dir": sim_visual_data, "eval_splits": ["test"],
+                                    "model.backbone_options.dnn_units": [8]}}
+    cells = check_compare(load_config(CompareConfig, path, overrides))
+    assert [c["method"] for c in cells] == ["random ad ids", "visual ids", "visual ids, bases 2-3-10",
+                                            "ad + visual ids"]
+    sizes = {c["method"]: c["parameters"] for c in cells}
+    assert sizes["visual ids"] < sizes["random ad ids"] < sizes["ad + visual ids"]  # 34 visual rows vs an ad table
+    with pytest.raises(ConfigError, match="score_cv needs visual_truth"):
+        load_config(CompareConfig, path, {**overrides, "visual_truth": None})
