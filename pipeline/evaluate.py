@@ -111,9 +111,10 @@ def _similar_ad_groups(visual_truth: str, schema: Schema, data_dir: str, item_co
     when the ad column is a feature (ads it maps to OOV, which it cannot tell apart, are left out)."""
     if not distance > 0:
         raise ConfigError(f"similar_distance = {distance!r}: expected a distance > 0 between visual attributes")
-    if not item_col or not schema.user_column:
-        raise ConfigError(f"visual_truth '{visual_truth}': the data in '{data_dir}' needs an ad column (ad_id) and "
-                          "a user column for the score CV among similar ads")
+    if not item_col or not schema.user_column or item_col in schema.extra.get("hashed_meta", []):
+        raise ConfigError(f"visual_truth '{visual_truth}': the data in '{data_dir}' needs an ad column (ad_id: a "
+                          "feature, or a meta column holding the raw ids) and a user column for the score CV among "
+                          "similar ads")
     ads, attributes = VS.simulator_truth(visual_truth, ad_column=item_col)
     groups = VS.ad_groups(attributes, distance)
     if item_col in schema.feature_names:

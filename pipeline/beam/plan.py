@@ -68,7 +68,7 @@ class JobPlan:
             for column in t.filled_columns():
                 if column in owner:
                     raise ConfigError(f"transforms[{i}] ({t.name}) computes the column '{column}', which transform "
-                                      f"'{owner[column]}' computes too; let one of them")
+                                      f"'{owner[column]}' computes too; let one transform compute it")
                 owner[column] = t.name
         return list(owner)
 
