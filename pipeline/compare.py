@@ -158,7 +158,7 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
             for name, groups in task.get("slices", {}).items():
                 for group, values in groups.items():
                     sliced.setdefault(name, {}).setdefault(group, {}).setdefault(method, []).append(
-                        {k: values.get(k) for k in [*cfg.metrics, "count"]})
+                        {k: values.get(k) for k in [*slice_metrics(cfg), "count"]})
             print(f"[compare] {method} seed {seed}: " +
                   ", ".join(f"{k}={_f(v)}" for k, v in results[method][-1].items()), flush=True)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -175,6 +175,11 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     return {"table": table, "tables": tables, "report": path, "results": results, "slices": sliced}
 
 
+def slice_metrics(cfg: CompareConfig) -> List[str]:
+    """The metrics of the slice tables: ``cfg.metrics`` but those only a whole split has (score_cv)."""
+    return [m for m in cfg.metrics if m not in report.SPLIT_ONLY_METRICS]
+
+
 def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: str) -> str:
     """The comparison table of one slice group (Rec4Ad Table 2), under its heading; a ConfigError
     naming ``slices.<name>`` when the evaluation wrote no such slice (the data lacks its column)."""
@@ -183,8 +188,8 @@ def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: s
                           f"wrote {sorted(sliced)}: activity needs the data's user column, impression_ratio "
                           f"and new_ads its ad column); per-seed numbers are in {cfg.out_dir}/results.json")
     try:
-        table = report.comparison_table(sliced[name][group], cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER,
-                                        improvement=True)
+        table = report.comparison_table(sliced[name][group], slice_metrics(cfg), cfg.baseline,
+                                        report.HIGHER_IS_BETTER, improvement=True)
     except ValueError as exc:
         raise ValueError(f"slices.{name} group {group}: {exc}") from None
     return f"## {group}: {report.SLICE_TITLES.get(name, name)}\n\n{table}"

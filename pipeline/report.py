@@ -29,6 +29,7 @@ SLICE_COLUMNS = ["auc", "gauc", "logloss", "ece", "count", "num_users", "ctr", "
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ece": False,
                     "GP-LT": False, "GP-Head": False, "GAP": False,
                     "score_cv": False}  # CV of scores among visually similar ads (pipeline/visual_similarity.py)
+SPLIT_ONLY_METRICS = ("score_cv",)  # over a whole split (pairs of similar ads per user), not per slice
 SLICE_TITLES = {"activity": "by user activity (training samples; G1 = least active)",
                 "impression_ratio": "by ad impression ratio (IR1 = highest, Rec4Ad Eq. 2)",
                 "new_ads": "by ad novelty (new = absent from the training split)"}

@@ -119,3 +119,34 @@ def test_the_ready_grid_checks_on_visual_data(sim_visual_data, sim_raw, tmp_path
     assert sizes["visual ids"] < sizes["random ad ids"] < sizes["ad + visual ids"]  # 34 visual rows vs an ad table
     with pytest.raises(ConfigError, match="score_cv needs visual_truth"):
         load_config(CompareConfig, path, {**overrides, "visual_truth": None})
+
+
+def test_compare_tabulates_score_cv_overall_and_the_new_ads_slice(monkeypatch, tmp_path):
+    """score_cv (a whole split's) is a column of the overall table only; new ads get their table."""
+    import pipeline.compare as compare
+    from pipeline.config import from_dict
+
+    cv = {"random": [0.30, 0.32], "visual": [0.25, 0.26]}
+
+    def evaluate(run_dir, splits, write, ad_stats=None, visual_truth=None):
+        assert visual_truth == "raw"
+        method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
+        k = int(seed) - 1
+        groups = {"new": {"auc": 0.70 + 0.02 * (method == "visual") + 0.001 * k, "count": 40},
+                  "seen": {"auc": 0.73, "count": 960}}
+        return {splits[0]: {"conversion": {"overall": {"auc": 0.73 + 0.001 * k, "score_cv": cv[method][k]},
+                                           "slices": {"new_ads": groups}}}}
+
+    monkeypatch.setattr(compare, "train", lambda cfg, config_name: None)
+    monkeypatch.setattr(compare, "evaluate_run", evaluate)
+    base = tmp_path / "base.yaml"
+    base.write_text("data_dir: data\ntasks: [conversion]\n")
+    cfg = from_dict(compare.CompareConfig, {
+        "base_config": str(base), "out_dir": str(tmp_path / "grid"), "seeds": [1, 2], "baseline": "random",
+        "methods": {"random": {}, "visual": {}}, "metrics": ["auc", "score_cv"], "slices": {"new_ads": ["new"]},
+        "visual_truth": "raw"})
+    out = compare.run_compare(cfg)
+    overall, new = out["tables"]
+    assert "score_cv" in overall.splitlines()[2] and "0.2550" in overall  # the visual ids' mean CV
+    assert "score_cv" not in new and new.startswith("## new: by ad novelty")
+    assert "0.7205" in new  # mean new-ads AUC of the visual ids over the two seeds
