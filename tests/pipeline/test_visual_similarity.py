@@ -101,7 +101,6 @@ def test_evaluate_run_writes_the_score_cv_and_the_new_ads_slice(sim_visual_data,
         assert new["new"]["count"] + new["seen"]["count"] == got["overall"]["count"]
 
 
-@pytest.mark.slow
 def test_the_ready_grid_checks_on_visual_data(sim_visual_data, sim_raw, tmp_path):
     """configs/compare_visual_sim.yaml: every method's features exist and its model builds; the
     new-ads slice and score_cv (with the ground truth) are known to the evaluation."""
