@@ -4,7 +4,7 @@
     ctrflow load       NAME --src DIR --out DIR [--overwrite]
     ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...] [--schema EARLIER_DATA] [--overwrite]
     ctrflow train      --config configs/train_sim_dcnv2.yaml [--set ...] [--overwrite]
-    ctrflow evaluate   RUN_DIR [--split test ...] [--ad-stats RAW/ads.parquet]
+    ctrflow evaluate   RUN_DIR [--split test ...] [--ad-stats RAW/ads.parquet] [--visual-truth RAW]
     ctrflow compare    --config configs/compare_backbones.yaml
     ctrflow export     RUN_DIR --out BASE [--keep N] [--overwrite]
     ctrflow demo       [--out demo_out]
@@ -25,6 +25,7 @@ from features import _tfenv  # noqa: F401
 
 from features.errors import UserError
 from pipeline.config import load_config, parse_override
+from pipeline.visual_similarity import DEFAULT_MAX_DISTANCE
 
 
 def _overrides(items):
@@ -67,7 +68,8 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from pipeline.evaluate import evaluate_run, summary_table
 
-    results = evaluate_run(args.run_dir, splits=args.split, ad_stats=args.ad_stats)
+    results = evaluate_run(args.run_dir, splits=args.split, ad_stats=args.ad_stats, visual_truth=args.visual_truth,
+                           similar_distance=args.similar_distance)
     print(summary_table(results))
     print(f"wrote {os.path.join(args.run_dir, 'metrics.json')} and report.md")
 
@@ -145,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", action="append", help="split(s) to evaluate (default: the run's eval_splits)")
     ev.add_argument("--ad-stats", help="ad table (Parquet/CSV) with the ad column and impression_ratio, e.g. the "
                                        "simulator's <raw>/ads.parquet: impression-ratio slices by Rec4Ad Eq. 2")
+    ev.add_argument("--visual-truth", metavar="RAW",
+                    help="the simulator's output folder (ads.parquet, items.parquet): adds each task's coefficient of "
+                         "variation of scores among visually similar ads shown to one user (Tencent Sec. 3.2)")
+    ev.add_argument("--similar-distance", type=float, default=DEFAULT_MAX_DISTANCE,
+                    help="ads are similar when their items' visual attributes lie within this distance "
+                         f"(default {DEFAULT_MAX_DISTANCE})")
     ev.set_defaults(fn=cmd_evaluate)
 
     ex = sub.add_parser("export", help="SavedModel for TF Serving: BASE/<model_name>/<version>/")

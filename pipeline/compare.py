@@ -22,6 +22,10 @@ nothing: a grid's typo fails in seconds, not hours in.
       dcnv2:  {model.backbone: dcnv2}
     slices: {impression_ratio: [IR1, IR4]}
     ad_stats: demo_out/raw/ads.parquet
+
+``slices: {new_ads: [new]}`` tabulates the ads absent from the training split, and
+``visual_truth`` (the simulator's output folder) lets ``metrics`` include ``score_cv``
+(Tencent §3.2; ``configs/compare_visual_sim.yaml``).
 """
 from __future__ import annotations
 
@@ -62,6 +66,9 @@ class CompareConfig:
     # the ads table (Parquet / CSV: the ad column and impression_ratio) whose logged ratio orders
     # the ads of the impression_ratio slice (pipeline.evaluate.evaluate_run); default: training impressions
     ad_stats: Optional[str] = None
+    # the simulator's output folder: each run's evaluation adds score_cv, the CV of predicted scores
+    # among visually similar ads shown to one user (Tencent §3.2; pipeline/visual_similarity.py)
+    visual_truth: Optional[str] = None
 
     def __post_init__(self):
         if self.baseline not in self.methods:
@@ -81,6 +88,9 @@ class CompareConfig:
             unknown = [g for g in groups if g not in known[name]]
             if unknown or not groups or len(set(groups)) != len(groups):
                 raise ConfigError(f"slices.{name} = {groups}: expected distinct groups from {known[name]}")
+        if "score_cv" in self.metrics and not self.visual_truth:
+            raise ConfigError("metrics: score_cv needs visual_truth, the simulator's output folder (its items' "
+                              "visual attributes group the ads)")
 
 
 def run_label(method: str) -> str:
@@ -120,7 +130,8 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
                 if name is not None and name not in train_cfg.served_tasks(tasks):
                     raise ConfigError(f"task = {name!r}: the model serves (and evaluation scores) only "
                                       f"{train_cfg.served_tasks(tasks)}")  # caught below, naming the method
-            check_slice_inputs(schema, train_cfg.data_dir, list(cfg.slices), cfg.ad_stats)
+            check_slice_inputs(schema, train_cfg.data_dir, list(cfg.slices), cfg.ad_stats,
+                               visual_truth=cfg.visual_truth)
             tf.keras.backend.clear_session()
             model = new_model(train_cfg, schema, tasks, features)
             batch = next(iter(make_dataset(train_cfg.data_dir, train_cfg.valid_split, 8, labels=tasks,
@@ -148,7 +159,8 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
             if not os.path.exists(os.path.join(run_dir, "done.json")):
                 tf.keras.backend.clear_session()
                 train(train_cfg, config_name=method)
-            by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats)[cfg.split]
+            by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats,
+                                   visual_truth=cfg.visual_truth)[cfg.split]
             for name in [cfg.task, *cfg.tasks]:  # `ctrflow compare --check` says so before training
                 if name is not None and name not in by_task:
                     raise ConfigError(f"task = {name!r}: method '{method}' serves (and evaluation scores) only "
@@ -161,7 +173,7 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
             for name, groups in task.get("slices", {}).items():
                 for group, values in groups.items():
                     sliced.setdefault(name, {}).setdefault(group, {}).setdefault(method, []).append(
-                        {k: values.get(k) for k in [*cfg.metrics, "count"]})
+                        {k: values.get(k) for k in [*slice_metrics(cfg), "count"]})
             print(f"[compare] {method} seed {seed}: " +
                   ", ".join(f"{k}={_f(v)}" for k, v in results[method][-1].items()), flush=True)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -195,16 +207,21 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
     return None if any(v is None for v in values) else sum(values) / len(values)
 
 
+def slice_metrics(cfg: CompareConfig) -> List[str]:
+    """The metrics of the slice tables: ``cfg.metrics`` but those only a whole split has (score_cv)."""
+    return [m for m in cfg.metrics if m not in report.SPLIT_ONLY_METRICS]
+
+
 def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: str) -> str:
     """The comparison table of one slice group (Rec4Ad Table 2), under its heading; a ConfigError
     naming ``slices.<name>`` when the evaluation wrote no such slice (the data lacks its column)."""
     if group not in sliced.get(name, {}):
         raise ConfigError(f"slices.{name}: the runs' evaluation has no group {group} of slice '{name}' (it "
                           f"wrote {sorted(sliced)}: activity needs the data's user column, impression_ratio "
-                          f"its ad column); per-seed numbers are in {cfg.out_dir}/results.json")
+                          f"and new_ads its ad column); per-seed numbers are in {cfg.out_dir}/results.json")
     try:
-        table = report.comparison_table(sliced[name][group], cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER,
-                                        improvement=True)
+        table = report.comparison_table(sliced[name][group], slice_metrics(cfg), cfg.baseline,
+                                        report.HIGHER_IS_BETTER, improvement=True)
     except ValueError as exc:
         raise ValueError(f"slices.{name} group {group}: {exc}") from None
     return f"## {group}: {report.SLICE_TITLES.get(name, name)}\n\n{table}"

@@ -7,7 +7,10 @@ recomputed here; data without that column gets no GP-* and a note in the report)
 and per user-activity quintile and ad impression-ratio group (Rec4Ad
 Eq. 2: from the serving log's ratio when ``ad_stats`` names an ad table that has it, such
 as the simulator's ``ads.parquet``; else ads are ordered by training impressions; either way
-over the ads of the training split's ad samples, never rec samples' pseudo-ads).
+over the ads of the training split's ad samples, never rec samples' pseudo-ads) and new ads
+(absent from every training row) against seen ones. With ``visual_truth`` (the simulator's
+output folder), each task also gets the coefficient of variation of its scores among visually
+similar ads shown to the same user (Tencent §3.2; ``pipeline/visual_similarity.py``).
 Predictions run with ``training=False`` (dropout and batch norm in inference mode).
 """
 from __future__ import annotations
@@ -17,12 +20,14 @@ import os
 from typing import Dict, List, Optional
 
 import numpy as np
+import pandas as pd
 
 from features import outputs
 from features.encoders import NumpyEncoder
 from features.errors import UserError
 from features.schema import OOV_ID, Schema
 from pipeline import metrics as M
+from pipeline import visual_similarity as VS
 from pipeline import report, runs
 from pipeline.config import ConfigError
 from pipeline.data import SOURCES, make_dataset, read_columns
@@ -32,11 +37,16 @@ from serving import run_artifacts
 
 
 def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: Optional[str] = None,
-                 batch_size: int = 16384, write: bool = True, ad_stats: Optional[str] = None) -> Dict[str, dict]:
+                 batch_size: int = 16384, write: bool = True, ad_stats: Optional[str] = None,
+                 visual_truth: Optional[str] = None,
+                 similar_distance: float = VS.DEFAULT_MAX_DISTANCE) -> Dict[str, dict]:
     """Evaluate a completed run on ``splits`` (default: the config's eval_splits).
 
     ad_stats: an ad table (Parquet or CSV) with the item column and ``impression_ratio``
     (see :func:`logged_impression_ratio`) for the impression-ratio slices.
+    visual_truth: the simulator's output folder; adds each task's ``similar_ads`` (the score CV
+    among ads whose items' visual attributes lie within ``similar_distance``) and
+    ``overall.score_cv``.
     """
     cfg = runs.load_config(run_dir)
     model, _, tasks = run_artifacts.load_model(run_dir)
@@ -51,6 +61,9 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
     ratio = logged_impression_ratio(ad_stats, schema, cfg.data_dir, item_col) if ad_stats else None
     train_cols = read_columns(cfg.data_dir, cfg.train_split, extra, schema=schema) if extra else {}
     train_ads = _ad_rows(train_cols.get(item_col), schema, cfg.data_dir, cfg.train_split) if item_col else None
+    unknown_ad = OOV_ID if item_col in schema.feature_names else None  # encoded ad ids: OOV = not in the vocabulary
+    similar = _similar_ad_groups(visual_truth, schema, cfg.data_dir, item_col, similar_distance) \
+        if visual_truth else None
     results: Dict[str, dict] = {}
     for split in splits:
         ds = make_dataset(cfg.data_dir, split, batch_size, schema=schema, shuffle=False, deterministic=True,
@@ -65,7 +78,12 @@ def evaluate_run(run_dir: str, splits: Optional[List[str]] = None, item_column: 
                 item_ids=cols.get(item_col) if item_col else None,
                 train_item_ids=train_ads,
                 logged_impression_ratio=ratio,
-                user_groups=cols.get(group_col) if group_col else None, head_fraction=head_fraction)
+                user_groups=cols.get(group_col) if group_col else None, head_fraction=head_fraction,
+                seen_item_ids=train_cols.get(item_col) if item_col else None, unknown_item_id=unknown_ad)
+            if similar is not None:
+                by_task[task]["similar_ads"] = _similar_ads_cv(p[task], cols[user_col], cols[item_col], similar,
+                                                               similar_distance)
+                by_task[task]["overall"]["score_cv"] = by_task[task]["similar_ads"]["score_cv"]
         results[split] = by_task
         if write:
             report.write_eval_report(os.path.join(run_dir, f"eval_{split}"), by_task,
@@ -86,6 +104,35 @@ def _ad_rows(items: np.ndarray, schema: Schema, data_dir: str, split: str) -> np
     return items[source == SOURCES["ad"]]
 
 
+def _similar_ad_groups(visual_truth: str, schema: Schema, data_dir: str, item_col: Optional[str],
+                       distance: float) -> Dict[object, int]:
+    """{ad as the data holds it: its similar-ad group} from the simulator's ground truth, the groups
+    cut over every ad of the catalogue: raw ad ids are then encoded with the schema's vocabulary
+    when the ad column is a feature (ads it maps to OOV, which it cannot tell apart, are left out)."""
+    if not distance > 0:
+        raise ConfigError(f"similar_distance = {distance!r}: expected a distance > 0 between visual attributes")
+    if not item_col or not schema.user_column or item_col in schema.extra.get("hashed_meta", []):
+        raise ConfigError(f"visual_truth '{visual_truth}': the data in '{data_dir}' needs an ad column (ad_id: a "
+                          "feature, or a meta column holding the raw ids) and a user column for the score CV among "
+                          "similar ads")
+    ads, attributes = VS.simulator_truth(visual_truth, ad_column=item_col)
+    groups = VS.ad_groups(attributes, distance)
+    if item_col in schema.feature_names:
+        ads = NumpyEncoder(schema.feature(item_col), data_dir).encode(ads)[:, 0]
+        ads, groups = ads[ads != OOV_ID], groups[ads != OOV_ID]
+    return dict(zip(ads.tolist(), groups.tolist()))
+
+
+def _similar_ads_cv(scores: np.ndarray, users: np.ndarray, ads: np.ndarray, groups: Dict[object, int],
+                    distance: float) -> Dict[str, object]:
+    """:func:`pipeline.visual_similarity.score_cv` of a task's scores on a split, rows whose ad has no
+    ground truth (left out) counted."""
+    ads = np.asarray(ads).reshape(-1)
+    row_groups = pd.Series(ads).map(groups).fillna(-1).to_numpy(np.int64)
+    return {**VS.score_cv(scores, np.asarray(users).reshape(-1), ads, row_groups), "max_distance": distance,
+            "rows_without_truth": int((row_groups < 0).sum())}
+
+
 def _item_column(schema: Schema, item_column: Optional[str] = None) -> Optional[str]:
     """The ad column the impression-ratio slice groups by: ``item_column``, else ``ad_id`` when the
     data has it (a feature or meta column), else None (no such slice)."""
@@ -93,18 +140,22 @@ def _item_column(schema: Schema, item_column: Optional[str] = None) -> Optional[
 
 
 def check_slice_inputs(schema: Schema, data_dir: str, slices: List[str], ad_stats: Optional[str] = None,
-                       item_column: Optional[str] = None) -> None:
+                       item_column: Optional[str] = None, visual_truth: Optional[str] = None) -> None:
     """The data has what :func:`evaluate_run` needs to write ``slices`` (activity: a user column;
-    impression_ratio: an ad column) and ``ad_stats`` is an ads table it can read for that data:
-    a UserError naming the key or the file, before any run trains (``ctrflow compare --check``)."""
+    impression_ratio, new_ads: an ad column), ``ad_stats`` is an ads table it can read for that
+    data and ``visual_truth`` a simulator output it can group the data's ads by: a UserError
+    naming the key or the file, before any run trains (``ctrflow compare --check``)."""
     item_col = _item_column(schema, item_column)
+    if visual_truth:
+        _similar_ad_groups(visual_truth, schema, data_dir, item_col, VS.DEFAULT_MAX_DISTANCE)
     if "activity" in slices and not schema.user_column:
         raise ConfigError(f"slices.activity: the schema in '{data_dir}' has no user column (user_column), "
                           f"so evaluation writes no activity slice")
-    if ("impression_ratio" in slices or ad_stats) and not item_col:
-        key = "slices.impression_ratio" if "impression_ratio" in slices else f"ad_stats = '{ad_stats}'"
+    ad_slices = [s for s in ("impression_ratio", "new_ads") if s in slices]
+    if (ad_slices or ad_stats) and not item_col:
+        key = f"slices.{ad_slices[0]}" if ad_slices else f"ad_stats = '{ad_stats}'"
         raise ConfigError(f"{key}: the data in '{data_dir}' has no ad column (ad_id), so evaluation writes no "
-                          f"impression-ratio slice")
+                          f"impression-ratio or new-ads slice")
     if ad_stats:
         logged_impression_ratio(ad_stats, schema, data_dir, item_col)
 

@@ -15,7 +15,8 @@
 * Slices: user-activity groups G1..G5 by training-sample counts (ranked like the head users
   by :func:`pipeline.user_groups.rank_by_activity`, so G5 = the head users at fraction 0.2),
   and Rec4Ad impression-ratio groups of ads (Eq. 2, sorted descending and split into
-  equal-sized groups, §2.2.1 / §4.2.2).
+  equal-sized groups, §2.2.1 / §4.2.2); new ads (absent from the training split) and seen
+  ones (Tencent §3.2: visual semantic IDs help most on new ads).
 
 User ids are compared as strings (:func:`user_keys`): integer ids as their decimal
 string, so "0111" and "111" are two users while 111 and "111" are one; float ids are
@@ -32,6 +33,7 @@ import pandas as pd
 from pipeline.user_groups import rank_by_activity
 
 RELIABILITY_STRATEGIES = ("quantile", "uniform")
+NEW_AD_GROUPS = ("new", "seen")  # ads absent from / present in the training split
 
 
 @dataclasses.dataclass
@@ -60,7 +62,8 @@ def slice_groups(cfg: Optional[EvalConfig] = None) -> Dict[str, list]:
     IR1..IRk (IR1 = highest; with k = 4, IR1 = Rec4Ad's G_top and IR4 its G_bottom)."""
     cfg = cfg or EvalConfig()
     return {"activity": [f"G{k + 1}" for k in range(cfg.activity_groups)],
-            "impression_ratio": [f"IR{k + 1}" for k in range(cfg.ir_groups)]}
+            "impression_ratio": [f"IR{k + 1}" for k in range(cfg.ir_groups)],
+            "new_ads": list(NEW_AD_GROUPS)}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -390,6 +393,16 @@ def impression_ratio_groups(item_ids_eval, item_ids_train, num_groups=4,
     return labels[group]
 
 
+def new_ad_groups(item_ids_eval, item_ids_train, unknown_id=None) -> np.ndarray:
+    """Label ``new`` / ``seen`` per eval row: whether the row's ad appears among the training
+    split's ads. ``unknown_id`` (the OOV id of an encoded ad column) is never a seen ad: its rows
+    are ads the vocabulary does not know (with ``min_count`` 1, exactly those absent from training)."""
+    seen = np.setdiff1d(np.unique(_as_1d("item_ids_train", item_ids_train)),
+                        [] if unknown_id is None else [unknown_id])
+    is_seen = np.isin(_as_1d("item_ids_eval", item_ids_eval), seen)
+    return np.where(is_seen, NEW_AD_GROUPS[1], NEW_AD_GROUPS[0])
+
+
 # ----------------------------------------------------------------------------- everything
 
 def _slice_metrics(y: np.ndarray, p: np.ndarray, users: Optional[np.ndarray], ece_bins: int) -> Dict[str, Any]:
@@ -413,11 +426,14 @@ def _slice_metrics(y: np.ndarray, p: np.ndarray, users: Optional[np.ndarray], ec
 def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None, train_item_ids=None,
                          train_candidate_item_ids=None, logged_impression_ratio=None,
                          config: Optional[EvalConfig] = None, user_groups=None,
-                         head_fraction: Optional[float] = None) -> dict:
+                         head_fraction: Optional[float] = None, seen_item_ids=None, unknown_item_id=None) -> dict:
     """All metrics of one task, overall and per slice.
 
     Returns ``{"overall": {...}, "slices": {"activity": {"G1": {...}, ...},
-    "impression_ratio": {"IR1": {...}, ...}}, "config": {...}}``. ``overall`` also holds
+    "impression_ratio": {"IR1": {...}, ...}, "new_ads": {"new": {...}, "seen": {...}}},
+    "config": {...}}``. The new-ads slice (:func:`new_ad_groups`) takes the training split's ads
+    from ``seen_item_ids`` (every training row's ad; default ``train_item_ids``) and
+    ``unknown_item_id``. ``overall`` also holds
     GP-LT, GP-Head and GAP, from ``user_groups`` (per row: 1 = head user, 0 = long-tail, the
     data's group column); without it they are None: head users are never recomputed here.
     "config" records whether they were given ("user_groups") and ``head_fraction``, the
@@ -450,6 +466,9 @@ def evaluate_predictions(y_true, y_prob, user_ids, train_user_ids, item_ids=None
             impression_ratio_groups(items, train_item_ids, cfg.ir_groups, train_candidate_item_ids,
                                     logged_impression_ratio),
             slice_groups(cfg)["impression_ratio"])
+        slice_labels["new_ads"] = (
+            new_ad_groups(items, train_item_ids if seen_item_ids is None else seen_item_ids, unknown_item_id),
+            slice_groups(cfg)["new_ads"])
 
     overall = _slice_metrics(y, p, users, cfg.ece_bins)
     overall.update(_head_tail(y, p, users, user_groups))

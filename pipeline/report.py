@@ -22,13 +22,17 @@ from scipy import stats
 from pipeline.metrics import EvalConfig, reliability_curve
 
 # Columns of the report's tables, in order.
-OVERALL_COLUMNS = ["auc", "gauc", "logloss", "ece", "GP-LT", "GP-Head", "GAP", "count", "ctr", "mean_pred"]
+OVERALL_COLUMNS = ["auc", "gauc", "logloss", "ece", "GP-LT", "GP-Head", "GAP", "score_cv", "count", "ctr",
+                   "mean_pred"]
 SLICE_COLUMNS = ["auc", "gauc", "logloss", "ece", "count", "num_users", "ctr", "mean_pred"]
 # Direction of every metric evaluate_predictions writes (for bolding in comparisons).
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ece": False,
-                    "GP-LT": False, "GP-Head": False, "GAP": False}
+                    "GP-LT": False, "GP-Head": False, "GAP": False,
+                    "score_cv": False}  # CV of scores among visually similar ads (pipeline/visual_similarity.py)
+SPLIT_ONLY_METRICS = ("score_cv",)  # over a whole split (pairs of similar ads per user), not per slice
 SLICE_TITLES = {"activity": "by user activity (training samples; G1 = least active)",
-                "impression_ratio": "by ad impression ratio (IR1 = highest, Rec4Ad Eq. 2)"}
+                "impression_ratio": "by ad impression ratio (IR1 = highest, Rec4Ad Eq. 2)",
+                "new_ads": "by ad novelty (new = absent from the training split)"}
 
 
 def _spec(value: float) -> str:

@@ -3,7 +3,9 @@
     BASE/
       models.config                  ModelServerConfig for every model under BASE
       <model_name>/<version>/        one SavedModel per export (versions 1, 2, ...; the last N kept)
-        saved_model.pb, variables/   signatures ``serving_default`` (raw features) and ``encoded``
+        saved_model.pb, variables/   signatures ``serving_default`` (raw features) and ``encoded``; with a
+                                     visual semantic ID among the raw inputs, ``visual_semantic_id``
+                                     (creative images -> the ID, the preprocess job's encoder)
         assets/                      the vocabulary files the in-graph encoders read
         assets.extra/
           tf_serving_warmup_requests PredictionLog records TF Serving replays at load time
@@ -55,6 +57,10 @@ def export_model(model: tf.keras.Model, schema: Schema, tasks: Sequence[str], da
     signatures = {RAW_SIGNATURE: {"inputs": [r.name for r in inputs], "outputs": list(tasks)},
                   ENCODED_SIGNATURE: {"inputs": sorted(schema.feature_names),
                                       "outputs": list(tasks)}}
+    if module.visual_manifest:  # a new creative's visual semantic ID, from the preprocess job's encoder
+        m = module.visual_manifest
+        signatures[m["signature"]] = {"inputs": [m["input"]], "outputs": [m["column"]],
+                                      "image_shape": [int(d) for d in m["image_shape"]], "dtype": "uint8"}
     meta = {"model_name": model_name, "tasks": list(tasks), "raw_inputs": [r.to_dict() for r in inputs],
             "signatures": sorted(signatures), "example_row": rows[0],
             "model_schema_fingerprint": schema.fingerprint(),

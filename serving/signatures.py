@@ -21,6 +21,11 @@ signatures, both returning one probability per task (``{task: [batch] float32}``
   feature name, ``[batch, width]`` in the schema's encoded dtype (what the TFRecords
   hold), for callers that run the Beam encoding themselves.
 
+When the model reads a visual semantic ID that the data directory's encoder computes
+(``visual_encoder/``, ``features/visual_ids_tf.py``), a third signature, ``visual_semantic_id``,
+is that encoder: creative images -> the ID a request carries, so new ads get theirs without
+retraining.
+
 Both fill the model's side inputs (``features.schema.SIDE_INPUTS``: ``_source`` = 1 (ad),
 ``_group`` = -1 (unknown), ``_user`` = ``""`` / -1), which training reads from the data's
 meta columns: clients never send them and the signatures' inputs do not include them.
@@ -44,6 +49,8 @@ import tensorflow as tf
 from features.encoders import INT_MISSING, make_tf_encoder
 from features.encodings import encoding_of
 from features.schema import Feature, Schema, SchemaError, SideColumn
+from features.visual_ids import SIGNATURE as VISUAL_SIGNATURE
+from features.visual_ids_tf import served_encoder
 
 RAW_SIGNATURE = "serving_default"
 ENCODED_SIGNATURE = "encoded"
@@ -214,11 +221,17 @@ class ServingModule(tf.Module):
                     seen.add(id(v))
                     kept.append(v)
         self.model_variables = kept
+        visual = served_encoder(data_dir, [r.name for r in self._plan.inputs])
+        self.visual_encoder, self.visual_manifest = visual if visual else (None, None)
 
     def signatures(self) -> Dict[str, Any]:
-        """{signature name: concrete function} for ``tf.saved_model.save``."""
-        return {RAW_SIGNATURE: self.serve_raw.get_concrete_function(),
-                ENCODED_SIGNATURE: self.serve_encoded.get_concrete_function()}
+        """{signature name: concrete function} for ``tf.saved_model.save``: the two above, and
+        ``visual_semantic_id`` when the data directory holds the encoder of a raw input."""
+        out = {RAW_SIGNATURE: self.serve_raw.get_concrete_function(),
+               ENCODED_SIGNATURE: self.serve_encoded.get_concrete_function()}
+        if self.visual_encoder is not None:
+            out[VISUAL_SIGNATURE] = self.visual_encoder.signatures[VISUAL_SIGNATURE]
+        return out
 
     def _serve_raw(self, raw):
         return self._predict_encoded(self._encode(raw))

@@ -47,8 +47,8 @@ class JobPlan:
         for s in self.specs:
             if s.name in self.list_features and self.needs[s.name] - {"counts"}:
                 raise ConfigError(f"feature '{s.name}': list encodings support only the counts statistic")
-        self.validator = Validator(config, self.main_splits)
         self.transforms = config.transform_steps()
+        self.validator = Validator(config, self.main_splits, self._filled_columns())
         self.transform_splits = {t.name: np.array([self.splits.index(s) for s in t.options["splits"]], np.int64)
                                  for t in self.transforms}
         self._check_added_columns()
@@ -60,6 +60,17 @@ class JobPlan:
             t.prepare(config)
         self.by_time = split.method == "time"
         self.train_index = self.main_splits.index("train")
+
+    def _filled_columns(self) -> List[str]:
+        """The raw columns the transforms compute (``Transform.filled_columns``), each by one transform."""
+        owner: Dict[str, str] = {}
+        for i, t in enumerate(self.transforms):
+            for column in t.filled_columns():
+                if column in owner:
+                    raise ConfigError(f"transforms[{i}] ({t.name}) computes the column '{column}', which transform "
+                                      f"'{owner[column]}' computes too; let one transform compute it")
+                owner[column] = t.name
+        return list(owner)
 
     def _check_added_columns(self) -> None:
         """Columns the transforms add must be new: not a feature, label or meta column, nor another's."""

@@ -78,17 +78,25 @@ class _Check:
     field: str  # the name reported in quarantine records (raw column or feature)
     column: str  # raw column
     out: Optional[str]  # canonical output name (None: only validated)
-    kind: str  # feature | label | user | source | weight | meta | time | given
+    kind: str  # feature | filled (a transform computes it) | label | user | source | weight | meta | time | given
 
 
 class Validator:
     """Checks raw chunks against a PreprocessConfig (see the module docstring)."""
 
-    def __init__(self, config: PreprocessConfig, split_names: Sequence[str]):
+    def __init__(self, config: PreprocessConfig, split_names: Sequence[str], filled: Sequence[str] = ()):
+        """``filled``: raw columns a transform computes (``Transform.filled_columns``): not read; the
+        features reading them get their canonical missing value here, the transform fills them in."""
         self.config = config
         self.specs = {s.name: s for s in config.feature_specs()}
         self.split_names = list(split_names)
-        checks: List[_Check] = [_Check(s.name, s.source or s.name, s.name, "feature") for s in self.specs.values()]
+        checks: List[_Check] = [_Check(s.name, s.source or s.name, s.name,
+                                       "filled" if (s.source or s.name) in filled else "feature")
+                                for s in self.specs.values()]
+        for c in checks:
+            if c.kind == "filled" and self.specs[c.field].required:
+                raise ConfigError(f"feature '{c.field}' reads column '{c.column}', which a transform computes: it "
+                                  "cannot be required (the transform decides what a row without a value gets)")
         checks += [_Check(lab, lab, lab, "label") for lab in config.labels]
         if config.user_column:
             checks.append(_Check(config.user_column, config.user_column, USER_KEY, "user"))
@@ -112,12 +120,13 @@ class Validator:
                               f"columns ({USER_KEY!r} holds the user key, {SOURCE!r} the source); rename one")
         list_cols = {c.column for c in checks if c.kind == "feature"
                      and encoding_of(self.specs[c.field]).list_valued}
-        scalar_cols = {c.column for c in checks} - list_cols
+        read = [c for c in checks if c.kind != "filled"]
+        scalar_cols = {c.column for c in read} - list_cols
         both = sorted(list_cols & scalar_cols)
         if both:
             raise ConfigError(f"raw column(s) {both} are read both as lists and as scalars")
         self.list_columns = sorted(list_cols)
-        self.raw_columns = list(dict.fromkeys(c.column for c in checks))
+        self.raw_columns = list(dict.fromkeys(c.column for c in read))
         self.random_split = RandomSplit(split.ratios, split.seed) if split.method == "random" else None
 
     def times(self, chunk: RawChunk) -> np.ndarray:
@@ -143,6 +152,10 @@ class Validator:
             if fixed_split is not None and check.kind in ("time", "given"):
                 continue
             probs = Problems()
+            if check.kind == "filled":  # missing until its transform fills it in
+                canon[check.out] = coerce_feature(self.specs[check.field], np.zeros(n, np.int64), np.ones(n, bool),
+                                                  Problems())
+                continue
             values = chunk.columns[check.column]
             null = chunk.nulls.get(check.column)
             if check.kind == "feature":

@@ -39,7 +39,7 @@ def _fake_runs(monkeypatch, seen):
 
     monkeypatch.setattr(compare, "train", lambda cfg, config_name: None)
 
-    def evaluate(run_dir, splits, write, ad_stats=None):
+    def evaluate(run_dir, splits, write, ad_stats=None, visual_truth=None):
         seen.append(ad_stats)
         method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
         return {splits[0]: _evaluation(GRID[method][SEEDS.index(int(seed))])}
@@ -115,7 +115,7 @@ def test_a_slice_the_evaluation_did_not_write_is_named(sim_data, tmp_path, monke
 
 
 def test_slice_keys_are_checked_at_load_and_by_check(sim_data, sim_raw, tmp_path):
-    with pytest.raises(ConfigError, match=r"slices\.ir: unknown slice; known: \['activity', 'impression_ratio'\]"):
+    with pytest.raises(ConfigError, match=r"slices\.ir: unknown slice; known: \['activity', 'impression_ratio', 'new_ads'\]"):
         _grid(sim_data, tmp_path, slices={"ir": ["IR1"]})
     with pytest.raises(ConfigError, match=r"slices\.impression_ratio = \['IR1', 'IR9'\]: expected distinct groups "
                                           r"from \['IR1', 'IR2', 'IR3', 'IR4'\]"):
@@ -178,7 +178,7 @@ def test_multi_task_grids_get_a_table_per_task_and_the_mean_over_tasks(sim_data,
     aucs = {"Base": {"click": [0.70, 0.71, 0.69], "conversion": [0.60, 0.62, 0.61]},
             "Rec4Ad": {"click": [0.72, 0.725, 0.70], "conversion": [0.59, 0.60, 0.605]}}
 
-    def evaluate(run_dir, splits, write, ad_stats=None):
+    def evaluate(run_dir, splits, write, ad_stats=None, visual_truth=None):
         method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
         i = SEEDS.index(int(seed))
         return {splits[0]: {t: {"overall": {"auc": aucs[method][t][i], "ece": 0.01}, "slices": {}}

@@ -262,7 +262,7 @@ def test_evaluate_predictions_without_users():
     o = out["overall"]
     assert o["auc"] == pytest.approx(roc_auc_score(y, p)) and o["gauc"] is None
     assert o["GP-LT"] is None and o["GP-Head"] is None and o["GAP"] is None
-    assert list(out["slices"]) == ["impression_ratio"]
+    assert list(out["slices"]) == ["impression_ratio", "new_ads"]
     assert out["slices"]["impression_ratio"]["IR1"]["count"] == 2  # ad a; b and unseen c in IR2
     with pytest.raises(ValueError, match="both user_ids and train_user_ids"):
         M.evaluate_predictions(y, p, ["u"] * 4, None)

@@ -82,7 +82,7 @@ def test_write_eval_report_writes_its_files(tmp_path):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["click"]["overall"]["auc"] == pytest.approx(metrics["click"]["overall"]["auc"])
-    assert set(saved["like"]["slices"]) == {"activity", "impression_ratio"}
+    assert set(saved["like"]["slices"]) == {"activity", "impression_ratio", "new_ads"}
     md = (out / "report.md").read_text()
     assert md.startswith("# Run 1 on test")
     assert f"| click | {metrics['click']['overall']['auc']:.4f} |" in md

@@ -283,7 +283,7 @@ def _fake_train_and_evaluate(monkeypatch, trained):
         trained.append((config_name, cfg.seed, cfg.model.backbone))
         return {"run_dir": os.path.join(cfg.runs_dir, cfg.run_name)}
 
-    def fake_evaluate(run_dir, splits, write, ad_stats=None):
+    def fake_evaluate(run_dir, splits, write, ad_stats=None, visual_truth=None):
         method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
         metrics = GRID[method][GRID_SEEDS.index(int(seed))]
         return {splits[0]: {"click": {"overall": dict(metrics)}}}

@@ -20,7 +20,11 @@ returns a dict for ``stats.json`` (writing any file of its own into the output f
 
 Columns a transform adds (:meth:`Transform.added_columns`) become meta columns of the schema,
 sample weights among them also ``weight_columns``; rows of splits it does not apply to get the
-column's ``fill`` value.
+column's ``fill`` value. Raw columns a transform computes (:meth:`Transform.filled_columns`,
+e.g. a visual semantic ID from side images) are not read from the input: every config feature
+reading such a column arrives at the stage missing (its canonical missing value) and the
+transform gives its values in ``Output.columns`` under the feature's name; rows of splits it
+does not apply to keep them missing.
 """
 from __future__ import annotations
 
@@ -109,6 +113,11 @@ class Transform:
     def added_columns(self) -> Dict[str, Column]:
         """The columns :meth:`apply` adds, by name."""
         return {}
+
+    def filled_columns(self) -> List[str]:
+        """Raw columns :meth:`apply` computes instead of the input holding them (see the module
+        docstring); the features reading them are replaced columns of its Output."""
+        return []
 
     def inputs(self) -> List[str]:
         """Files the transform reads besides the rows (the output folder may not hold them)."""
