@@ -15,10 +15,12 @@ import tensorflow as tf
 from models.factory import framework_class
 from pipeline.difficulty import difficulty_callbacks
 from pipeline.representations import representation_callbacks
+from pipeline.tim_temporal import tim_temporal_callbacks
 
 ANALYSES: Dict[str, Callable[..., List[tf.keras.callbacks.Callback]]] = {
     "difficulty": difficulty_callbacks,  # TF4CTR Sec. IV-D, Fig. 5 and 10
     "representations": representation_callbacks,  # Rec4Ad Sec. 4.2.4, Fig. 7 and 8
+    "tim_temporal": tim_temporal_callbacks,  # Tencent Sec. 3.1: TIM's time-interval vs position embeddings
 }
 
 
