@@ -496,4 +496,5 @@ def test_preprocess_config_names_logged_columns(sim):
     named = ({s.source or s.name for s in pre.feature_specs()}
              | set(pre.labels) | set(pre.extra_meta) | {pre.user_column, pre.source_column, pre.split.time_column})
     assert named <= columns, named - columns
-    assert columns - named == {"impression_id", "session_id", "true_cvr", "policy"} - set(pre.extra_meta)
+    # hist_ts: epoch seconds, which float32 cannot hold to the second; the config encodes hist_gap instead
+    assert columns - named == {"impression_id", "session_id", "true_cvr", "policy", "hist_ts"} - set(pre.extra_meta)
