@@ -22,7 +22,7 @@ register when ``models.factory``, which builds every model, imports them)::
 
     @register_field_module("my_fields")
     class MyFields(FieldModule):
-        option_defaults = {**FieldModule.option_defaults, "source": "history"}
+        option_defaults = {"source": "history"}          # and join, the class's default_join
 
         @classmethod
         def count_fields(cls, schema_dict, options):

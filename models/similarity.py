@@ -110,5 +110,5 @@ class SimilarityEncoding(FieldModule):
         return mnse.tf_mnse_ids(quantise(self.similarity(inputs), self.options["levels"]), self.encoding)
 
     def _fields(self, inputs, emb, training):
-        rows = tf.gather(self.table, self.codes(inputs))  # [B, W, d]
+        rows = tf.nn.embedding_lookup(self.table, self.codes(inputs))  # [B, W, d]; ShardedVariables too
         return tf.stack([tf.reduce_sum(rows[:, a:b], axis=1) for a, b in self.groups], axis=1)

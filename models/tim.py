@@ -135,14 +135,15 @@ class TIM(FieldModule):
         # k-th most recent: valid elements at or after i (right-padded, most recent last)
         positions = tf.cumsum(tf.cast(mask, tf.int32), axis=1, reverse=True) * tf.cast(mask, tf.int32)
         buckets = tf.zeros_like(positions)
+        # embedding_lookup (a gather) also reads a ShardedVariable shard by shard (ParameterServerStrategy)
         if self.position_table is not None:
-            rows += tf.gather(self.position_table, positions)
-            target += self.position_table[0]
+            rows += tf.nn.embedding_lookup(self.position_table, positions)
+            target += tf.nn.embedding_lookup(self.position_table, 0)
         if self.interval_table is not None:
             buckets = interval_buckets(inputs[self.options["gaps"]], self.options["num_buckets"])
             buckets *= tf.cast(mask, tf.int32)
-            rows += tf.gather(self.interval_table, buckets)
-            target += self.interval_table[0]
+            rows += tf.nn.embedding_lookup(self.interval_table, buckets)
+            target += tf.nn.embedding_lookup(self.interval_table, 0)
         return TemporalEncoding(rows, target, mask, positions, buckets)
 
     def attention(self, enc: TemporalEncoding) -> tf.Tensor:
