@@ -102,11 +102,16 @@ def width(encoding: Dict[str, Any]) -> int:
 
 def mnse_groups(feature) -> List[Tuple[int, int]]:
     """Column ranges [start, stop) of each numeral system, then of the sign column."""
+    return column_groups(feature.encoding)
+
+
+def column_groups(encoding: Dict[str, Any]) -> List[Tuple[int, int]]:
+    """:func:`mnse_groups` of a built encoding (``digits``, ``signed``)."""
     groups, start = [], 0
-    for k in feature.encoding["digits"]:
+    for k in encoding["digits"]:
         groups.append((start, start + k))
         start += k
-    if feature.encoding["signed"]:
+    if encoding["signed"]:
         groups.append((start, start + 1))
     return groups
 

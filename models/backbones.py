@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from features.registry import registrar
 from models import layers as L
-from models.embedding import EmbeddedFields, SequenceRows
+from models.embedding import EmbeddedFields
 from models.options import OptionError, check_activations, check_options
 
 BackboneOutput = collections.namedtuple("BackboneOutput", ["repr", "logit"])
@@ -191,7 +191,7 @@ class Backbone(tf.keras.layers.Layer):
             raise ValueError(f"backbone '{self.registered_name}' attends over behaviour sequences: build the "
                              f"FeatureEmbedding with sequences=True")
         dt = self.compute_dtype
-        sequences = tuple(SequenceRows(tf.cast(s.rows, dt), s.mask, tf.cast(s.target, dt), s.field)
+        sequences = tuple(s._replace(rows=tf.cast(s.rows, dt), target=tf.cast(s.target, dt))
                           for s in emb.sequences) if self.uses_sequences else None
         return EmbeddedFields(tf.cast(emb.fields, dt), tf.cast(emb.linear, dt) if self.uses_linear else None,
                               sequences)

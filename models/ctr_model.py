@@ -1,6 +1,8 @@
-"""CTRModel, the plain model (framework ``none``): schema-driven embedding, the fields that
-added field modules contribute, a registered backbone and a logit per task from the task
-heads (``models.heads``: additive by default, z_t = z_b + w_t^T r_b + b_t; one task: z_b).
+"""CTRModel, the plain model (framework ``none``): schema-driven embedding, field modules
+(``models.field_modules``: fields joined before the backbone, or a representation u joined to
+its output, r = concat(r_b, u) and z = z_b + w_u^T u), a registered backbone and a logit per
+task from the task heads (``models.heads``: additive by default, z_t = z + w_t^T r + b_t; one
+task: z).
 
 Under mixed precision only the MLP hidden layers compute in the mixed dtype
 (``models.layers.precision_sensitive``); embeddings, logits and probabilities are float32.
@@ -14,7 +16,7 @@ import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
 from models.embedding import FeatureEmbedding, field_info
-from models.field_modules import FieldModules, count_added_fields
+from models.field_modules import FieldModules, count_added_fields, modules_use_sequences
 from models.framework import Forward, FrameworkModel
 from models.heads import get_heads
 from models.layers import plain, precision_sensitive
@@ -25,8 +27,8 @@ class CTRModel(FrameworkModel):
     """Encoded feature dict -> {task: probability [B, 1]}; other batch columns are ignored.
 
     ``heads`` / ``head_options`` name the task heads (``models.heads``); ``field_modules``
-    is a list of ``{"name": ..., options}`` (``models.field_modules``) whose fields join the
-    embedded ones before the backbone.
+    is a list of ``{"name": ..., options}`` (``models.field_modules``) whose output joins the
+    embedded fields before the backbone or the backbone's output (each module's ``join``).
     """
 
     def __init__(self, schema_dict: dict, tasks: List[str], backbone: str = "dcnv2",
@@ -42,8 +44,9 @@ class CTRModel(FrameworkModel):
         num_fields = len(info)
         width = cls.input_embedding_dim(num_fields, self.embedding_dim, self.backbone_options)  # FFM: F * k
         with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)
+            sequences = cls.uses_sequences or modules_use_sequences(self.field_module_specs)
             self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear,
-                                              sequences=cls.uses_sequences, name="embedding",
+                                              sequences=sequences, name="embedding",
                                               **self.embedding_options)
             self.added_fields = FieldModules(schema_dict, self.field_module_specs, width)
             self.backbone = get_backbone(backbone, num_fields, self.embedding_dim, info, **self.backbone_options)
@@ -55,8 +58,10 @@ class CTRModel(FrameworkModel):
         return self.embedding(inputs, training=training)
 
     def forward(self, inputs: dict, training=None) -> Forward:
-        emb = self.added_fields(inputs, self.embedded(inputs, training=training), training=training)
-        return Forward(self.task_heads(self.backbone(emb, training=training), training=training), {})
+        emb = self.embedded(inputs, training=training)
+        out = self.backbone(self.added_fields(inputs, emb, training=training), training=training)
+        out = self.added_fields.join(out, inputs, emb, training=training)  # representation modules' u
+        return Forward(self.task_heads(out, training=training), {})
 
     def variable_groups(self):
         """The model's parts, for a stage to freeze (e.g. the tables while a new head learns)."""

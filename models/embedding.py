@@ -61,10 +61,11 @@ from models.options import OptionError, check_options
 EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear", "sequences"], defaults=(None,))
 EmbeddedFields.__doc__ = ("fields [B, F, d] (compute dtype), first-order terms linear [B, F] (or None) and "
                           "the behaviour sequences (a tuple of SequenceRows, or None).")
-SequenceRows = collections.namedtuple("SequenceRows", ["rows", "mask", "target", "field"])
+SequenceRows = collections.namedtuple("SequenceRows", ["rows", "mask", "target", "field", "feature"],
+                                      defaults=(None,))
 SequenceRows.__doc__ = ("One behaviour sequence against its target: rows [B, L, d], non-padding mask [B, L], "
-                        "the target's embedding [B, d] from the sequence's table and the index of the "
-                        "sequence's own (pooled) field in fields.")
+                        "the target's embedding [B, d] from the sequence's table, the index of the "
+                        "sequence's own (pooled) field in fields and the sequence feature's name.")
 
 POOLINGS = ("mean", "sum")
 # options a caller may set (``embedding_options`` of a model config) and their ranges
@@ -309,7 +310,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
             w = self.tables[table][seq]
             query, _ = self._rows(seq, self._input(inputs, target), w)  # [B, 1, dim]
             field = next(i for i, s in enumerate(self.specs) if s.feature == seq)
-            out.append(SequenceRows(rows, mask, self._to_dim(query[:, 0], w), field))
+            out.append(SequenceRows(rows, mask, self._to_dim(query[:, 0], w), field, seq))
         return tuple(out)
 
     def sequence_embeddings(self, inputs: dict, name: str, table: int = 0) -> Tuple[tf.Tensor, tf.Tensor]:

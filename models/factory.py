@@ -17,9 +17,10 @@ import pkgutil
 from typing import Any, Dict, List, Optional
 
 from features.registry import registrar
-from models import embedding
+from models import embedding, similarity, tim  # noqa: F401  (tim, similarity: field modules register on import)
 from models.backbones import BACKBONES, backbone_class
 from models.ctr_model import CTRModel
+from models.field_modules import check_field_modules
 from models.heads import check_head_options
 from models.options import OptionError, check_options
 
@@ -80,6 +81,7 @@ def check_model_options(backbone: str, backbone_options: dict, embedding_dim: in
             raise OptionError(f"{prefix}{key}: framework '{framework}' has no {key.replace('_', ' ')} "
                               f"(it is single-task or builds its own fields); leave it unset")
     return {"head_options": check_head_options(heads, head_options or {}, prefix),
+            "field_modules": check_field_modules(field_modules or [], prefix),
             "backbone_options": cls.check_options(backbone_options, f"{prefix}backbone_options."),
             "embedding_options": check_options(embedding_options, embedding.OPTION_DEFAULTS,
                                                f"{prefix}embedding_options.", "the embedding",

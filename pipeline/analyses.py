@@ -17,12 +17,14 @@ from pipeline.collapse import collapse_callbacks
 from pipeline.difficulty import difficulty_callbacks
 from pipeline.gates import gate_callbacks
 from pipeline.representations import representation_callbacks
+from pipeline.tim_temporal import tim_temporal_callbacks
 
 ANALYSES: Dict[str, Callable[..., List[tf.keras.callbacks.Callback]]] = {
     "difficulty": difficulty_callbacks,  # TF4CTR Sec. IV-D, Fig. 5 and 10
     "gates": gate_callbacks,  # experts models (Tencent §5.1, AME): each task's gate weight per table
     "representations": representation_callbacks,  # Rec4Ad Sec. 4.2.4, Fig. 7 and 8
     "collapse": collapse_callbacks,  # Tencent KDD'24 Sec. 4.1 / 7.2: information abundance of the embeddings
+    "tim_temporal": tim_temporal_callbacks,  # Tencent Sec. 3.1: TIM's time-interval vs position embeddings
 }
 
 

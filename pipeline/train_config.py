@@ -34,6 +34,8 @@ class ModelConfig:
     framework_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     heads: str = "additive"  # task heads, a name from models.heads.HEADS
     head_options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # models.heads: e.g. towers' units
+    # models.field_modules: [{name: tim, join: representation, ...}, ...] (TIM, similarity_encoding)
+    field_modules: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

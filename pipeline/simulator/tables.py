@@ -64,6 +64,7 @@ def log_table(rows: LogRows, chunk: ChunkResult, world: World, names: Names, cfg
         cols.update(ad_id=pa.nulls(n, pa.string()), campaign_id=pa.nulls(n, pa.string()),
                     bid=pa.nulls(n, pa.float32()), ad_age_days=pa.nulls(n, pa.float32()))
     hist_items = chunk.click_item[rows.hist_index]
+    hist_ts = chunk.click_ts[rows.hist_index]
     offsets = pa.array(rows.hist_offsets)
     cols.update(
         session_id=pa.array(rows.session_id),
@@ -74,7 +75,10 @@ def log_table(rows: LogRows, chunk: ChunkResult, world: World, names: Names, cfg
         exposure_count=pa.array(rows.exposure_count),
         hist_category=pa.ListArray.from_arrays(offsets, names.category.take(world.item_category[hist_items])),
         hist_item=pa.ListArray.from_arrays(offsets, names.item.take(hist_items)),
-        hist_ts=pa.ListArray.from_arrays(offsets, pa.array(chunk.click_ts[rows.hist_index])),
+        hist_ts=pa.ListArray.from_arrays(offsets, pa.array(hist_ts)),
+        # seconds from each behaviour to this impression (>= 1: behaviours are strictly earlier): unlike
+        # epoch seconds, float32 (the sequence_float encoding) holds them to the second
+        hist_gap=pa.ListArray.from_arrays(offsets, pa.array(np.repeat(ts, np.diff(rows.hist_offsets)) - hist_ts)),
         user_pretrained=_vectors(world.user_pretrained[rows.user]),
         item_pretrained=_vectors(world.item_pretrained[rows.item]),
         click=pa.array(rows.click),

@@ -1,6 +1,7 @@
 """The hook between the embedding and the backbone: a registered field module's fields join
-the embedded ones, every backbone reads them, and the model keeps them through a config
-round trip and the registry refuses a taken name."""
+the embedded ones (``join: fields``), every backbone reads them, and the model keeps them
+through a config round trip and the registry refuses a taken name; joined as a representation,
+u joins the backbone's output (z = z_b + w_u^T u by hand, heads read concat(r_b, u))."""
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ import models  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 from features.schema import Feature, Schema
-from models.factory import build_model
+from models.factory import build_model, check_model_options
 from models.field_modules import FIELD_MODULES, FieldModule, count_added_fields, register_field_module
 from models.options import OptionError
 
@@ -95,3 +96,71 @@ def test_the_callers_schema_dict_stays_plain():
     model(X)
     assert json.dumps(schema, sort_keys=True) == before
     assert model.embedding.schema.fingerprint() == model.schema.fingerprint() == Schema.from_dict(schema).fingerprint()
+
+
+# ---- join: representation (u joined to the backbone's output) vs fields --------------------------
+def _representation_model(tasks, heads="additive", backbone="dnn"):
+    tf.keras.utils.set_random_seed(4)
+    schema = schema_dict()
+    schema["labels"] = list(tasks)
+    model = build_model(schema, tasks, backbone=backbone, backbone_options={"dnn_units": [4]}, embedding_dim=3,
+                        heads=heads, field_modules=[{"name": "_test_scaled_item", "copies": 2,
+                                                     "join": "representation"}])
+    model(X)
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:  # zero-initialised heads too: every term shows
+        v.assign(rng.normal(0, 0.5, v.shape).astype(np.float32))
+    return model
+
+
+def test_representation_join_adds_the_linear_term_of_u_by_hand():
+    model = _representation_model(["click"])
+    assert model.backbone.num_fields == 2 and count_added_fields(schema_dict(), model.field_module_specs) == 0
+    emb = model.embedding(X)
+    out = model.backbone(emb)  # the backbone sees the embedded fields only
+    item = emb.fields.numpy()[:, 0] * X["score"]  # the module's field, twice: u = [item, item]
+    u = np.concatenate([item, item], axis=1)
+    w = model.added_fields.representation_logit.kernel.numpy()
+    z = out.logit.numpy() + u @ w  # z = z_b + w_u^T u
+    got = model(X)["click"].numpy()
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-z)), rtol=1e-5)
+    joined = model.added_fields.join(out, X, emb)
+    np.testing.assert_allclose(joined.repr.numpy(), np.concatenate([out.repr.numpy(), u], axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("heads", ["additive", "towers"])
+def test_heads_read_the_backbone_representation_joined_with_u(heads):
+    tasks = ["click", "conversion"]
+    model = _representation_model(tasks, heads=heads)
+    emb = model.embedding(X)
+    joined = model.added_fields.join(model.backbone(emb), X, emb)
+    assert joined.repr.shape[1] == 4 + 2 * 3  # r_b [B, 4] and u [B, 2 * 3]
+    want = model.task_heads(joined)
+    got = model(X)
+    for t in tasks:
+        np.testing.assert_allclose(got[t].numpy(), 1 / (1 + np.exp(-want[t].numpy())), rtol=1e-5)
+    if heads == "additive":  # z_t = z + w_t^T concat(r_b, u) + b_t
+        h = model.task_heads.task_heads["click"]
+        z = joined.logit.numpy() + joined.repr.numpy() @ h.kernel.numpy() + h.bias.numpy()
+        np.testing.assert_allclose(want["click"].numpy(), z, rtol=1e-5)
+    else:  # each tower's first layer reads concat(r_b, u)
+        assert model.task_heads.towers["click"].weights[0].shape[0] == 10
+
+
+def test_fields_join_leaves_the_backbone_output_alone():
+    tf.keras.utils.set_random_seed(5)
+    model = build_model(schema_dict(), ["click"], backbone="dnn", backbone_options={"dnn_units": [4]},
+                        embedding_dim=3, field_modules=[{"name": "_test_scaled_item"}])  # the base's default: fields
+    assert model.added_fields.modules[0].join == "fields" and model.added_fields.representation_logit is None
+    emb = model.added_fields(X, model.embedding(X))
+    out = model.backbone(emb)
+    assert model.added_fields.join(out, X, emb) is out
+    np.testing.assert_allclose(model(X)["click"].numpy(), 1 / (1 + np.exp(-out.logit.numpy())), rtol=1e-5)
+
+
+def test_join_is_checked_with_the_module_options():
+    with pytest.raises(OptionError, match=r"model\.field_modules\[0\]\.join = 'backbone': expected one of"):
+        check_model_options("dnn", {}, 8, {}, "none", {}, field_modules=[{"name": "_test_scaled_item",
+                                                                        "join": "backbone"}])
+    assert check_model_options("dnn", {}, 8, {}, "none", {}, field_modules=[
+        {"name": "_test_scaled_item", "copies": 2.0}])["field_modules"] == [{"name": "_test_scaled_item", "copies": 2}]

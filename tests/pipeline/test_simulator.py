@@ -82,6 +82,7 @@ def test_columns_and_types(sim):
     types = {f.name: f.type for f in schema}
     assert types["user_id"] == pa.string() and types["price"] == pa.float32() and types["timestamp"] == pa.int64()
     for name, value_type in (("hist_category", pa.string()), ("hist_item", pa.string()), ("hist_ts", pa.int64()),
+                             ("hist_gap", pa.int64()),
                              ("user_pretrained", pa.float32()), ("item_pretrained", pa.float32())):
         assert pa.types.is_list(types[name]) and types[name].value_type == value_type, name
     assert set(pq.read_schema(os.path.join(out, "rec", "part-00000.parquet")).names) == set(types)
@@ -374,9 +375,15 @@ def test_behaviour_sequences_are_the_users_earlier_clicks(sim):
         assert list(row.hist_item) == list(earlier.item_id)
         assert list(row.hist_category) == list(earlier.category)
         assert list(row.hist_ts) == list(earlier.timestamp)
+        assert list(row.hist_gap) == list(row.timestamp - earlier.timestamp)  # seconds to this impression
         checked += len(earlier) > 0
     assert checked > 1000
     assert rows.hist_ts.map(lambda h: bool(np.all(np.diff(h) >= 0))).all()  # most recent last
+    gaps = np.concatenate(rows.hist_gap.values)
+    assert gaps.min() >= 1 and len(gaps) == rows.hist_ts.map(len).sum()  # strictly earlier: positive gaps
+    assert np.array_equal(gaps, np.repeat(rows.timestamp.values, rows.hist_ts.map(len)) - np.concatenate(
+        rows.hist_ts.values))  # every row, aligned element by element with hist_ts (and hist_item)
+    assert np.array_equal(np.float32(gaps).astype(np.int64), gaps)  # float32 holds them to the second
 
 
 def test_repeated_exposures_exist_and_are_counted(sim):
@@ -489,4 +496,5 @@ def test_preprocess_config_names_logged_columns(sim):
     named = ({s.source or s.name for s in pre.feature_specs()}
              | set(pre.labels) | set(pre.extra_meta) | {pre.user_column, pre.source_column, pre.split.time_column})
     assert named <= columns, named - columns
-    assert columns - named == {"impression_id", "session_id", "true_cvr", "policy"} - set(pre.extra_meta)
+    # hist_ts: epoch seconds, which float32 cannot hold to the second; the config encodes hist_gap instead
+    assert columns - named == {"impression_id", "session_id", "true_cvr", "policy", "hist_ts"} - set(pre.extra_meta)
