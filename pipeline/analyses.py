@@ -4,28 +4,51 @@ A training run gets the analyses its config lists (``analysis: [difficulty]``) p
 its framework class names in ``analyses`` (TF4CTR: the sample-difficulty analysis of its
 Fig. 10), so a framework brings its report with it and the pipeline holds no per-framework
 branch. An analysis is one entry here: name -> ``factory(cfg, run_dir, tasks)`` returning
-Keras callbacks.
+Keras callbacks. An analysis whose JSON has headline numbers names a ``summary(record) ->
+{name: number}`` in :data:`SUMMARIES`; ``ctrflow compare`` tabulates them per method
+(:func:`run_summaries`).
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable, Dict, List
 
 import tensorflow as tf
 
+from pipeline import collapse, gates, tim_temporal
 from models.factory import framework_class
-from pipeline.collapse import collapse_callbacks
 from pipeline.difficulty import difficulty_callbacks
-from pipeline.gates import gate_callbacks
 from pipeline.representations import representation_callbacks
-from pipeline.tim_temporal import tim_temporal_callbacks
 
 ANALYSES: Dict[str, Callable[..., List[tf.keras.callbacks.Callback]]] = {
     "difficulty": difficulty_callbacks,  # TF4CTR Sec. IV-D, Fig. 5 and 10
-    "gates": gate_callbacks,  # experts models (Tencent §5.1, AME): each task's gate weight per table
+    "gates": gates.gate_callbacks,  # experts models (Tencent §5.1, AME): each task's gate weight per table
     "representations": representation_callbacks,  # Rec4Ad Sec. 4.2.4, Fig. 7 and 8
-    "collapse": collapse_callbacks,  # Tencent KDD'24 Sec. 4.1 / 7.2: information abundance of the embeddings
-    "tim_temporal": tim_temporal_callbacks,  # Tencent Sec. 3.1: TIM's time-interval vs position embeddings
+    "collapse": collapse.collapse_callbacks,  # Tencent KDD'24 Sec. 4.1 / 7.2: information abundance of the embeddings
+    "tim_temporal": tim_temporal.tim_temporal_callbacks,  # Tencent Sec. 3.1: TIM's time-interval vs position embeddings
 }
+
+
+# analysis -> summary of its <run>/analysis/<name>.json: the numbers a compare grid tabulates
+SUMMARIES: Dict[str, Callable[[dict], Dict[str, float]]] = {
+    "collapse": collapse.summary,  # each table's mean information abundance (with M: projected)
+    "gates": gates.summary,  # each task's mean gate weight per table
+    "tim_temporal": tim_temporal.summary,  # range and rank correlation of the learned temporal decay
+}
+
+
+def run_summaries(run_dir: str) -> Dict[str, Dict[str, float]]:
+    """{analysis: summary} of the analyses in :data:`SUMMARIES` that the run wrote."""
+    out = {}
+    for name, summarize in SUMMARIES.items():
+        path = os.path.join(run_dir, "analysis", f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                numbers = summarize(json.load(fh))
+            if numbers:
+                out[name] = numbers
+    return out
 
 
 def requested_analyses(cfg) -> List[str]:

@@ -159,6 +159,17 @@ def collapse_report(model: tf.Module) -> dict:
             "interactions": interactions}
 
 
+def summary(record: dict) -> Dict[str, float]:
+    """The headline numbers of a ``collapse.json`` record (``ctrflow compare`` tabulates them): each
+    table set's mean IA, each interaction's, and with projection its mean IA of E_i M."""
+    out = {f"IA {name}": t["mean_ia"] for name, t in record.get("tables", {}).items()}
+    for name, inter in record.get("interactions", {}).items():
+        out[f"IA {name}"] = inter["mean_ia"]
+        if "mean_ia_projected" in inter:
+            out[f"IA {name} with M"] = inter["mean_ia_projected"]
+    return out
+
+
 def _save(fig: Figure, path: str) -> None:
     FigureCanvasAgg(fig)
     fig.tight_layout()

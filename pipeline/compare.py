@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 
 from pipeline import report
+from pipeline.analyses import run_summaries
 from pipeline.config import ConfigError, load_config, option
 from pipeline.evaluate import check_slice_inputs, evaluate_run
 from pipeline.metrics import slice_groups
@@ -151,6 +152,7 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     results: Dict[str, List[dict]] = {m: [] for m in cfg.methods}
     sliced: Dict[str, Dict[str, Dict[str, List[dict]]]] = {}
     per_task: Dict[str, Dict[str, List[dict]]] = {}
+    analyses: Dict[str, Dict[str, List[dict]]] = {}
     configs = train_configs(cfg, verbose)
     for method in cfg.methods:
         for seed in cfg.seeds:
@@ -168,6 +170,8 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
             for name in cfg.tasks:
                 per_task.setdefault(name, {}).setdefault(method, []).append(
                     {k: by_task[name]["overall"].get(k) for k in cfg.metrics})
+            for name, numbers in run_summaries(run_dir).items():
+                analyses.setdefault(name, {}).setdefault(method, []).append(numbers)
             task = by_task[cfg.task or next(iter(by_task))]
             results[method].append({k: task["overall"].get(k) for k in cfg.metrics})
             for name, groups in task.get("slices", {}).items():
@@ -178,11 +182,13 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
                   ", ".join(f"{k}={_f(v)}" for k, v in results[method][-1].items()), flush=True)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as fh:  # before the tables: the raw numbers stay
-        json.dump({"config": dataclasses.asdict(cfg), "results": results, "slices": sliced, "tasks": per_task},
+        json.dump({"config": dataclasses.asdict(cfg), "results": results, "slices": sliced, "tasks": per_task,
+                   "analyses": analyses},
                   fh, indent=2)
     table = report.comparison_table(results, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True)
     tables = [f"## Overall\n\n{table}"] + task_tables(cfg, per_task) \
-        + [slice_table(cfg, sliced, name, group) for name, groups in cfg.slices.items() for group in groups]
+        + [slice_table(cfg, sliced, name, group) for name, groups in cfg.slices.items() for group in groups] \
+        + [analysis_table(name, by_method) for name, by_method in analyses.items()]
     path = os.path.join(cfg.out_dir, "report.md")
     with open(path, "w") as fh:
         fh.write(f"# {cfg.title}\n\nSplit `{cfg.split}`, seeds {cfg.seeds}; mean ± std over seeds, best in "
@@ -201,6 +207,23 @@ def task_tables(cfg: CompareConfig, per_task: Dict[str, Dict[str, List[dict]]]) 
                      for i in range(len(cfg.seeds))] for method in cfg.methods}
     return tables + [f"## Mean over tasks {', '.join(cfg.tasks)}\n\n" + report.comparison_table(
         mean, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True)]
+
+
+def analysis_table(name: str, by_method: Dict[str, List[dict]]) -> str:
+    """The headline numbers of run analysis ``name`` (``pipeline.analyses.SUMMARIES``), mean ± std
+    over each method's seeds that wrote it; '–' where a method has no such number."""
+    keys = list(dict.fromkeys(k for runs in by_method.values() for numbers in runs for k in numbers))
+    rows = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for method, runs in by_method.items():
+        cells = []
+        for key in keys:
+            values = [numbers[key] for numbers in runs if key in numbers]
+            mean = sum(values) / len(values) if values else None
+            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+            cells.append("–" if mean is None else report.format_number(mean) +
+                         ("" if std is None else f" ± {report.format_number(std, like=mean)}"))
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return f"## Analysis `{name}` (per run, mean ± std over seeds)\n\n" + "\n".join(rows)
 
 
 def _mean(values: List[Optional[float]]) -> Optional[float]:

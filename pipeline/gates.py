@@ -46,6 +46,13 @@ def mean_table_weights(model, dataset: tf.data.Dataset, rows: int) -> dict:
             "positive_rate": {t: p / max(seen, 1) for t, p in positives.items()}}
 
 
+def summary(record: dict) -> Dict[str, float]:
+    """Each task's mean gate weight per table of a ``gates.json`` record (``ctrflow compare``
+    tabulates them), keyed ``<task> -> table <t> (<width>)``."""
+    return {f"{task} -> table {t['table']} ({t['width']})": w
+            for task, weights in record["weights"].items() for t, w in zip(record["tables"], weights)}
+
+
 def plot_table_weights(path: str, record: dict) -> None:
     """Grouped bars: each table, one bar per task (its mean gate weight)."""
     tasks, tables = list(record["weights"]), record["tables"]

@@ -40,7 +40,7 @@ def _spec(value: float) -> str:
     return ".2e" if value != 0.0 and abs(value) < 1e-3 else ".4f"
 
 
-def _fmt(value, like: Optional[float] = None) -> str:
+def format_number(value, like: Optional[float] = None) -> str:
     """A table cell; floats use the style of ``like`` (default: their own); None is '–'."""
     if value is None:
         return "–"
@@ -82,7 +82,7 @@ def metrics_table(rows: Dict[str, Dict[str, float]], metrics: List[str],
     for name, vals in rows.items():
         cells = [str(name)]
         for m in metrics:
-            text = _fmt(vals.get(m))
+            text = format_number(vals.get(m))
             cells.append(f"**{text}**" if name in best.get(m, ()) else text)
         body.append(cells)
     return _markdown([""] + list(metrics), body)
@@ -136,7 +136,7 @@ def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baselin
         cells = [f"{method} (baseline)" if method == baseline else method]
         for k in metrics:
             v = values[method, k]
-            text = _fmt(v.mean()) + (f" ± {_fmt(v.std(ddof=1), like=v.mean())}" if len(v) > 1 else "")
+            text = format_number(v.mean()) + (f" ± {format_number(v.std(ddof=1), like=v.mean())}" if len(v) > 1 else "")
             if method in best.get(k, ()):
                 text = f"**{text}**"
             if method != baseline:
@@ -297,7 +297,7 @@ def write_eval_report(out_dir, metrics_by_task: dict, predictions_by_task: dict,
             md.append(metrics_table(groups, SLICE_COLUMNS, {}))
         reliability_png = f"reliability_{task}.png"
         plot_reliability(os.path.join(out_dir, reliability_png), y_true, y_prob, cfg["reliability_bins"],
-                         f"{task}: reliability (ECE={_fmt(m['overall'].get('ece'))})", cfg["reliability_strategy"])
+                         f"{task}: reliability (ECE={format_number(m['overall'].get('ece'))})", cfg["reliability_strategy"])
         md.append(f"![reliability diagram of {task}]({reliability_png})\n")
         if "activity" in m["slices"]:
             quintile_png = f"quintile_logloss_{task}.png"

@@ -95,6 +95,21 @@ def temporal_profile(tim: TIM, inputs: dict, emb, min_count: int = 20) -> Dict[s
     return out
 
 
+def summary(record: dict) -> Dict[str, float]:
+    """Per TIM module of a ``tim_temporal.json`` record, each temporal encoding's ``range`` and
+    ``spearman`` (``ctrflow compare`` tabulates them; a module of one TIM is named by its kind only)."""
+    modules = {k: v for k, v in record.items() if isinstance(v, dict) and "targets" in v}
+    out: Dict[str, float] = {}
+    for module, profile in modules.items():
+        prefix = "" if len(modules) == 1 else f"{module} "
+        for kind in KINDS:
+            for key in ("range", "spearman"):
+                value = profile.get(kind, {}).get(key)
+                if value is not None:
+                    out[f"{prefix}{kind} {key}"] = value
+    return out
+
+
 def plot_profiles(path: str, profiles: Dict[str, dict]) -> None:
     """Per TIM module, c per time-interval bucket and per relative position on one axes."""
     fig = Figure(figsize=(7, 4.2 * len(profiles)))

@@ -200,3 +200,51 @@ def test_multi_task_grids_get_a_table_per_task_and_the_mean_over_tasks(sim_data,
         stats.ttest_rel(mean["Rec4Ad"], mean["Base"]).pvalue, rel=5e-3)
     raw = json.load(open(os.path.join(tmp_path, "grid", "results.json")))
     assert [c["auc"] for c in raw["tasks"]["conversion"]["Rec4Ad"]] == aucs["Rec4Ad"]["conversion"]
+
+
+def test_run_analyses_headline_numbers_are_tabulated_per_method(sim_data, tmp_path, monkeypatch):
+    """A run's analysis JSON (collapse, gates, tim_temporal) reaches the grid: its summary numbers,
+    mean ± std over the seeds of each method that wrote it, '–' where a method lacks a number."""
+    import pipeline.compare as compare
+
+    monkeypatch.setattr(compare, "train", lambda cfg, config_name: None)
+    ia = {"Base": [3.0, 4.0, 5.0], "Rec4Ad": [6.0, 6.5, 7.0]}
+
+    def evaluate(run_dir, splits, write, ad_stats=None, visual_truth=None):
+        method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
+        i = SEEDS.index(int(seed))
+        tables = {"embedding/table0": {"dim": 16, "mean_ia": ia[method][i], "features": {}}}
+        if method == "Rec4Ad":
+            tables["embedding/table1"] = {"dim": 16, "mean_ia": 2.0, "features": {}}
+        os.makedirs(os.path.join(run_dir, "analysis"), exist_ok=True)
+        with open(os.path.join(run_dir, "analysis", "collapse.json"), "w") as fh:
+            json.dump({"tables": tables, "interactions": {}}, fh)
+        return {splits[0]: _evaluation(GRID[method][i])}
+
+    monkeypatch.setattr(compare, "evaluate_run", evaluate)
+    out = run_compare(_grid(sim_data, tmp_path), verbose=0)
+    table = out["tables"][-1]
+    assert table.startswith("## Analysis `collapse`")
+    header, rows = _rows(table)
+    assert header == ["method", "IA embedding/table0", "IA embedding/table1"]
+    assert rows["Base"] == ["4.0000 ± 1.0000", "–"]
+    assert rows["Rec4Ad"] == ["6.5000 ± 0.5000", "2.0000 ± 0.0000"]
+    raw = json.load(open(os.path.join(tmp_path, "grid", "results.json")))
+    assert [r["IA embedding/table0"] for r in raw["analyses"]["collapse"]["Base"]] == ia["Base"]
+
+
+def test_gates_and_tim_summaries_name_their_numbers(tmp_path):
+    from pipeline.analyses import run_summaries
+
+    os.makedirs(tmp_path / "analysis")
+    gates = {"rows": 10, "tables": [{"table": 0, "width": 16, "owner": "shared"}, {"table": 1, "width": 64,
+                                                                                  "owner": "shared"}],
+             "weights": {"click": [0.25, 0.75], "conversion": [0.6, 0.4]}, "positive_rate": {}}
+    tim = {"tim_0": {"targets": 5, "time_interval": {"range": 0.5, "spearman": -0.9},
+                     "position": {"range": 0.1, "spearman": None}}}
+    for name, record in (("gates", gates), ("tim_temporal", tim)):
+        (tmp_path / "analysis" / f"{name}.json").write_text(json.dumps(record))
+    assert run_summaries(str(tmp_path)) == {
+        "gates": {"click -> table 0 (16)": 0.25, "click -> table 1 (64)": 0.75,
+                  "conversion -> table 0 (16)": 0.6, "conversion -> table 1 (64)": 0.4},
+        "tim_temporal": {"time_interval range": 0.5, "time_interval spearman": -0.9, "position range": 0.1}}
