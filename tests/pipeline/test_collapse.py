@@ -116,6 +116,27 @@ def test_projection_ia_without_and_with_m_matches_numpy(backbone, options):
     assert report["fields"]["user"] == {"pairs": 3, "ia": pytest.approx(want, rel=1e-6)}
 
 
+def test_an_experts_models_interactions_are_read_from_their_own_tables():
+    """ME (Tencent §4.2) with a GwPFM expert with projection on table 1 and a FlatDNN on table 0:
+    the interaction section names GwPFM's interaction, measured on table 1's embeddings."""
+    tf.keras.utils.set_random_seed(3)
+    model = build_model(schema(), ["click"], backbone="dnn", backbone_options={"dnn_units": [8]}, embedding_dim=4,
+                        framework="me", framework_options={
+                            "tables": [{"owner": "shared"}, {"owner": "shared"}],
+                            "experts": [{"table": 0}, {"table": 1, "backbone": "gwpfm",
+                                                       "backbone_options": {"projection": True,
+                                                                            "groups": [["user"], ["ctx"]]}}],
+                            "expert_dim": 4})
+    x, _ = data(8)
+    model(x)
+    interaction = model.experts[1].interaction
+    report = C.collapse_report(model)["interactions"]
+    assert list(report) == [interaction.name] and "mean_ia_projected" in report[interaction.name]
+    user = model.embeddings[1].tables[0]["user"]["embedding"].numpy()  # table 1: GwPFM's P * k = 8 wide
+    want = np.mean([C.information_abundance(user[:, 4 * p:4 * p + 4]) for p in interaction.parts[1:]])
+    assert report[interaction.name]["fields"]["user"]["ia"] == pytest.approx(want, rel=1e-6)
+
+
 def test_the_analysis_writes_ia_per_table_and_feature_after_training(tmp_path):
     tf.keras.utils.set_random_seed(0)
     model = build_model(schema(), ["click"], backbone="fm", embedding_dim=4, backbone_options={"projection": True},

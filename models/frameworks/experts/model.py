@@ -197,6 +197,12 @@ class ExpertsModel(FrameworkModel):
             out[t] = tf.matmul(run.gate(0, k), onehot)
         return out
 
+    def interaction_sources(self) -> list:
+        """(FM-family interaction, its table, table set 0) of every expert that has one, for the
+        ``collapse`` analysis (``pipeline/collapse.py``: e.g. GwPFM's IA without and with M)."""
+        return [(e.interaction, self.embeddings[p.table], 0) for e, p in zip(self.experts, self.plan)
+                if hasattr(e, "interaction")]
+
     def describe_tables(self) -> List[dict]:
         """Each table's index, width and owner (a task's name or ``shared``)."""
         return [{"table": i, "width": t.width, "owner": "shared" if t.owner is None else self.tasks[t.owner]}
