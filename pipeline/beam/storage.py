@@ -22,6 +22,7 @@ import numpy as np
 from features import outputs
 from features.schema import Schema
 from pipeline.beam.splits import split_name
+from pipeline.beam.wire import tf_readable_members
 
 MANIFEST = "_manifest.json"
 PARTS_DIR = "_parts"  # encoded units' gzip members, until the shard writers concatenate them
@@ -81,7 +82,7 @@ def _read_ranges(refs: Iterable[Tuple[str, int, int]]) -> Iterable[bytes]:
 class WriteShard:
     """(split * num_shards + shard, [(chunk key, rows, (part file, offset, size))]) -> one shard
     file whose gzip members are concatenated in chunk-key order (so the bytes do not depend on
-    the runner)."""
+    the runner), each readable to TensorFlow's end (``wire.tf_readable_members``)."""
 
     def __init__(self, root: str, splits: List[str], num_shards: int):
         self.root, self.splits, self.num_shards = root, splits, num_shards
@@ -91,7 +92,7 @@ class WriteShard:
         parts = sorted((p for p in parts if p is not None), key=lambda p: p[0])
         split, shard = self.splits[group // self.num_shards], group % self.num_shards
         path = shard_path(self.root, split, shard, self.num_shards)
-        size = write_bytes(path, _read_ranges(ref for _, _, ref in parts))
+        size = write_bytes(path, tf_readable_members(_read_ranges(ref for _, _, ref in parts)))
         return ("shard_done", {"split": split, "shard": shard, "rows": sum(p[1] for p in parts),
                                "bytes": size, "file": os.path.relpath(path, self.root)})
 
