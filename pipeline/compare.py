@@ -223,7 +223,7 @@ def analysis_table(name: str, by_method: Dict[str, List[dict]]) -> str:
             cells.append("–" if mean is None else report.format_number(mean) +
                          ("" if std is None else f" ± {report.format_number(std, like=mean)}"))
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    return f"## Analysis `{name}` (per run, mean ± std over seeds)\n\n" + "\n".join(rows)
+    return f"## Analysis `{name}` (per run, mean ± std over seeds)\n\n" + "\n".join(rows) + "\n"
 
 
 def _mean(values: List[Optional[float]]) -> Optional[float]:
