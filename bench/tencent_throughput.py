@@ -19,9 +19,11 @@ model / DCNv2 ratios, paired by seed, are what is robust. ``dcnv2`` against itse
 pair of every seed) is the noise floor of those ratios. Throughput is over the epochs after the
 first (tracing excluded, ``bench/epoch_stats.py``): all of them (rows / time) and the best one;
 CPU time per example is the cost load changes least. AUC: the first served task's test AUC at the
-epoch of best validation AUC, a check that each model learns in these few epochs (not an accuracy
-comparison: ``docs/results/tencent.md``).
+epoch of best validation AUC, a check that each model learns in these few epochs (accuracy is
+the subject of issue 12's ``ctrflow compare`` grids).
 
+A full run (15 pairs x 3 seeds) took 45 min on the development machine's 2 loaded vCPUs, over 40 % of
+it ME-MMoE, STEM and the two projection models; ``--models`` / ``--seeds`` measure a subset.
 Prints one JSON document and a markdown table.
 """
 from __future__ import annotations
@@ -233,25 +235,28 @@ def _ratio(values) -> str:
 
 
 def table(doc: dict) -> str:
-    """The markdown table of a JSON document this script wrote (docs/benchmarks.md)."""
-    lines = ["| model | tasks | table widths | parameters | of which embeddings | seeds | train ex/s (all epochs) | "
-             "train ex/s (best epoch) | train CPU us/ex | ex/s / DCNv2 (all epochs) | ex/s / DCNv2 (best epoch) | "
-             "CPU us/ex / DCNv2 | test AUC (task) |",
+    """The markdown table of a JSON document this script wrote (docs/benchmarks.md): per model its
+    structure, its own figures (median CPU, harmonic mean and best of the epoch rates over seeds)
+    and its ratios to DCNv2 (mean over seeds, range); ``dcnv2`` against itself is the noise floor."""
+    lines = ["| model | tasks | table widths | parameters | of which embeddings | seeds | train CPU us/ex | "
+             "CPU us/ex / DCNv2 | train ex/s (all epochs) | train ex/s (best epoch) | ex/s / DCNv2 (all epochs) | "
+             "ex/s / DCNv2 (best epoch) | test AUC (task) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in doc["models"]:
         runs = [r["runs"]["model"] for r in doc["results"] if r["model"] == model]
-        ratios_ = [q for q in doc["ratios"] if q["model"] == model]
         if not runs:
             continue
+        ratios_ = [q for q in doc["ratios"] if q["model"] == model]
         first = runs[0]
+        label = f"{model} (itself)" if model == doc["peer"] else model
         rate = statistics.harmonic_mean([x for r in runs for x in r["epoch_examples_per_s"]])
-        lines.append(f"| {model} | {', '.join(first['tasks'])} | {_widths(first['table_widths'])} | "
-                     f"{first['parameters']:,} | {first['embedding_parameters']:,} | {len(runs)} | {rate:,.0f} | "
-                     f"{max(r['train_examples_per_s_best'] for r in runs):,.0f} | "
+        lines.append(f"| {label} | {', '.join(first['tasks'])} | {_widths(first['table_widths'])} | "
+                     f"{first['parameters']:,} | {first['embedding_parameters']:,} | {len(runs)} | "
                      f"{statistics.median(r['train_cpu_us_per_example'] for r in runs):.1f} | "
+                     f"{_ratio(q['cpu_us_per_example'] for q in ratios_)} | {rate:,.0f} | "
+                     f"{max(r['train_examples_per_s_best'] for r in runs):,.0f} | "
                      f"{_ratio(q['examples_per_s'] for q in ratios_)} | "
                      f"{_ratio(q['examples_per_s_best'] for q in ratios_)} | "
-                     f"{_ratio(q['cpu_us_per_example'] for q in ratios_)} | "
                      f"{statistics.mean(r['test_auc'] for r in runs):.4f} ({first['auc_task']}) |")
     return "\n".join(lines)
 
