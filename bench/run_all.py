@@ -24,7 +24,6 @@ def main() -> int:
         _bench("beam_transforms.py"),
         _bench("train_throughput.py", *(["--deepctr-python", deepctr] if deepctr else [])),
         _bench("serving_latency.py"),
-        _bench("tencent_throughput.py"),
     ]
     for cmd in commands:
         print(f"\n### {os.path.basename(cmd[1])}", flush=True)
