@@ -1,4 +1,4 @@
-"""Training throughput of issue 12's models (Tencent KDD'24) against DCNv2, measured in one run.
+"""Training throughput of the Tencent KDD'24 models against DCNv2, measured in one run.
 
     python bench/tencent_throughput.py [--rows 60000] [--epochs 3] [--seeds 1 2 3] \
         [--models gwpfm me ...] [--out docs/benchmarks/tencent_throughput.json]
@@ -20,7 +20,7 @@ pair of every seed) is the noise floor of those ratios. Throughput is over the e
 first (tracing excluded, ``bench/epoch_stats.py``): all of them (rows / time) and the best one;
 CPU time per example is the cost load changes least. AUC: the first served task's test AUC at the
 epoch of best validation AUC, a check that each model learns in these few epochs (accuracy is
-the subject of issue 12's ``ctrflow compare`` grids).
+the subject of the ``ctrflow compare`` grids of docs/results/tencent.md).
 
 A full run (15 pairs x 3 seeds) took 45 min on the development machine's 2 loaded vCPUs, over 40 % of
 it ME-MMoE, STEM and the two projection models; ``--models`` / ``--seeds`` measure a subset.
