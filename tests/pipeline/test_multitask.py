@@ -194,7 +194,7 @@ def test_two_task_run_weights_its_losses_logs_both_and_stops_on_the_second(sim_d
     cfg = two_task_config(sim_data, tmp_path, epochs=epochs,
                           model={"backbone": "dnn", "backbone_options": {"dnn_units": [32, 16]}, "embedding_dim": 8,
                                  "heads": "towers", "head_options": {"units": [8]}},
-                          optimizer={"learning_rate": 0.002},  # conversion peaks an epoch before click here
+                          optimizer={"learning_rate": 0.01},
                           early_stopping={"monitor": "val_conversion_auc", "patience": patience})
     summary = train(cfg)
     hist, run_dir = summary["history"], summary["run_dir"]
