@@ -29,7 +29,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -37,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
 from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is the script directory)
-from report_json import emit, machine  # noqa: E402
+from report_json import emit, machine, run_worker  # noqa: E402
 
 SIMULATE = os.path.join(REPO, "configs", "simulate_default.yaml")
 PREPROCESS = os.path.join(REPO, "configs", "preprocess_sim_rec4ad.yaml")
@@ -131,12 +130,6 @@ def _worker(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _run(cmd) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"benchmark worker failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
 
 def ratios(results) -> list:
@@ -178,8 +171,8 @@ def main() -> None:
     results = []
     for seed in args.seeds:  # seeds outermost, methods alternating
         for method in METHODS:
-            results.append(_run([sys.executable, __file__, "--worker", "--method", method, "--seed", str(seed),
-                                 "--epochs", str(args.epochs), "--data", data]))
+            results.append(run_worker([sys.executable, __file__, "--worker", "--method", method, "--seed", str(seed),
+                                 "--epochs", str(args.epochs), "--data", data], cwd=REPO))
             print(json.dumps(results[-1]), flush=True)
     doc = {"benchmark": "rec4ad_throughput", "num_impressions": args.rows, "epochs": args.epochs,
            "seeds": args.seeds, "config": os.path.relpath(COMPARE, REPO), "machine": machine(),

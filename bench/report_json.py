@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 from typing import Optional
 
 
@@ -15,6 +16,16 @@ def machine() -> dict:
                platform.processor())
     return {"measured_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": cpu, "cpus": os.cpu_count(), "load_average_1_5_15": list(os.getloadavg())}
+
+
+def run_worker(cmd, cwd: str, env: Optional[dict] = None) -> dict:
+    """Run a benchmark worker process and return the JSON of its ``RESULT {json}`` line (one
+    process per measurement, so peak memory and tracing are per run); fails with its output."""
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"benchmark worker failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
 
 def emit(doc: dict, out: Optional[str]) -> None:

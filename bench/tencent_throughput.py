@@ -33,7 +33,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -41,7 +40,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
 from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is the script directory)
-from report_json import emit, machine  # noqa: E402
+from report_json import emit, machine, run_worker  # noqa: E402
 
 
 def _config(name: str) -> str:
@@ -168,12 +167,6 @@ def _worker(args) -> None:
     print("RESULT " + json.dumps({"model": args.model, "seed": args.seed, "order": order, "runs": runs}), flush=True)
 
 
-def _run(cmd) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"benchmark worker failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 def ratios(results) -> list:
     """Per pair: the model's figure over DCNv2's of the same process and seed (examples/s over all
     timed epochs and of the best one, CPU time per example)."""
@@ -209,8 +202,8 @@ def main() -> None:
     results = []
     for index, seed in enumerate(args.seeds):  # seeds outermost
         for model in args.models:
-            results.append(_run([sys.executable, __file__, "--worker", "--model", model, "--seed", str(seed),
-                                 "--seed-index", str(index), "--epochs", str(args.epochs), "--data", data]))
+            results.append(run_worker([sys.executable, __file__, "--worker", "--model", model, "--seed", str(seed),
+                                       "--seed-index", str(index), "--epochs", str(args.epochs), "--data", data], cwd=REPO))
             print(json.dumps(results[-1]), flush=True)
     doc = {"benchmark": "tencent_throughput", "num_impressions": args.rows, "epochs": args.epochs,
            "seeds": args.seeds, "peer": PEER, "models": {m: {"config": f"configs/{MODELS[m][0]}",

@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
 from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is the script directory)
-from report_json import emit, machine as measured_on  # noqa: E402
+from report_json import emit, machine as measured_on, run_worker  # noqa: E402
 
 CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category",
                "brand", "ad_id"]
@@ -161,12 +160,6 @@ def _worker(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _run(cmd, env=None, cwd=REPO) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"benchmark worker failed: {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -193,7 +186,7 @@ def main() -> None:
         return _worker(args)
 
     data = prepare_data(args.work, args.rows)
-    machine = _run([sys.executable, __file__, "--worker", "--model", "ceiling"])
+    machine = run_worker([sys.executable, __file__, "--worker", "--model", "ceiling"], cwd=REPO)
     print(json.dumps(machine), flush=True)
     npz = os.path.join(args.work, "arrays.npz")
     if args.deepctr_python and not os.path.exists(npz):
@@ -205,16 +198,16 @@ def main() -> None:
                 worker = ["--worker", "--model", model, "--xla", str(xla), "--precision", precision,
                           "--seed", str(seed), "--epochs", str(args.epochs), "--data", data]
                 for repo in ([args.baseline_repo] if args.baseline_repo else []) + [REPO]:
-                    result = _run([sys.executable, os.path.join(repo, "bench", "train_throughput.py"), *worker],
-                                  cwd=repo)
+                    result = run_worker([sys.executable, os.path.join(repo, "bench", "train_throughput.py"), *worker],
+                                        cwd=repo)
                     if repo != REPO:
                         result["library"] = BASELINE
                     results.append(result)
                     print(json.dumps(results[-1]), flush=True)
             if args.deepctr_python:
-                results.append(_run([args.deepctr_python, os.path.join(REPO, "bench", "deepctr_worker.py"),
-                                     "--npz", npz, "--model", model, "--epochs", str(args.epochs),
-                                     "--seed", str(seed)], env={"TF_USE_LEGACY_KERAS": "1"}))
+                results.append(run_worker([args.deepctr_python, os.path.join(REPO, "bench", "deepctr_worker.py"),
+                                           "--npz", npz, "--model", model, "--epochs", str(args.epochs),
+                                           "--seed", str(seed)], cwd=REPO, env={"TF_USE_LEGACY_KERAS": "1"}))
                 print(json.dumps(results[-1]), flush=True)
     emit({"benchmark": "train_throughput", "batch": BATCH, "embedding": EMB, "mlp": UNITS, "epochs": args.epochs,
           "seeds": args.seeds, "machine": {**machine, **measured_on()}, "results": results}, args.out)
