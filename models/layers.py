@@ -326,6 +326,104 @@ class Tower(tf.keras.layers.Layer):
                                            ("units", "activation", "dropout", "batch_norm", "l2_reg")}}
 
 
+# ---- per-sample (dynamic) parameters ----------------------------------------------------------
+@_register
+class ConditionedDense(tf.keras.layers.Layer):
+    """A dense layer whose parameters move per sample with coefficients c [B, H]:
+
+        y = act(x (W_0 + sum_h c_h W_h) + b_0 + sum_h c_h b_h)
+
+    the one mechanism behind "parameters generated from a condition": GPRec's dynamic
+    parameters theta_y + W_DP (Eq. 15-16, c = f_DP's last hidden layer, so W_DP = ReShape of a
+    linear map of c), DGPM's mixture of group parameters (c = the group weights, no shared W_0)
+    and APG's low-rank generation (``rank=K``: W_h = U S_h V with U [in, K] and V [K, out] shared,
+    S_h [K, K], so x W(c) = ((x U) S(c)) V, the decomposed feed-forward).
+
+    Computed as x W_h for every h, then weighted by c ([B, H, out]), never the B per-sample
+    kernels [B, in, out]. ``shared_kernel=False`` drops W_0 and b_0 (the parameters are the
+    generated ones only). Call with ``(x, c)``.
+    """
+
+    def __init__(self, units: int, rank: Optional[int] = None, shared_kernel: bool = True,
+                 activation: Optional[str] = None, **kw):
+        super().__init__(**kw)
+        self.units, self.shared_kernel = int(units), bool(shared_kernel)
+        self.rank = None if rank is None else int(rank)
+        if self.units < 1 or (self.rank is not None and self.rank < 1):
+            raise ValueError(f"ConditionedDense: units and rank must be >= 1, got {units}, {rank}")
+        self.activation_name = activation
+        self.activation = tf.keras.activations.get(activation)
+
+    def build(self, input_shape):
+        x_shape, c_shape = input_shape
+        width, count = int(x_shape[-1]), int(c_shape[-1])
+        if self.shared_kernel:
+            self.kernel = self.add_weight(name="kernel", shape=(width, self.units), initializer="glorot_uniform")
+            self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        inner = (width, self.units) if self.rank is None else (self.rank, self.rank)
+        if self.rank is not None:
+            self.u = self.add_weight(name="u", shape=(width, self.rank), initializer="glorot_uniform")
+            self.v = self.add_weight(name="v", shape=(self.rank, self.units), initializer="glorot_uniform")
+        # W_h [in, out] (or S_h [K, K]) for every h, glorot over (in, out) each
+        limit = (6.0 / (inner[0] + inner[1])) ** 0.5
+        self.kernels = self.add_weight(name="kernels", shape=(inner[0], count * inner[1]),
+                                       initializer=tf.keras.initializers.RandomUniform(-limit, limit))
+        self.biases = self.add_weight(name="biases", shape=(count, self.units), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x, c = inputs
+        c = tf.cast(c, self.compute_dtype)
+        z = x @ self.u if self.rank is not None else x                        # x U (low rank)
+        inner = self.kernels.shape[1] // c.shape[-1]
+        per_kernel = tf.reshape(z @ self.kernels, [-1, c.shape[-1], inner])   # x W_h  [B, H, out]
+        y = tf.einsum("bho,bh->bo", per_kernel, c)                             # sum_h c_h x W_h
+        if self.rank is not None:
+            y = y @ self.v
+        y += c @ self.biases
+        if self.shared_kernel:
+            y += x @ self.kernel + self.bias
+        return self.activation(y)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "rank": self.rank,
+                "shared_kernel": self.shared_kernel, "activation": self.activation_name}
+
+
+@_register
+class ConditionedMLP(tf.keras.layers.Layer):
+    """An MLP (hidden ``units`` then a 1-unit logit) whose every layer is a
+    :class:`ConditionedDense` on coefficients c = G(condition), G an MLP of ``generator_units``
+    (``()``: c is the condition itself, a mixture of parameter sets). One generator feeds every
+    layer, as GPRec's f_DP whose output is reshaped into all of f_y's parameters (Eq. 15).
+    Call with ``(x, condition)``; returns (the last hidden layer, the logit)."""
+
+    def __init__(self, units: Sequence[int] = (64, 32, 16), activation: str = "relu",
+                 generator_units: Sequence[int] = (64,), generator_activation: str = "relu",
+                 rank: Optional[int] = None, shared_kernel: bool = True, **kw):
+        super().__init__(**kw)
+        self.units = _int_list(units, "ConditionedMLP units")
+        self.generator_units = _int_list(generator_units, "ConditionedMLP generator_units")
+        self.activation_name, self.generator_activation = activation, generator_activation
+        self.rank, self.shared_kernel = rank, bool(shared_kernel)
+        self.generator = MLP(self.generator_units, generator_activation, name="generator")
+        self.layers_ = [ConditionedDense(u, rank, shared_kernel, activation, name=f"dense_{i}")
+                        for i, u in enumerate(self.units)]
+        self.head = ConditionedDense(1, None, shared_kernel, name="logit")
+
+    def call(self, inputs, training=None):
+        x, condition = inputs
+        c = self.generator(condition, training=training)
+        for layer in self.layers_:
+            x = layer((x, c))
+        return x, self.head((x, c))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation_name,
+                "generator_units": self.generator_units, "generator_activation": self.generator_activation,
+                "rank": self.rank, "shared_kernel": self.shared_kernel}
+
+
 @_register
 class FirstOrder(tf.keras.layers.Layer):
     """The linear (LR) part: ``b + sum_i w_i`` over the per-field first-order terms [B, F]."""
