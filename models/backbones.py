@@ -29,7 +29,7 @@ Eq. 5). Tencent's FlatDNN (an MLP over the flattened field embeddings, Sec. 4.2)
 its IPNN expert is ``ipnn``.
 
 Registered names: lr, fm, ffm, fwfm, gwpfm, dnn, ipnn, widedeep, deepfm, dcn, dcnv2,
-xdeepfm, autoint+, gdcn, dualmlp, finalmlp, din (case-insensitive).
+xdeepfm, autoint+, destine, gdcn, dualmlp, finalmlp, din (case-insensitive).
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ OPTION_RANGES = {**{k: "[1, inf)" for k in ("dnn_units", "mlp1_units", "mlp2_uni
                                             "projection_dim")},
                  "fs1_context": "[0, inf)", "fs2_context": "[0, inf)",
                  "dnn_dropout": "[0, 1)", "att_dropout": "[0, 1)", "dnn_l2": "[0, inf)", "diag_scale": "[0, inf)"}
-OPTION_CHOICES = {"structure": STRUCTURES}
-OPTION_TYPES = {"projection_dim": int}  # options whose default is None
+RESIDUAL_MODES = ("each_layer", "last_layer", "none")  # DESTINE's residual connections
+OPTION_CHOICES = {"structure": STRUCTURES, "residual_mode": RESIDUAL_MODES, "unary": L.UNARY_TERMS}
+OPTION_TYPES = {"projection_dim": int, "att_dim": int}  # options whose default is None
 
 
 _register = registrar(BACKBONES, "backbone", key=str.lower)
@@ -565,6 +566,54 @@ class AutoIntPlus(_WithDNN):
             x = layer(x)
         h = _flat(x)
         return BackboneOutput(h, self.attention_logit(h))
+
+
+@register_backbone("destine")
+class DESTINE(_WithDNN):
+    """DESTINE (Xu et al., CIKM'21): stacked disentangled self-attention layers over the fields
+    (whitened pairwise + unary weights, :class:`~models.layers.DisentangledSelfAttention`),
+    ReLU, flatten, one linear unit; beside a DNN on the flat embeddings, logits summed.
+
+    The attention follows the authors' code (github.com/CRIPAC-DIG/DESTINE): 3 layers, 2 heads
+    each as wide as the embedding (``att_dim`` None: d), scaled scores, dropout 0.2 on the
+    attention weights, the linear unary term, one ReLU after the stack (``residual_mode``
+    last_layer: after the residual W_R e added there). ``residual_mode`` each_layer (the default,
+    as FuxiCTR's DESTINE, the implementation GPRec ran) gives every layer its own W_R e^(l-1);
+    none drops it. The DNN branch is FuxiCTR's (the authors' ``deep`` option), with this file's
+    DNN defaults; ``dnn_units: []`` is the paper's attention-only DESTINE, one branch. The
+    first-order (LR) term the authors add is left out, as in FuxiCTR's DESTINE template.
+    """
+
+    defaults = {**DNN_DEFAULTS, "attention_layers": 3, "num_heads": 2, "att_dim": None, "unary": "linear",
+                "use_scale": True, "att_dropout": 0.2, "residual_mode": "each_layer"}
+    branch_names = ("attention", "dnn")
+
+    @property
+    def branches(self):
+        return self.branch_names if self.options["dnn_units"] else None
+
+    def _build_layers(self):
+        o = self.options
+        self.tower = self._tower(o["dnn_units"], "dnn") if o["dnn_units"] else None
+        att_dim = o["att_dim"] or self.embedding_dim
+        self.attention = [L.DisentangledSelfAttention(att_dim, o["num_heads"], o["unary"], o["use_scale"],
+                                                      o["att_dropout"], o["residual_mode"] == "each_layer",
+                                                      name=f"disentangled_{i}")
+                          for i in range(int(o["attention_layers"]))]
+        self.residual = (tf.keras.layers.Dense(att_dim * o["num_heads"], name="residual")
+                         if o["residual_mode"] == "last_layer" else None)
+        self.attention_logit = tf.keras.layers.Dense(1, name="attention_logit")
+
+    def _simple(self, emb, training):
+        x = emb.fields
+        for layer in self.attention:
+            x = layer(x, training=training)
+        if self.residual is not None:
+            x = x + self.residual(emb.fields)
+        h = _flat(tf.nn.relu(x))
+        return BackboneOutput(h, self.attention_logit(h))
+
+    _forward = _simple
 
 
 class _CrossBackbone(_WithDNN):

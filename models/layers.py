@@ -775,7 +775,18 @@ class CIN(tf.keras.layers.Layer):
                 "activation": self.activation_name}
 
 
-# ---- self-attention (AutoInt) ---------------------------------------------------------
+# ---- self-attention (AutoInt, DESTINE) -------------------------------------------------
+def _split_heads(x, num_heads: int):
+    """[B, F, H * a] -> [B, H, F, a]: head h is the h-th a-wide slice of every field."""
+    f, width = x.shape[1], x.shape[2]
+    return tf.transpose(tf.reshape(x, [-1, f, num_heads, width // num_heads]), [0, 2, 1, 3])
+
+
+def _merge_heads(x):
+    """[B, H, F, a] -> [B, F, H * a], the heads concatenated per field."""
+    return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [-1, x.shape[2], x.shape[1] * x.shape[3]])
+
+
 @_register
 class InteractingLayer(tf.keras.layers.Layer):
     """AutoInt's interacting layer (Song et al., CIKM'19, Eq. 5-8).
@@ -800,17 +811,12 @@ class InteractingLayer(tf.keras.layers.Layer):
         self.residual = tf.keras.layers.Dense(width, use_bias=False, name="residual") if self.use_residual else None
         self.norm = tf.keras.layers.LayerNormalization(name="norm") if self.layer_norm else None
 
-    def _heads(self, x):
-        f = x.shape[1]
-        return tf.transpose(tf.reshape(x, [-1, f, self.num_heads, self.att_dim]), [0, 2, 1, 3])
-
     def call(self, fields):
-        q, k, v = self._heads(self.query(fields)), self._heads(self.key(fields)), self._heads(self.value(fields))
+        q, k, v = (_split_heads(dense(fields), self.num_heads) for dense in (self.query, self.key, self.value))
         scores = tf.matmul(q, k, transpose_b=True)  # [B, H, F, F]
         if self.use_scale:
             scores = scores / tf.cast(tf.sqrt(float(self.att_dim)), scores.dtype)
-        out = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [B, H, F, d']
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, fields.shape[1], self.num_heads * self.att_dim])
+        out = _merge_heads(tf.matmul(tf.nn.softmax(scores, axis=-1), v))  # [B, F, H * d']
         if self.residual is not None:
             out = out + self.residual(fields)
         out = tf.nn.relu(out)
@@ -819,6 +825,83 @@ class InteractingLayer(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "att_dim": self.att_dim, "num_heads": self.num_heads,
                 "use_residual": self.use_residual, "use_scale": self.use_scale, "layer_norm": self.layer_norm}
+
+
+UNARY_TERMS = ("linear", "mean_query")
+
+
+@_register
+class DisentangledSelfAttention(tf.keras.layers.Layer):
+    """DESTINE's disentangled self-attention layer (Xu et al., CIKM'21, Sec. 3; after Yin et
+    al.'s disentangled non-local block, ECCV'20).
+
+    Per head (width ``att_dim``): q_i = W_Q e_i, k_j = W_K e_j, v_j = W_V e_j. The product
+    q_i^T k_j is the whitened pairwise term (q_i - mu_q)^T (k_j - mu_k) (mu: means over the F
+    fields of the example) plus mu_q^T k_j, which depends on the key alone, plus terms constant
+    in j. DESTINE gives each term its own softmax over j and sums the weights:
+
+        alpha_ij = softmax_j((q_i - mu_q)^T (k_j - mu_k) [/ sqrt(att_dim), ``use_scale``])
+                   + softmax_j(u_j),      e~_i = sum_j alpha_ij v_j  [+ W_R e_i, ``use_residual``]
+
+    so the pairwise weights are unchanged by a shift common to all fields' queries (the
+    whitening) and the unary u_j, field j's importance to every field, is learned apart.
+    ``unary``: ``linear`` u_j = w_h^T e_j (a learned linear importance of key field j per head:
+    the authors' ``DisentangledSelfAttention``, their code's default, and FuxiCTR's);
+    ``mean_query`` u_j = mu_q'^T k_j with a query projection q'_i = W_Q' e_i of its own (the
+    decomposition's unary term with untied queries: the authors' ``DisentangledSelfAttentionWeighted``,
+    which their run scripts use). ``dropout`` drops alpha in training, as the authors' code.
+    W_Q, W_K and w_h have no bias (it would cancel in the softmaxes); W_V, W_R and W_Q' have one.
+    No activation: DESTINE applies its ReLU after the stack. [B, F, d] -> [B, F, heads * att_dim].
+    """
+
+    def __init__(self, att_dim: int = 16, num_heads: int = 2, unary: str = "linear", use_scale: bool = True,
+                 dropout: float = 0.0, use_residual: bool = True, **kw):
+        super().__init__(**kw)
+        self.att_dim, self.num_heads = int(att_dim), int(num_heads)
+        if self.att_dim <= 0 or self.num_heads <= 0:
+            raise ValueError(f"attention att_dim and num_heads must be positive, got {att_dim}, {num_heads}")
+        if unary not in UNARY_TERMS:
+            raise ValueError(f"unary term '{unary}' not in {UNARY_TERMS}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
+        self.unary, self.use_scale, self.use_residual = unary, bool(use_scale), bool(use_residual)
+        self.dropout_rate = float(dropout)
+        width = self.att_dim * self.num_heads
+        self.query = tf.keras.layers.Dense(width, use_bias=False, name="query")
+        self.key = tf.keras.layers.Dense(width, use_bias=False, name="key")
+        self.value = tf.keras.layers.Dense(width, name="value")
+        if unary == "linear":
+            self.unary_score = tf.keras.layers.Dense(self.num_heads, use_bias=False, name="unary")
+        else:
+            self.unary_score = tf.keras.layers.Dense(width, name="unary_query")
+        self.residual = tf.keras.layers.Dense(width, name="residual") if self.use_residual else None
+
+    def attention_weights(self, fields):
+        """(pairwise [B, H, F, F], unary [B, H, 1, F]): the two softmax terms of alpha."""
+        q, k = _split_heads(self.query(fields), self.num_heads), _split_heads(self.key(fields), self.num_heads)
+        centred_q = q - tf.reduce_mean(q, axis=2, keepdims=True)
+        centred_k = k - tf.reduce_mean(k, axis=2, keepdims=True)
+        scores = tf.matmul(centred_q, centred_k, transpose_b=True)
+        if self.use_scale:
+            scores = scores / tf.cast(tf.sqrt(float(self.att_dim)), scores.dtype)
+        if self.unary == "linear":
+            unary = tf.transpose(self.unary_score(fields), [0, 2, 1])[:, :, None, :]
+        else:
+            mean_q = tf.reduce_mean(_split_heads(self.unary_score(fields), self.num_heads), axis=2, keepdims=True)
+            unary = tf.matmul(mean_q, k, transpose_b=True)
+        return tf.nn.softmax(scores, axis=-1), tf.nn.softmax(unary, axis=-1)
+
+    def call(self, fields, training=None):
+        pairwise, unary = self.attention_weights(fields)
+        alpha = pairwise + unary
+        if training and self.dropout_rate > 0:  # seeded per step (step_seed)
+            alpha = dropout(alpha, self.dropout_rate)
+        out = _merge_heads(tf.matmul(alpha, _split_heads(self.value(fields), self.num_heads)))
+        return out + self.residual(fields) if self.residual is not None else out
+
+    def get_config(self):
+        return {**super().get_config(), "att_dim": self.att_dim, "num_heads": self.num_heads, "unary": self.unary,
+                "use_scale": self.use_scale, "dropout": self.dropout_rate, "use_residual": self.use_residual}
 
 
 # ---- FinalMLP --------------------------------------------------------------------------

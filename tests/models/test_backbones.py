@@ -17,7 +17,7 @@ from models.embedding import EmbeddedFields, SequenceRows
 
 N_USERS, N_ITEMS, N_CTX, SEQ_LEN, VEC_DIM = 20, 20, 8, 5, 4
 PRICE_ENC = {"type": "mnse", "bases": [2, 3], "digits": [5, 3], "scale": 1, "signed": True}
-TWO_BRANCH = {"widedeep", "deepfm", "dcn", "dcnv2", "xdeepfm", "autoint+", "dualmlp", "finalmlp", "gdcn"}
+TWO_BRANCH = {"widedeep", "deepfm", "dcn", "dcnv2", "xdeepfm", "autoint+", "destine", "dualmlp", "finalmlp", "gdcn"}
 
 # small sizes so every backbone trains in a few seconds on 2 shared cores
 SMALL = {
@@ -28,6 +28,7 @@ SMALL = {
     "gdcn": {"dnn_units": [32, 32], "num_cross_layers": 2},
     "xdeepfm": {"dnn_units": [32, 32], "cin_layer_sizes": [16, 16]},
     "autoint+": {"dnn_units": [32, 32], "attention_layers": 2, "att_dim": 8},
+    "destine": {"dnn_units": [32, 32], "attention_layers": 2, "att_dim": 8},
     "dualmlp": {"mlp1_units": [32], "mlp2_units": [32, 32]},
     "finalmlp": {"mlp1_units": [32, 16], "mlp2_units": [32, 32], "fs_units": [16]},
     "din": {"dnn_units": [32, 32], "att_units": [16]},
@@ -205,6 +206,8 @@ ROUND_TRIP = [
     (lambda: L.CrossNetwork("gated", 3), lambda r: (_flat(r),)),
     (lambda: L.CIN([4, 2], split_half=False, activation="tanh"), lambda r: (_fields(r),)),
     (lambda: L.InteractingLayer(8, 4, use_residual=False, use_scale=True, layer_norm=True), lambda r: (_fields(r),)),
+    (lambda: L.DisentangledSelfAttention(3, 2, "mean_query", use_scale=False, dropout=0.3), lambda r: (_fields(r),)),
+    (lambda: L.DisentangledSelfAttention(5, 1, "linear", use_residual=False), lambda r: (_fields(r),)),
     (lambda: L.FeatureSelection([8], context_fields=[0, 2], activation="tanh"), lambda r: (_fields(r),)),
     (lambda: L.MultiHeadBilinear(3), lambda r: ([tf.constant(r.normal(size=(B, 6)), tf.float32),
                                                  tf.constant(r.normal(size=(B, 9)), tf.float32)],)),
@@ -239,7 +242,7 @@ def test_layer_config_round_trip(make, inputs):
 # ---- registry and protocol ------------------------------------------------------------------
 def test_registry_names_and_errors():
     assert set(BACKBONES) == {"lr", "fm", "ffm", "fwfm", "gwpfm", "dnn", "ipnn", "widedeep", "deepfm", "dcn", "dcnv2",
-                              "xdeepfm", "autoint+", "gdcn", "dualmlp", "finalmlp", "din"}
+                              "xdeepfm", "autoint+", "destine", "gdcn", "dualmlp", "finalmlp", "din"}
     assert backbone_class("DCNv2") is backbone_class("dcnv2")
     with pytest.raises(ValueError, match="unknown backbone 'dcn3'.*known"):
         get_backbone("dcn3", 4, 8)

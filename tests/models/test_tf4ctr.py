@@ -234,6 +234,7 @@ def test_every_ssem_dfm_pair_trains_and_exports(ssem, dfm, tmp_path):
     ("widedeep", {"dnn_units": [16, 16]}, "moe"),
     ("xdeepfm", {"dnn_units": [16], "cin_layer_sizes": [8, 8]}, "ser"),
     ("autoint+", {"dnn_units": [16], "attention_layers": 1, "att_dim": 8}, "ser"),
+    ("destine", {"dnn_units": [16], "attention_layers": 2, "att_dim": 8, "residual_mode": "last_layer"}, "ser"),
 ])
 def test_backbone_branches_as_encoders(backbone, options, ssem, tmp_path):
     """Sec. IV-B4: another backbone's explicit and deep branches as the simple and complex

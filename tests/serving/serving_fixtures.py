@@ -49,6 +49,7 @@ SMALL = {
     "gdcn": {"dnn_units": [16], "num_cross_layers": 2},
     "xdeepfm": {"dnn_units": [16], "cin_layer_sizes": [8, 8]},
     "autoint+": {"dnn_units": [16], "attention_layers": 1, "att_dim": 8},
+    "destine": {"dnn_units": [16], "attention_layers": 1, "att_dim": 8},
     "dualmlp": {"mlp1_units": [16], "mlp2_units": [16]},
     "finalmlp": {"mlp1_units": [16], "mlp2_units": [16], "fs_units": [16]},
     "din": {"dnn_units": [16], "att_units": [8]},
