@@ -339,7 +339,7 @@ class ConditionedDense(tf.keras.layers.Layer):
     and APG's low-rank generation (``rank=K``: W_h = U S_h V with U [in, K] and V [K, out] shared,
     S_h [K, K], so x W(c) = ((x U) S(c)) V, the decomposed feed-forward). ``overparam=P`` (>= K)
     is APG's over-parameterisation: U = U_l U_r and V = V_l V_r with inner width P, the same
-    function class with more weights to train (the products cost in P K + K P out multiply-adds
+    function class with more weights to train (the products cost in*P*K + K*P*out multiply-adds
     per call, not per sample: the serving-time merge of the paper).
 
     Computed as x W_h for every h, then weighted by c ([B, H, out]), never the B per-sample

@@ -75,7 +75,8 @@ class PersonalizedModel(FrameworkModel):
         self.owns_mlp = self.replaces_dnn and cls.registered_name == "dnn"
         width = cls.input_embedding_dim(len(info), self.embedding_dim, self.backbone_options)  # FFM: F * k
         with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)
-            self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width, linear=cls.uses_linear and not self.owns_mlp,
+            self.embedding = FeatureEmbedding(schema_dict, embedding_dim=width,
+                                              linear=cls.uses_linear and not self.owns_mlp,
                                               sequences=cls.uses_sequences, name="embedding", **self.embedding_options)
             self.backbone = None if self.owns_mlp else get_backbone(backbone, len(info), self.embedding_dim, info,
                                                                     **self.backbone_options)

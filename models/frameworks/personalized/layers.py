@@ -121,7 +121,8 @@ class PPNetMLP(tf.keras.layers.Layer):
         super().__init__(**kw)
         self.units, self.activation, self.dropout_rate = [int(u) for u in units], activation, float(dropout)
         self.gate_units, self.gamma = int(gate_units), float(gamma)
-        self.dense = [tf.keras.layers.Dense(u, name=f"dense_{i}", dtype=_hidden_dtype(i)) for i, u in enumerate(self.units)]
+        self.dense = [tf.keras.layers.Dense(u, name=f"dense_{i}", dtype=_hidden_dtype(i))
+                      for i, u in enumerate(self.units)]
         self.acts = [L.activation_layer(activation, f"act_{i}", L.hidden_policy()) for i in range(len(self.units))]
         self.gates = [GateNU(u, self.gate_units, self.gamma, name=f"gate_{i}") for i, u in enumerate(self.units)]
         self.head = tf.keras.layers.Dense(1, name="logit", dtype="float32")

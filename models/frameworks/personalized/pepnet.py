@@ -76,7 +76,8 @@ class PEPNet(PersonalizedModel):
         self.prior_fields = self.fields("prior_roles") if o["ppnet"] else []
         mlp = self.mlp_options()
         with precision_sensitive():
-            self.epnet = GateNU(len(self.field_roles), o["gate_units"], o["gamma"], name="epnet") if o["epnet"] else None
+            self.epnet = (GateNU(len(self.field_roles), o["gate_units"], o["gamma"], name="epnet") if o["epnet"]
+                          else None)
             self.mlp = (PPNetMLP(**mlp, gate_units=o["gate_units"], gamma=o["gamma"], name="ppnet") if o["ppnet"]
                         else L.Tower(mlp["units"], mlp["activation"], mlp["dropout"], name="mlp"))
 
