@@ -337,7 +337,10 @@ class ConditionedDense(tf.keras.layers.Layer):
     parameters theta_y + W_DP (Eq. 15-16, c = f_DP's last hidden layer, so W_DP = ReShape of a
     linear map of c), DGPM's mixture of group parameters (c = the group weights, no shared W_0)
     and APG's low-rank generation (``rank=K``: W_h = U S_h V with U [in, K] and V [K, out] shared,
-    S_h [K, K], so x W(c) = ((x U) S(c)) V, the decomposed feed-forward).
+    S_h [K, K], so x W(c) = ((x U) S(c)) V, the decomposed feed-forward). ``overparam=P`` (>= K)
+    is APG's over-parameterisation: U = U_l U_r and V = V_l V_r with inner width P, the same
+    function class with more weights to train (the products cost in*P*K + K*P*out multiply-adds
+    per call, not per sample: the serving-time merge of the paper).
 
     Computed as x W_h for every h, then weighted by c ([B, H, out]), never the B per-sample
     kernels [B, in, out]. ``shared_kernel=False`` drops W_0 and b_0 (the parameters are the
@@ -345,12 +348,16 @@ class ConditionedDense(tf.keras.layers.Layer):
     """
 
     def __init__(self, units: int, rank: Optional[int] = None, shared_kernel: bool = True,
-                 activation: Optional[str] = None, **kw):
+                 activation: Optional[str] = None, overparam: Optional[int] = None, **kw):
         super().__init__(**kw)
         self.units, self.shared_kernel = int(units), bool(shared_kernel)
         self.rank = None if rank is None else int(rank)
+        self.overparam = None if overparam is None else int(overparam)
         if self.units < 1 or (self.rank is not None and self.rank < 1):
             raise ValueError(f"ConditionedDense: units and rank must be >= 1, got {units}, {rank}")
+        if self.overparam is not None and (self.rank is None or self.overparam < self.rank):
+            raise ValueError(f"ConditionedDense: overparam needs a rank and must be >= it, got rank {rank}, "
+                             f"overparam {overparam}")
         self.activation_name = activation
         self.activation = tf.keras.activations.get(activation)
 
@@ -361,9 +368,15 @@ class ConditionedDense(tf.keras.layers.Layer):
             self.kernel = self.add_weight(name="kernel", shape=(width, self.units), initializer="glorot_uniform")
             self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
         inner = (width, self.units) if self.rank is None else (self.rank, self.rank)
-        if self.rank is not None:
+        if self.rank is not None and self.overparam is None:
             self.u = self.add_weight(name="u", shape=(width, self.rank), initializer="glorot_uniform")
             self.v = self.add_weight(name="v", shape=(self.rank, self.units), initializer="glorot_uniform")
+        elif self.rank is not None:  # U = U_l U_r, V = V_l V_r through the inner width P
+            p = self.overparam
+            self.u_left = self.add_weight(name="u_left", shape=(width, p), initializer="glorot_uniform")
+            self.u_right = self.add_weight(name="u_right", shape=(p, self.rank), initializer="glorot_uniform")
+            self.v_left = self.add_weight(name="v_left", shape=(self.rank, p), initializer="glorot_uniform")
+            self.v_right = self.add_weight(name="v_right", shape=(p, self.units), initializer="glorot_uniform")
         # W_h [in, out] (or S_h [K, K]) for every h, glorot over (in, out) each
         limit = (6.0 / (inner[0] + inner[1])) ** 0.5
         self.kernels = self.add_weight(name="kernels", shape=(inner[0], count * inner[1]),
@@ -371,15 +384,22 @@ class ConditionedDense(tf.keras.layers.Layer):
         self.biases = self.add_weight(name="biases", shape=(count, self.units), initializer="zeros")
         super().build(input_shape)
 
+    def low_rank_factors(self):
+        """(U [in, K], V [K, out]) of a low-rank layer (the products under ``overparam``)."""
+        if self.overparam is None:
+            return self.u, self.v
+        return self.u_left @ self.u_right, self.v_left @ self.v_right
+
     def call(self, inputs):
         x, c = inputs
         c = tf.cast(c, self.compute_dtype)
-        z = x @ self.u if self.rank is not None else x                        # x U (low rank)
+        u, v = self.low_rank_factors() if self.rank is not None else (None, None)
+        z = x @ u if self.rank is not None else x                              # x U (low rank)
         inner = self.kernels.shape[1] // c.shape[-1]
         per_kernel = tf.reshape(z @ self.kernels, [-1, c.shape[-1], inner])   # x W_h  [B, H, out]
         y = tf.einsum("bho,bh->bo", per_kernel, c)                             # sum_h c_h x W_h
         if self.rank is not None:
-            y = y @ self.v
+            y = y @ v
         y += c @ self.biases
         if self.shared_kernel:
             y += x @ self.kernel + self.bias
@@ -387,7 +407,7 @@ class ConditionedDense(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "rank": self.rank,
-                "shared_kernel": self.shared_kernel, "activation": self.activation_name}
+                "shared_kernel": self.shared_kernel, "activation": self.activation_name, "overparam": self.overparam}
 
 
 @_register

@@ -41,6 +41,23 @@ def test_low_rank_is_u_s_of_c_v_without_shared_kernel():
         np.testing.assert_allclose(y[i], np.maximum(X[i] @ w + C[i] @ biases, 0), rtol=1e-5, atol=1e-5)
 
 
+def test_overparam_is_the_low_rank_layer_of_the_factor_products():
+    """APG's over-parameterisation: U = U_l U_r, V = V_l V_r through the inner width P."""
+    layer = L.ConditionedDense(2, rank=2, shared_kernel=False, overparam=5)
+    y = layer((X, C)).numpy()
+    assert not hasattr(layer, "u") and _weights(layer, "u_left").shape == (4, 5)
+    u = _weights(layer, "u_left") @ _weights(layer, "u_right")
+    v = _weights(layer, "v_left") @ _weights(layer, "v_right")
+    plain = L.ConditionedDense(2, rank=2, shared_kernel=False)
+    plain((X, C))
+    plain.set_weights([u, v, _weights(layer, "kernels"), _weights(layer, "biases")])
+    np.testing.assert_allclose(y, plain((X, C)).numpy(), rtol=1e-5, atol=1e-6)
+    clone = L.ConditionedDense.from_config(layer.get_config())
+    clone((X, C))
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone((X, C)).numpy(), y, rtol=1e-6)
+
+
 def test_zero_coefficients_give_the_shared_dense_layer():
     layer = L.ConditionedDense(3, activation="tanh")
     y = layer((X, np.zeros_like(C))).numpy()
@@ -77,3 +94,7 @@ def test_generator_gets_gradient_from_the_loss():
 def test_bad_sizes_fail():
     with pytest.raises(ValueError, match="rank"):
         L.ConditionedDense(2, rank=0)
+    with pytest.raises(ValueError, match="overparam"):
+        L.ConditionedDense(2, rank=4, overparam=3)
+    with pytest.raises(ValueError, match="overparam"):
+        L.ConditionedDense(2, overparam=3)
