@@ -129,8 +129,8 @@ def test_a_resumed_run_has_the_uninterrupted_runs_rates_and_weights(sim_data, tm
 
     def config(name):
         return train_config(sim_data, tmp_path / "runs", run_name=name, epochs=3, steps_per_epoch=5,
-                            optimizer=opt, early_stopping={"patience": 10}, **{"model.backbone_options":
-                                                                                 {"dnn_units": [16], "dnn_dropout": 0.2}})
+                            optimizer=opt, early_stopping={"patience": 10},
+                            **{"model.backbone_options": {"dnn_units": [16], "dnn_dropout": 0.2}})
 
     straight = train(config("straight"))
     np.testing.assert_allclose(straight["history"]["lr"], [0.004 * 0.5 ** e for e in range(3)], rtol=1e-6)
