@@ -28,7 +28,8 @@ from typing import Callable, List, Optional
 
 import tensorflow as tf
 
-# tf-keras' legacy optimizers by lower-case name ("Optimizer", the abstract base, is left out)
+# tf-keras' legacy optimizers by lower-case name ("Optimizer", the abstract base, is left out); classes,
+# not instances: building one would start TensorFlow's runtime before the run's strategy is made
 OPTIMIZERS = {n.lower(): c for n, c in vars(tf.keras.optimizers.legacy).items()
               if isinstance(c, type) and issubclass(c, tf.keras.optimizers.legacy.Optimizer)
               and c is not tf.keras.optimizers.legacy.Optimizer}
