@@ -16,7 +16,7 @@ from typing import Callable, Dict, List
 
 import tensorflow as tf
 
-from pipeline import collapse, gates, tim_temporal
+from pipeline import collapse, gates, gprec_groups, tim_temporal
 from models.factory import framework_class
 from pipeline.difficulty import difficulty_callbacks
 from pipeline.representations import representation_callbacks
@@ -27,6 +27,7 @@ ANALYSES: Dict[str, Callable[..., List[tf.keras.callbacks.Callback]]] = {
     "representations": representation_callbacks,  # Rec4Ad Sec. 4.2.4, Fig. 7 and 8
     "collapse": collapse.collapse_callbacks,  # Tencent KDD'24 Sec. 4.1 / 7.2: information abundance of the embeddings
     "tim_temporal": tim_temporal.tim_temporal_callbacks,  # Tencent Sec. 3.1: TIM's time-interval vs position embeddings
+    "gprec_groups": gprec_groups.gprec_groups_callbacks,  # GPRec §IV-E, Fig. 4: group usage, cos(p_i, n_i), diversity
 }
 
 
@@ -35,6 +36,7 @@ SUMMARIES: Dict[str, Callable[[dict], Dict[str, float]]] = {
     "collapse": collapse.summary,  # each table's mean information abundance (with M: projected)
     "gates": gates.summary,  # each task's mean gate weight per table
     "tim_temporal": tim_temporal.summary,  # range and rank correlation of the learned temporal decay
+    "gprec_groups": gprec_groups.summary,  # cos(p_i, n_i), the groups' pairwise cosine, groups per user
 }
 
 

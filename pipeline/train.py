@@ -33,6 +33,7 @@ from pipeline import runs
 from pipeline.config import ConfigError
 from pipeline.data import batches_per_pass, make_dataset, source_filter, weight_columns
 from pipeline.analyses import analysis_callbacks
+from pipeline.optimizers import learning_rate_at, make_optimizer
 from pipeline.predict import predict_labels
 from pipeline.strategy import auto_shard_policy, is_chief, make_strategy
 # the config lives in pipeline/train_config.py (runs.py reads it too); importable from here as before
@@ -143,6 +144,17 @@ class RunBackup(tf.keras.callbacks.Callback):
 _ES_STATE = ("wait", "stopped_epoch", "best", "best_epoch")
 
 
+class LearningRateLog(tf.keras.callbacks.Callback):
+    """Adds ``lr`` to each epoch's logs (history, ``history.csv``, TensorBoard's ``epoch_lr``): the
+    learning rate of the epoch's last step (a ``step`` schedule's rate for the whole epoch; Keras'
+    own ``epoch_learning_rate`` in TensorBoard is the rate of the step after the epoch)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            optimizer = self.model.optimizer
+            logs["lr"] = learning_rate_at(optimizer, optimizer.iterations - 1)
+
+
 def _plain(value):
     """A JSON-ready number (numpy scalars as Python's; infinities are kept: json writes Infinity)."""
     return value.item() if hasattr(value, "item") else value
@@ -179,18 +191,6 @@ class ExactValidation(tf.keras.callbacks.Callback):
         return M.auc(y, p)
 
 
-def make_optimizer(cfg: OptimizerConfig) -> tf.keras.optimizers.Optimizer:
-    kwargs = dict(cfg.options)
-    kwargs["learning_rate"] = cfg.learning_rate
-    if cfg.clipnorm is not None:
-        kwargs["clipnorm"] = cfg.clipnorm
-    try:
-        opt = tf.keras.optimizers.get({"class_name": cfg.name, "config": kwargs})
-    except ValueError as exc:
-        raise ConfigError(f"optimizer '{cfg.name}': {exc}") from None
-    return opt
-
-
 def make_losses(cfg: TrainConfig, tasks: List[str]) -> tuple:
     """({task: loss}, {task: weight}) for ``compile``: the total loss is the weighted sum of the
     tasks' losses (``TrainConfig.task_losses``, else ``loss`` / ``loss_options`` with weight 1)."""
@@ -215,17 +215,31 @@ def check_stages(model: tf.keras.Model, cfg: TrainConfig) -> None:
                           f"'{cfg.model.framework}'; groups: {groups}")
 
 
-def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str]) -> None:
+def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str],
+                  steps_per_epoch: Optional[int] = None) -> None:
     """Compile ``model`` for training: optimizer (and its phases' optimizers), per-task losses and
-    weights, Keras' AUC per task; then freeze the stage's variable groups (``freeze``)."""
+    weights, Keras' AUC per task; then freeze the stage's variable groups (``freeze``).
+    ``steps_per_epoch``: the run's, which a ``step`` learning-rate schedule counts its epochs in
+    (None: counted from the train split when a schedule needs it)."""
     check_stages(model, cfg)
     losses, weights = make_losses(cfg, tasks)
-    model.compile(optimizer=make_optimizer(cfg.optimizer), loss=losses, loss_weights=weights,
+    optimizers = {None: cfg.optimizer, **cfg.phase_optimizers}
+    if steps_per_epoch is None and any(o.schedule.type != "none" for o in optimizers.values()):
+        steps_per_epoch = _steps_per_epoch(cfg, cfg.strategy.name == "parameter_server", None)
+    built = {k: _make_optimizer(o, steps_per_epoch) for k, o in optimizers.items()}
+    model.compile(optimizer=built.pop(None), loss=losses, loss_weights=weights,
                   metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
                   jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution,
-                  phase_optimizers={k: make_optimizer(o) for k, o in cfg.phase_optimizers.items()})
+                  phase_optimizers=built)
     if cfg.freeze:
         model.freeze(*cfg.freeze)
+
+
+def _make_optimizer(cfg: OptimizerConfig, steps_per_epoch: Optional[int]):
+    try:
+        return make_optimizer(cfg, steps_per_epoch)
+    except ValueError as exc:  # e.g. options Keras refuses together
+        raise ConfigError(f"optimizer '{cfg.name}': {exc}") from None
 
 
 def resolve(cfg: TrainConfig) -> tuple:
@@ -333,7 +347,7 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
                             sample_weight=cfg.sample_weight)
     with strategy.scope():
         model = new_model(cfg, schema, tasks, feats)
-        compile_model(model, cfg, tasks)
+        compile_model(model, cfg, tasks, steps)
         sample = next(iter(valid_ds))[0]
         model(sample, training=False)  # build the weights: a backup restores into them
     if cfg.init_from:  # a resumed run's backup (read next) replaces these weights
@@ -413,7 +427,7 @@ def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool, res
     non-finite is validated or backed up), exact validation before everything that reads
     ``val_*``, :class:`RunBackup` last (it saves the others' state)."""
     es = cfg.early_stopping
-    cbs: List[tf.keras.callbacks.Callback] = [NanGuard()]
+    cbs: List[tf.keras.callbacks.Callback] = [NanGuard(), LearningRateLog()]
     use_exact = not is_ps  # exact validation predicts in-process; PS workers validate with Keras' AUC
     if use_exact:  # the served tasks: a framework may train more than it serves (STEM-AL)
         cbs.append(ExactValidation(valid_ds, cfg.served_tasks(tasks), cfg.valid_split))

@@ -11,14 +11,13 @@ import dataclasses
 import inspect
 from typing import Any, Dict, List, Optional
 
-import tensorflow as tf
-
 from models.factory import check_model_options, framework_class
 from models.losses import LOSSES, check_loss_options
 from models.options import check_options
 from pipeline.config import ConfigError, option
 from pipeline.analyses import ANALYSES
 from pipeline.data import SOURCES
+from pipeline.optimizers import CLIP_OPTIONS, OPTIMIZERS
 from pipeline.strategy import StrategyConfig
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -39,36 +38,58 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class ScheduleConfig:
+    """The learning rate over the epochs (``optimizer.schedule``; ``pipeline/optimizers.py``):
+    ``none`` keeps ``learning_rate``; ``step`` multiplies it by ``factor`` every ``every_epochs``
+    epochs (PyTorch's StepLR(step_size=every_epochs, gamma=factor) stepped per epoch; the GPRec
+    authors' script: 8 and 0.8), on the optimizer's step counter, so a resumed run continues it."""
+    type: str = option("none", choices=("none", "step"))
+    every_epochs: Optional[int] = option(None, min=1)
+    factor: Optional[float] = option(None, gt=0, max=1)
+
+    def __post_init__(self):
+        given = {k: getattr(self, k) for k in ("every_epochs", "factor")}
+        if self.type == "step" and None in given.values():
+            missing = [k for k, v in given.items() if v is None]
+            raise ConfigError(f"{', '.join(missing)}: required with type 'step' (the lr is multiplied by factor "
+                              f"every every_epochs epochs)")
+        if self.type == "none" and any(v is not None for v in given.values()):
+            extra = [k for k, v in given.items() if v is not None]
+            raise ConfigError(f"{', '.join(extra)}: apply to type 'step' only, but type is 'none'")
+
+
+@dataclasses.dataclass
 class OptimizerConfig:
-    name: str = "adam"  # any tf.keras.optimizers name
+    name: str = "adam"  # a tf-keras optimizer of the legacy family (pipeline.optimizers.OPTIMIZERS)
     learning_rate: float = option(1e-3, gt=0)
     clipnorm: Optional[float] = option(None, gt=0)
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the optimizer's own arguments
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)  # the lr over the epochs
+    # coupled weight decay, PyTorch Adam's weight_decay: g <- g + l2 * w before the update (pipeline/optimizers.py)
+    l2: float = option(0.0, min=0)
 
 
-# options of a Keras optimizer that are not ``optimizer.options`` (own keys, or the trainer's)
-_OPTIMIZER_OWN = ("self", "name", "learning_rate", "clipnorm", "jit_compile")
-OPTIMIZER_RANGES = {"weight_decay": "[0, inf)", "clipvalue": "(0, inf)", "global_clipnorm": "(0, inf)",
-                    "ema_overwrite_frequency": "[1, inf)", "epsilon": "[0, inf)"}
-OPTIMIZER_TYPES = {"weight_decay": float, "clipvalue": float, "global_clipnorm": float,
-                   "ema_overwrite_frequency": int}  # options whose default is None
+# arguments of an optimizer's constructor that are not ``optimizer.options`` (own keys, or the trainer's)
+_OPTIMIZER_OWN = ("self", "name", "learning_rate")
+OPTIMIZER_RANGES = {"clipvalue": "(0, inf)", "global_clipnorm": "(0, inf)", "epsilon": "[0, inf)"}
+OPTIMIZER_TYPES = {"clipvalue": float, "global_clipnorm": float}  # options whose default is None
 
 
 def check_optimizer(cfg: OptimizerConfig, prefix: str = "optimizer.") -> Dict[str, Any]:
-    """The optimizer's name and ``options`` checked against its constructor (names, types of the
-    defaults, :data:`OPTIMIZER_RANGES`); returns the checked options."""
-    # looked up by class name, not built: building one would start TensorFlow's runtime before
-    # the strategy is made (MultiWorkerMirroredStrategy must configure collectives first)
-    classes = {n.lower(): c for n, c in vars(tf.keras.optimizers).items()
-               if isinstance(c, type) and issubclass(c, tf.keras.optimizers.Optimizer)
-               and c is not tf.keras.optimizers.Optimizer}
-    cls = classes.get(cfg.name.lower())
+    """The optimizer's name and ``options`` checked against the constructor of the class
+    ``pipeline.optimizers.make_optimizer`` builds (names, types of the defaults,
+    :data:`OPTIMIZER_RANGES`); returns the checked options."""
+    cls = OPTIMIZERS.get(cfg.name.lower())
     if cls is None:
-        raise ConfigError(f"{prefix}name = {cfg.name!r}: unknown optimizer; known: {sorted(classes)}")
+        raise ConfigError(f"{prefix}name = {cfg.name!r}: unknown optimizer; known: {sorted(OPTIMIZERS)}")
+    if "weight_decay" in cfg.options:
+        raise ConfigError(f"{prefix}options.weight_decay: the optimizers ctrflow builds (tf-keras' legacy family) "
+                          f"have no decoupled weight decay; {prefix}l2 is the coupled one (PyTorch Adam's "
+                          f"weight_decay: l2 * w joins the gradient)")
     params = inspect.signature(cls.__init__).parameters.values()
     defaults = {p.name: p.default for p in params
                 if p.name not in _OPTIMIZER_OWN and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return check_options(cfg.options, defaults, f"{prefix}options.", f"optimizer '{cfg.name}'",
+    return check_options(cfg.options, {**defaults, **CLIP_OPTIONS}, f"{prefix}options.", f"optimizer '{cfg.name}'",
                          OPTIMIZER_RANGES, types=OPTIMIZER_TYPES)
 
 

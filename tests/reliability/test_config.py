@@ -252,8 +252,12 @@ def test_free_form_option_dicts_fail_naming_the_dotted_key():
     _fails(r"optimizer\.options\.beta_1 = 'x': expected a number", optimizer={"options": {"beta_1": "x"}})
     _fails(r"optimizer\.name = 'adamz': unknown optimizer; known: \[.*'adam'", optimizer={"name": "adamz"})
     cfg = _load(model={"backbone": "dnn", "backbone_options": {"dnn_units": [8.0, 4]}},
-                optimizer={"options": {"beta_1": 1, "weight_decay": 1e-4}})
+                optimizer={"options": {"beta_1": 1, "clipvalue": 1}})
     assert cfg.model.backbone_options["dnn_units"] == [8, 4] and cfg.optimizer.options["beta_1"] == 1.0
+    assert cfg.optimizer.options["clipvalue"] == 1.0
+    # the options are the built (legacy) class's: Keras' decoupled weight_decay is not one of them
+    _fails(r"optimizer\.options\.weight_decay: .*optimizer\.l2 is the coupled one",
+           optimizer={"options": {"weight_decay": 1e-4}})
 
 
 def test_every_shipped_config_loads():
