@@ -38,7 +38,7 @@ def mixed_layer(layer, x, a, act=relu):
 
 def test_assignment_is_a_softmax_over_cosines_and_r_the_weighted_group_embeddings():
     m = build("dgpm", num_groups=5, temperature=0.5)
-    assert isinstance(m, DGPM) and m.user_fields == [0, 1]
+    assert isinstance(m, DGPM) and m.user_fields == [0, 1] and m.user_features() == ["user", "age"]
     x = batch(2)[0]
     u = rows(m, x, "user", "age")  # the user-side fields, concatenated
     keys, negatives = m.group_embeddings()

@@ -71,7 +71,7 @@ class PersonalizedModel(FrameworkModel):
         self.task = self.tasks[0]
         cls = backbone_class(backbone)
         info = field_info(self.schema, self.embedding_options.get("features"))
-        self.field_roles = [role for _, role in info]
+        self.field_names, self.field_roles = [name for name, _ in info], [role for _, role in info]
         self.owns_mlp = self.replaces_dnn and cls.registered_name == "dnn"
         width = cls.input_embedding_dim(len(info), self.embedding_dim, self.backbone_options)  # FFM: F * k
         with precision_sensitive():  # float32 but for MLP hidden layers under mixed precision (models.layers)

@@ -75,6 +75,7 @@ class DGPM(PersonalizedModel):
     option_defaults, option_ranges = DEFAULTS, RANGES
     option_choices = {"memory_update": MEMORY_UPDATES}
     role_options = ("user_roles",)
+    analyses = ("gprec_groups",)  # the group usage and the cosine between its group embeddings (GPRec §IV-E)
     replaces_dnn = False  # the dynamic parameters are the prediction MLP's, over every backbone's r_b
 
     def __init__(self, schema_dict: dict, tasks: List[str], backbone: str = "dnn",
@@ -111,6 +112,10 @@ class DGPM(PersonalizedModel):
         if not self.memory.built:
             raise RuntimeError("call the model once before group_embeddings (it builds the memory)")
         return tf.convert_to_tensor(self.memory.keys).numpy(), None
+
+    def user_features(self) -> List[str]:
+        """The features whose fields the assignment reads (E_u)."""
+        return [self.field_names[i] for i in self.user_fields]
 
     def group_assignment(self, inputs: dict) -> tf.Tensor:
         """a [B, G] float32: each row's weights over the groups (inference: no write)."""
