@@ -6,7 +6,7 @@ Multi-Domain CTR Prediction", CIKM'21) over any backbone, with the domains of a 
     x'   = PN_p(x)                                       partitioned normalization   (§4.1)
     s_m  = FCN_p(x'), layer l: phi((W_p^l ⊙ W^l)^T h + b_p^l + b^l)  star topology FCN (§4.2)
     s_a  = MLP([e_p, E_aux])                             auxiliary network           (§4.3)
-    y    = sigma(s_m + s_a)
+    y    = sigma(s_m + s_a [+ z_b])
 
 p is the row's domain (``models.domains``: a value of ``domain_feature``, or unknown), e_p its
 learned domain-indicator embedding and E_aux the flattened embeddings of ``aux_features`` (all
@@ -19,6 +19,9 @@ sample's representation and the star FCN predicts from it per domain, which is t
 construction for every backbone and keeps each backbone whole. For ``dnn`` r_b would be the output
 of the very MLP that STAR's FCN replaces, so there (``fcn_input: auto``) the FCN reads the
 flattened embeddings and no backbone is built: STAR as published. ``fcn_input`` forces either.
+Over a backbone its own logit z_b is added (``backbone_logit``): a logit can hold terms r_b does
+not (the first-order terms of DeepFM, WideDeep and FM, FinalMLP's bilinear fusion), which STAR
+would otherwise drop, so STAR over a backbone never predicts from less than the backbone does.
 
 Defaults: the FCN is as wide and deep as the backbone's MLP (``fcn_units: null`` takes its
 ``dnn_units``), so STAR against its backbone differs only by the star topology, PN and the
@@ -51,6 +54,7 @@ DEFAULTS = {
     "fcn_units": None,             # star FCN hidden units; None: the backbone's dnn_units
     "fcn_activation": "relu",
     "fcn_dropout": 0.0,
+    "backbone_logit": True,        # add the backbone's logit z_b (FCN over r_b only)
     "normalization": "partitioned",  # partitioned (PN, §4.1) | batch (one shared BN) | none
     "norm_momentum": 0.99,
     "norm_epsilon": 1e-3,
@@ -124,6 +128,7 @@ class STAR(FrameworkModel):
         names = self.options["aux_features"]
         if names is None:
             return None
+        names = list(names)
         embedded = [f for f, _ in info]
         missing = [n for n in names if n not in embedded]
         if missing or not names:
@@ -135,10 +140,13 @@ class STAR(FrameworkModel):
     def forward(self, inputs: dict, training=None) -> Forward:
         domain = self.domains.index(inputs)
         emb = self.embedding(inputs, training=training)
-        x = _flat(emb.fields) if self.backbone is None else self.backbone(emb, training=training).repr
+        out = None if self.backbone is None else self.backbone(emb, training=training)
+        x = _flat(emb.fields) if out is None else out.repr
         if self.norm is not None:
             x = self.norm(x, domain if self.norm.num_domains > 1 else tf.zeros_like(domain), training=training)
         z = self.fcn(x, domain, training=training)  # s_m
+        if out is not None and self.options["backbone_logit"]:
+            z = z + out.logit  # + z_b
         if self.options["auxiliary"]:
             fields = emb.fields if self.aux_fields is None else tf.gather(emb.fields, self.aux_fields, axis=1)
             a = tf.concat([tf.cast(self.domain_embedding(domain), tf.float32), _flat(fields)], axis=1)
