@@ -117,6 +117,7 @@ class STAR(FrameworkModel):
 
     @classmethod
     def check_framework_options(cls, options: dict, prefix: str = "framework_options.") -> dict:
+        """The flat checks; ``domain_feature`` is required (checked against the schema when built)."""
         options = super().check_framework_options(options, prefix)
         if options.get("domain_feature") is None:
             raise OptionError(f"{prefix}domain_feature: STAR needs the feature whose values are its domains "
