@@ -166,24 +166,37 @@ class MovingMoments:
     own from the first update. (Keras' BatchNormalization starts its variance at 1 and, at
     m = 0.99, still holds a third of that after 100 steps: runs of a few hundred steps then
     serve mis-scaled activations.) (0, 1) before any update. Weights float32, per replica and
-    averaged when read across replicas, as BatchNormalization's."""
+    averaged when read across replicas, as BatchNormalization's.
 
-    def __init__(self, layer: tf.keras.layers.Layer, prefix: str, shape, momentum: float):
+    ``groups`` > 0 keeps that many independent statistics, the leading axis of ``shape`` (STAR's
+    partitioned normalization: per domain), each with its own update count, so a group absent
+    from some batches is still corrected by its own number of updates."""
+
+    def __init__(self, layer: tf.keras.layers.Layer, prefix: str, shape, momentum: float, groups: int = 0):
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"{layer.name}: momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
+        shape = tuple(int(s) for s in shape)
+        if groups and (not shape or shape[0] != groups):
+            raise ValueError(f"{layer.name}: {groups} groups need statistics of shape ({groups}, ...), got {shape}")
+        self.counts = (int(groups),) + (1,) * (len(shape) - 1) if groups else ()
         kw = dict(trainable=False, dtype=tf.float32, synchronization=tf.VariableSynchronization.ON_READ,
                   aggregation=tf.VariableAggregation.MEAN, initializer="zeros", experimental_autocast=False)
         self.mean = layer.add_weight(name=f"{prefix}mean", shape=shape, **kw)
         self.variance = layer.add_weight(name=f"{prefix}variance", shape=shape, **kw)
-        self.updates = layer.add_weight(name=f"{prefix}updates", shape=(), **kw)
+        self.updates = layer.add_weight(name=f"{prefix}updates", shape=self.counts, **kw)
 
     def update(self, mean, variance, present) -> None:
-        """One step's batch moments; nothing changes where ``present`` (a scalar or per-unit bool) is False."""
+        """One step's batch moments; nothing changes where ``present`` (a scalar, per-unit or, with
+        groups, per-group [groups, 1, ...] bool) is False."""
         keep = tf.where(present, self.momentum, 1.0)
         self.mean.assign(self.mean * keep + mean * (1.0 - keep))
         self.variance.assign(self.variance * keep + variance * (1.0 - keep))
-        self.updates.assign_add(tf.cast(tf.reduce_any(present), tf.float32))
+        if self.counts:
+            seen = tf.reduce_any(tf.broadcast_to(present, self.mean.shape), axis=list(range(1, self.mean.shape.rank)))
+            self.updates.assign_add(tf.reshape(tf.cast(seen, tf.float32), self.counts))
+        else:
+            self.updates.assign_add(tf.cast(tf.reduce_any(present), tf.float32))
 
     def read(self):
         """(mean, variance), bias-corrected."""

@@ -27,11 +27,13 @@ FEWER = {"mmoe": {"experts": [{"table": 0, "count": 3}]},
          "stem": {"experts": [{"table": 0, "count": 2}, {"table": 1}]}}
 
 
-def trained(framework: str, schema: Schema, data_dir: str, tasks=TASKS):
-    """The preset with small experts and towers, after three training steps (which move its weights)."""
+def trained(framework: str, schema: Schema, data_dir: str, tasks=TASKS, options=None, **model_config):
+    """The preset with small experts and towers (or the framework with ``options`` and the model
+    config ``SMALL`` updated by ``model_config``), after three training steps (which move its weights)."""
     tf.keras.utils.set_random_seed(0)
-    model = build_model(schema.to_dict(), tasks, framework=framework,
-                        framework_options={"tower_units": [8], **FEWER.get(framework, {})}, **SMALL)
+    options = {"tower_units": [8], **FEWER.get(framework, {})} if options is None else options
+    model = build_model(schema.to_dict(), tasks, framework=framework, framework_options=options,
+                        **{**SMALL, **model_config})
     model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss={t: "binary_crossentropy" for t in tasks})
     ds = make_dataset(data_dir, "train", batch_size=256, labels=tasks, sample_weight=None)
     model(next(iter(ds))[0])

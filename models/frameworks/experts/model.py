@@ -31,6 +31,12 @@ expert's output), a gate per task and a tower per task (``structure.py`` reads t
   is the shared mixture below (at level 1 the shared tables' fields), kept below the last level.
 * ``serve: main`` (STEM-AL, §5.2) trains every task but serves, validates and exports the first
   task only: the served ``call`` computes neither the auxiliary towers nor their gates.
+* ``domain_feature`` (GPRec §IV-A3: MMoE / PLE over user groups given by an attribute): one label,
+  and the mixtures, gates and towers belong to the *domains* of a scalar categorical feature
+  (``models.domains``: one per vocabulary value plus one for padding / OOV) instead of the tasks;
+  every tower scores every row and a row's logit is its own domain's, selected in the graph
+  (``models.domains.select_domain``), so it depends on no other domain's tower or gate. Task-owned
+  experts and tables become domain-owned (PLE's task-specific experts: one per domain).
 
 With linear experts and fixed gates ME is a single embedding of the concatenated tables (§4.2:
 "there should be non-linearities ... otherwise the model is equivalent to the single-embedding
@@ -45,6 +51,7 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
+from models.domains import domains_of, select_domain
 from models.embedding import FeatureEmbedding, field_info
 from models.factory import register_framework
 from models.framework import Forward, FrameworkModel
@@ -73,11 +80,12 @@ DEFAULTS = {
     "tower_activation": "relu",
     "tower_dropout": 0.0,
     "serve": "all",                      # all | main (STEM-AL: the first task only)
+    "domain_feature": None,              # a scalar categorical feature: its domains replace the tasks
 }
 RANGES = {"levels": "[1, inf)", "upper_expert_units": "[1, inf)", "gate_units": "[1, inf)",
           "expert_dim": "[1, inf)", "tower_units": "[1, inf)", "tower_dropout": "[0, 1)"}
 CHOICES = {"routing": ROUTINGS, "gate_input": GATE_INPUTS, "serve": SERVES}
-TYPES = {"upper_expert_units": list, "expert_dim": int}
+TYPES = {"upper_expert_units": list, "expert_dim": int, "domain_feature": str}
 
 
 def _flat(fields: tf.Tensor) -> tf.Tensor:
@@ -99,7 +107,15 @@ class ExpertsModel(FrameworkModel):
         if self.embedding_options.get("num_tables", 1) != 1:
             raise OptionError(f"embedding_options.num_tables: framework '{self.framework_name}' builds its tables "
                               f"from framework_options.tables; leave num_tables unset")
-        self.tables, self.plan = resolve(o["tables"], o["experts"], len(self.tasks), self.embedding_dim, backbone,
+        self.domains = domains_of(self.schema, o["domain_feature"]) if o["domain_feature"] else None
+        if self.domains is not None and len(self.tasks) != 1:
+            raise OptionError(f"framework_options.domain_feature: the domains of '{o['domain_feature']}' share one "
+                              f"label (a sample is scored by its own domain's tower); tasks must hold one, got "
+                              f"{self.tasks}")
+        # the owners of the mixtures, gates and towers: the tasks, or the domains of the one task
+        self.routes = self.domains.names if self.domains is not None else list(self.tasks)
+        self.route_kind = "task" if self.domains is None else "domain"
+        self.tables, self.plan = resolve(o["tables"], o["experts"], len(self.routes), self.embedding_dim, backbone,
                                          self.backbone_options)
         self.num_levels = int(o["levels"])
         info = field_info(self.schema, self.embedding_options.get("features"))
@@ -118,15 +134,23 @@ class ExpertsModel(FrameworkModel):
                           for level in range(self.num_levels) for owner in self._mixtures(level)
                           if len(self._readable(owner)) > 1}
             self.towers = {t: Tower(o["tower_units"], o["tower_activation"], o["tower_dropout"],
-                                    name="tower_" + safe_name(t)) for t in self.tasks}
+                                    name="tower_" + safe_name(t)) for t in self.routes}
 
     # ---- structure ---------------------------------------------------------------------------
     @classmethod
     def check_framework_options(cls, options: dict, prefix: str = "framework_options.") -> dict:
-        """The flat checks, then the tables and experts (``structure.check_structure``)."""
+        """The flat checks, then the tables and experts (``structure.check_structure``); with
+        ``domain_feature`` nothing may single out the first task (``serve: main``, ``main`` owners)."""
         options = super().check_framework_options(options, prefix)
         merged = {**cls.option_defaults, **options}
-        check_structure(merged["tables"], merged["experts"], prefix)
+        tables, experts = check_structure(merged["tables"], merged["experts"], prefix)
+        if merged["domain_feature"] is not None:
+            mains = [f"{kind}[{i}].owner" for kind, specs in (("tables", tables), ("experts", experts))
+                     for i, spec in enumerate(specs) if spec["owner"] == MAIN]
+            if merged["serve"] == "main" or mains:
+                raise OptionError(f"{prefix}domain_feature: the model serves its one task from every domain, so "
+                                  f"nothing may belong to the main task only (serve: main, owner main: "
+                                  f"{[f'{prefix}serve'] if merged['serve'] == 'main' else mains})")
         return options
 
     @classmethod
@@ -162,10 +186,10 @@ class ExpertsModel(FrameworkModel):
         """The mixtures computed at ``level``: every task's; the shared one below the last level
         when shared experts read it."""
         shared = level < self.num_levels - 1 and any(e.owner is None for e in self.plan)
-        return [*range(len(self.tasks)), *([None] if shared else [])]
+        return [*range(len(self.routes)), *([None] if shared else [])]
 
     def _gate_name(self, level: int, owner: Optional[int]) -> str:
-        return f"gate_{level}_" + ("shared" if owner is None else safe_name(self.tasks[owner]))
+        return f"gate_{level}_" + ("shared" if owner is None else safe_name(self.routes[owner]))
 
     # ---- the forward pass ------------------------------------------------------------------------
     def forward(self, inputs: dict, training=None) -> Forward:
@@ -181,21 +205,30 @@ class ExpertsModel(FrameworkModel):
         return {t: tf.sigmoid(z) for t, z in self._logits(inputs, served, training).items()}
 
     def _logits(self, inputs: dict, tasks: Sequence[str], training) -> Dict[str, tf.Tensor]:
+        """{task: z [B, 1]} of ``tasks``; with domains, each row's own domain's tower's logit."""
         run = _Pass(self, inputs, training)
         top = self.num_levels - 1
-        return {t: tf.cast(self.towers[t](run.mixture(top, k)[0], training=training)[1], tf.float32)
-                for k, t in enumerate(self.tasks) if t in tasks}
+        z = {r: tf.cast(self.towers[r](run.mixture(top, k)[0], training=training)[1], tf.float32)
+             for k, r in enumerate(self.routes) if self.domains is not None or r in tasks}
+        return self._by_domain(z, inputs)
+
+    def _by_domain(self, values: Dict[str, tf.Tensor], inputs: dict) -> Dict[str, tf.Tensor]:
+        """``values`` per route as they are, or with domains {task: each row's own domain's value}."""
+        if self.domains is None:
+            return values
+        stacked = tf.stack([values[r] for r in self.routes], axis=1)  # [B, R, ...]
+        return {self.tasks[0]: select_domain(stacked, self.domains.index(inputs))}
 
     def table_weights(self, inputs: dict) -> Dict[str, tf.Tensor]:
-        """{task: [B, T]}: each task's first-level gate weights summed per table (the weight it
-        routes to each table; rows sum to 1), in inference mode."""
+        """{task: [B, T]}: each task's (with domains: each row's own domain's) first-level gate
+        weights summed per table (the weight it routes to each table; rows sum to 1), in inference mode."""
         run = _Pass(self, inputs, False)
         out = {}
-        for k, t in enumerate(self.tasks):
+        for k, r in enumerate(self.routes):
             experts = self._readable(k)
             onehot = tf.one_hot([self.plan[e].table for e in experts], len(self.tables), dtype=tf.float32)
-            out[t] = tf.matmul(run.gate(0, k), onehot)
-        return out
+            out[r] = tf.matmul(run.gate(0, k), onehot)
+        return self._by_domain(out, inputs)
 
     def interaction_sources(self) -> list:
         """(FM-family interaction, its table, table set 0) of every expert that has one, for the
@@ -204,8 +237,8 @@ class ExpertsModel(FrameworkModel):
                 if hasattr(e, "interaction")]
 
     def describe_tables(self) -> List[dict]:
-        """Each table's index, width and owner (a task's name or ``shared``)."""
-        return [{"table": i, "width": t.width, "owner": "shared" if t.owner is None else self.tasks[t.owner]}
+        """Each table's index, width and owner (a task's or domain's name, or ``shared``)."""
+        return [{"table": i, "width": t.width, "owner": "shared" if t.owner is None else self.routes[t.owner]}
                 for i, t in enumerate(self.tables)]
 
     def variable_groups(self):
@@ -269,7 +302,7 @@ class _Pass:
             widths = {int(h.shape[-1]) for h in outs}
             if len(widths) > 1:
                 raise OptionError(f"framework '{m.framework_name}': the experts {experts} mixed for "
-                                  f"{'the shared mixture' if owner is None else 'task ' + m.tasks[owner]} output "
+                                  f"{'the shared mixture' if owner is None else m.route_kind + ' ' + m.routes[owner]} output "
                                   f"widths {sorted(widths)}; set framework_options.expert_dim to map each to one width")
             g = self.gate(level, owner)
             h = tf.einsum("be,beh->bh", g, tf.stack(outs, axis=1))
