@@ -119,7 +119,6 @@ class CompareConfig:
             raise ConfigError("metrics: score_cv needs visual_truth, the simulator's output folder (its items' "
                               "visual attributes group the ads)")
 
-
     def _check_select(self):
         """``select``: each group a new row name over distinct methods, no method in two groups, the
         baseline in none (it keeps its row: Impv. and the default test are against it)."""
@@ -166,6 +165,7 @@ def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConf
 
 
 def _validation(cfg: TrainConfig) -> tuple:
+    """What a run's validation score means: its monitor, the monitor's direction, data and split."""
     es = cfg.early_stopping
     return es.monitor, es.mode, cfg.data_dir, cfg.valid_split
 

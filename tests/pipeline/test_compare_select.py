@@ -123,12 +123,18 @@ def test_select_shows_the_best_member_on_validation_and_stars_the_best_against_t
 
 
 def test_default_significance_is_unchanged_by_select(sim_data, tmp_path, monkeypatch):
-    """Without ``significance``: every row's two-sided p against the baseline, the group's row too."""
+    """Without ``significance``: every row's two-sided p against the baseline, the group's row too;
+    the per-task tables show the group as the same chosen member."""
     _fake_runs(monkeypatch)
-    rows = _rows(run_compare(_grid(sim_data, tmp_path), verbose=0)["table"])
+    out = run_compare(_grid(sim_data, tmp_path, tasks=["click"]), verbose=0)
+    rows = _rows(out["table"])
     p = stats.ttest_rel(TEST["GPRec dp"]["auc"], TEST["MLP"]["auc"]).pvalue
     assert _p(rows["GPRec (MLP) [dp]"][0]) == pytest.approx(p, rel=5e-3)
     assert "(p=" not in rows["MLP"][0] and "(p=" in rows["DCN"][0]
+    assert [t.splitlines()[0] for t in out["tables"]] == [
+        "## Overall", "## All variants", "## Task `click`", "## Mean over tasks click"]
+    for table in out["tables"][2:]:
+        assert _rows(table) == rows
 
 
 def test_validation_score_reads_the_kept_epoch_of_the_monitor(sim_data, tmp_path, monkeypatch):
