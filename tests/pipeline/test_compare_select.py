@@ -211,8 +211,8 @@ def test_the_logged_validation_score_is_the_saved_models_on_the_valid_split(sim_
     from pipeline.evaluate import evaluate_run
     from pipeline.train import train
 
-    cfg = train_config(sim_data, tmp_path, epochs=3, steps_per_epoch=40, **{
-        "early_stopping.patience": 3, "optimizer.learning_rate": 0.01,
+    cfg = train_config(sim_data, tmp_path, epochs=2, steps_per_epoch=40, **{
+        "early_stopping.patience": 2, "optimizer.learning_rate": 0.01,
         "model.backbone_options": {"dnn_units": [32, 16], "dnn_dropout": 0.3}})
     run_dir = train(cfg)["run_dir"]
     history = json.load(open(os.path.join(run_dir, "done.json")))["history"]["val_auc"]
