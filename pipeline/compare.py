@@ -26,6 +26,22 @@ nothing: a grid's typo fails in seconds, not hours in.
 ``slices: {new_ads: [new]}`` tabulates the ads absent from the training split, and
 ``visual_truth`` (the simulator's output folder) lets ``metrics`` include ``score_cv``
 (Tencent §3.2; ``configs/compare_visual_sim.yaml``).
+
+GPRec's Tables II-III report, of a method's variants, "only the results of the best-performing
+model construction", marking with * the best of each column when a one-sided t-test over the
+seeds against the runner-up gives p < 0.05:
+
+    select: {"GPRec (MLP)": [GPRec input, GPRec dp, GPRec ensemble]}
+    significance: runner_up_one_sided    # default baseline_two_sided: every method against baseline
+
+``select`` shows each group as one row, its member with the best mean validation score over the
+seeds: each run's ``early_stopping.monitor`` (default ``val_auc``, the exact AUC on the valid split)
+at the epoch whose weights the run kept, read from its logged history (:func:`validation_score`);
+the row reads ``GPRec (MLP) [dp]``, the "All variants" table keeps every member's own row, and
+``results.json`` records the choice with every member's validation and test numbers.
+``significance: runner_up_one_sided`` gives each metric's best row a one-sided paired t-test
+(higher or lower by the metric) against the row with the second-best mean, Impv. staying against
+``baseline`` (the rule: each table's footnote, ``pipeline.report.comparison_table``).
 """
 from __future__ import annotations
 
@@ -42,7 +58,8 @@ from pipeline.analyses import run_summaries
 from pipeline.config import ConfigError, load_config, option
 from pipeline.evaluate import check_slice_inputs, evaluate_run
 from pipeline.metrics import slice_groups
-from pipeline.train import TrainConfig, compile_model, new_model, resolve, train
+from pipeline.train import MEAN, TrainConfig, compile_model, new_model, resolve, train
+from serving.run_artifacts import DONE
 
 
 @dataclasses.dataclass
@@ -70,10 +87,19 @@ class CompareConfig:
     # the simulator's output folder: each run's evaluation adds score_cv, the CV of predicted scores
     # among visually similar ads shown to one user (Tencent §3.2; pipeline/visual_similarity.py)
     visual_truth: Optional[str] = None
+    # groups of methods of which the tables show one row, {row: [methods]}: the member with the best mean
+    # validation score over the seeds (each run's early_stopping.monitor, :func:`validation_score`), as
+    # GPRec Tables II-III report "only the results of the best-performing model construction"; its row
+    # reads "<row> [<member>]" and every member's own row is in the "All variants" table
+    select: Dict[str, List[str]] = dataclasses.field(default_factory=dict)
+    # the tables' t-test (pipeline.report.comparison_table): every method two-sided against baseline
+    # (HDA Table 2), or the best row of each metric one-sided against the runner-up (GPRec Tables II-III)
+    significance: str = option("baseline_two_sided", choices=report.SIGNIFICANCE)
 
     def __post_init__(self):
         if self.baseline not in self.methods:
             raise ConfigError(f"baseline '{self.baseline}' is not one of the methods {sorted(self.methods)}")
+        self._check_select()
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be a non-empty list of distinct seeds, got {self.seeds}")
         labels: Dict[str, str] = {}
@@ -92,6 +118,24 @@ class CompareConfig:
         if "score_cv" in self.metrics and not self.visual_truth:
             raise ConfigError("metrics: score_cv needs visual_truth, the simulator's output folder (its items' "
                               "visual attributes group the ads)")
+
+    def _check_select(self):
+        """``select``: each group a new row name over distinct methods, no method in two groups, the
+        baseline in none (it keeps its row: Impv. and the default test are against it)."""
+        owner: Dict[str, str] = {}
+        for row, members in self.select.items():
+            if row in self.methods:
+                raise ConfigError(f"select.{row}: the row name is a method's; name the group otherwise")
+            unknown = [m for m in members if m not in self.methods]
+            if unknown or not members or len(set(members)) != len(members):
+                raise ConfigError(f"select.{row} = {members}: expected distinct methods from {sorted(self.methods)}"
+                                  + (f"; {unknown} are not methods" if unknown else ""))
+            if self.baseline in members:
+                raise ConfigError(f"select.{row}: holds the baseline '{self.baseline}', which keeps its own row")
+            for member in members:
+                other = owner.setdefault(member, row)
+                if other != row:
+                    raise ConfigError(f"select.{row}: method '{member}' is already in select.{other}")
 
 
 def run_label(method: str) -> str:
@@ -112,7 +156,18 @@ def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConf
                     "run_name": f"{run_label(method)}-seed{seed}", "verbose": verbose})
             except ConfigError as exc:
                 raise ConfigError(f"compare method '{method}' (seed {seed}): {exc}") from None
+    for row, members in cfg.select.items():  # ranked on one score: the same monitor on the same split
+        ways = {m: _validation(configs[(m, cfg.seeds[0])]) for m in members}
+        if len(set(ways.values())) > 1:
+            raise ConfigError(f"select.{row}: its members validate differently, (early_stopping.monitor, mode, "
+                              f"data_dir, valid_split) = {ways}; a group's members must share them")
     return configs
+
+
+def _validation(cfg: TrainConfig) -> tuple:
+    """What a run's validation score means: its monitor, the monitor's direction, data and split."""
+    es = cfg.early_stopping
+    return es.monitor, es.mode, cfg.data_dir, cfg.valid_split
 
 
 def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
@@ -147,18 +202,20 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
 
 def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     """Train (or reuse) and evaluate every cell; write ``results.json`` (per-seed numbers: overall
-    under ``results``, ``{slice: {group: {method: [...]}}}`` under ``slices``) and ``report.md``
-    (the overall table, then one per group of ``cfg.slices``)."""
+    under ``results``, ``{slice: {group: {method: [...]}}}`` under ``slices``, each ``select`` group's
+    choice and its members' validation and test numbers under ``select``) and ``report.md`` (the
+    overall table, "All variants" with ``select``, then one per task and per group of ``cfg.slices``)."""
     results: Dict[str, List[dict]] = {m: [] for m in cfg.methods}
     sliced: Dict[str, Dict[str, Dict[str, List[dict]]]] = {}
     per_task: Dict[str, Dict[str, List[dict]]] = {}
     analyses: Dict[str, Dict[str, List[dict]]] = {}
+    validation: Dict[str, List[float]] = {m: [] for members in cfg.select.values() for m in members}
     configs = train_configs(cfg, verbose)
     for method in cfg.methods:
         for seed in cfg.seeds:
             train_cfg = configs[(method, seed)]
             run_dir = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
-            if not os.path.exists(os.path.join(run_dir, "done.json")):
+            if not os.path.exists(os.path.join(run_dir, DONE)):
                 tf.keras.backend.clear_session()
                 train(train_cfg, config_name=method)
             by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats,
@@ -170,6 +227,8 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
             for name in cfg.tasks:
                 per_task.setdefault(name, {}).setdefault(method, []).append(
                     {k: by_task[name]["overall"].get(k) for k in cfg.metrics})
+            if method in validation:
+                validation[method].append(validation_score(run_dir, train_cfg))
             for name, numbers in run_summaries(run_dir).items():
                 analyses.setdefault(name, {}).setdefault(method, []).append(numbers)
             task = by_task[cfg.task or next(iter(by_task))]
@@ -180,33 +239,126 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
                         {k: values.get(k) for k in [*slice_metrics(cfg), "count"]})
             print(f"[compare] {method} seed {seed}: " +
                   ", ".join(f"{k}={_f(v)}" for k, v in results[method][-1].items()), flush=True)
+    selection = select_rows(cfg, configs, validation, results)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as fh:  # before the tables: the raw numbers stay
         json.dump({"config": dataclasses.asdict(cfg), "results": results, "slices": sliced, "tasks": per_task,
-                   "analyses": analyses},
+                   "analyses": analyses, "select": selection},
                   fh, indent=2)
-    table = report.comparison_table(results, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True)
-    tables = [f"## Overall\n\n{table}"] + task_tables(cfg, per_task) \
-        + [slice_table(cfg, sliced, name, group) for name, groups in cfg.slices.items() for group in groups] \
-        + [analysis_table(name, by_method) for name, by_method in analyses.items()]
+    table = comparison(cfg, table_rows(cfg, selection, results), cfg.metrics)
+    variants = [f"## All variants\n\nEvery method's own row, the members of `select` groups among them.\n\n"
+                + comparison(cfg, results, cfg.metrics)] if cfg.select else []
+    tables = [f"## Overall\n\n{table}"] + variants + task_tables(cfg, per_task, selection) \
+        + [slice_table(cfg, sliced, name, group, selection) for name, groups in cfg.slices.items()
+           for group in groups] \
+        + [analysis_table(name, table_rows(cfg, selection, by_method)) for name, by_method in analyses.items()]
     path = os.path.join(cfg.out_dir, "report.md")
     with open(path, "w") as fh:
-        fh.write(f"# {cfg.title}\n\nSplit `{cfg.split}`, seeds {cfg.seeds}; mean ± std over seeds, best in "
-                 f"bold, p = paired t-test against `{cfg.baseline}` over the same seeds.\n\n"
-                 + "\n".join(tables) + "\n")
-    return {"table": table, "tables": tables, "report": path, "results": results, "slices": sliced}
+        fh.write(f"# {cfg.title}\n\n{report_intro(cfg, selection)}\n" + "\n".join(tables) + "\n")
+    return {"table": table, "tables": tables, "report": path, "results": results, "slices": sliced,
+            "select": selection}
 
 
-def task_tables(cfg: CompareConfig, per_task: Dict[str, Dict[str, List[dict]]]) -> List[str]:
+def validation_score(run_dir: str, train_cfg: TrainConfig) -> float:
+    """The run's ``early_stopping.monitor`` on its valid split for the model it saved: the best epoch's
+    value under ``restore_best_weights`` (the weights it kept), else the last epoch's, read from the
+    history in ``done.json``. That history holds ExactValidation's exact AUC / logloss of the model
+    after each epoch, the numbers evaluating the saved model on the valid split gives, so nothing is
+    evaluated again; ``parameter_server`` runs validate with Keras' approximate AUC, so theirs is the
+    saved model's exact metric on the valid split (the first task's, the named task's, or the mean)."""
+    es = train_cfg.early_stopping
+    if train_cfg.strategy.name == "parameter_server":
+        split = train_cfg.valid_split
+        by_task = evaluate_run(run_dir, splits=[split], write=False)[split]
+        task, _, metric = es.monitor[len("val_"):].rpartition("_")  # val_auc, val_<task>_auc, val_mean_auc
+        tasks = list(by_task) if task == MEAN else [task or next(iter(by_task))]
+        return float(sum(by_task[t]["overall"][metric] for t in tasks) / len(tasks))
+    with open(os.path.join(run_dir, DONE)) as fh:
+        history = json.load(fh)["history"]
+    values = history.get(es.monitor)
+    if not values:
+        raise ConfigError(f"early_stopping.monitor = {es.monitor!r}: run '{run_dir}' logged no such metric "
+                          f"(its history has {sorted(history)}), so compare's select cannot rank it")
+    if not es.restore_best_weights:
+        return float(values[-1])
+    return float(max(values) if es.mode == "max" else min(values))
+
+
+def select_rows(cfg: CompareConfig, configs: Dict[tuple, TrainConfig], validation: Dict[str, List[float]],
+                results: Dict[str, List[dict]]) -> Dict[str, dict]:
+    """Per ``select`` group the member with the best mean validation score over the seeds (ties: the
+    earlier member) and what the choice rests on: {group: {row, chosen, monitor, mode, valid_split,
+    split, members: {method: {validation (per seed), validation_mean, results (per seed, on split)}}}}."""
+    selection = {}
+    for group, members in cfg.select.items():
+        first = configs[(members[0], cfg.seeds[0])]  # the members share these (train_configs checks)
+        means = {m: sum(validation[m]) / len(validation[m]) for m in members}
+        sign = 1.0 if first.early_stopping.mode == "max" else -1.0
+        chosen = max(members, key=lambda m: sign * means[m])  # the first of equal maxima
+        selection[group] = {
+            "row": f"{group} [{member_label(members, chosen)}]", "chosen": chosen,
+            "monitor": first.early_stopping.monitor, "mode": first.early_stopping.mode,
+            "valid_split": first.valid_split, "split": cfg.split,
+            "members": {m: {"validation": validation[m], "validation_mean": means[m], "results": results[m]}
+                        for m in members}}
+    return selection
+
+
+def member_label(members: List[str], member: str) -> str:
+    """``member`` as its group's row shows it: without the leading words every member shares, never
+    all of its words ("GPRec dp" of ["GPRec input", "GPRec dp", "GPRec ensemble"] -> "dp")."""
+    words = [m.split() for m in members]
+    shared = 0
+    while all(len(w) > shared + 1 and w[shared] == words[0][shared] for w in words):
+        shared += 1
+    return " ".join(member.split()[shared:])
+
+
+def table_rows(cfg: CompareConfig, selection: Dict[str, dict], by_method: Dict[str, Any]) -> Dict[str, Any]:
+    """``by_method`` ({method: numbers}) as the tables' rows: each ``select`` group's chosen member
+    under the group's row, in the place of the group's first member; the other members left out
+    (the "All variants" table and results.json keep them)."""
+    group = {m: g for g, members in cfg.select.items() for m in members}
+    rows: Dict[str, Any] = {}
+    for method in cfg.methods:
+        name, source = (selection[group[method]]["row"], selection[group[method]]["chosen"]) \
+            if method in group else (method, method)
+        if source in by_method:
+            rows.setdefault(name, by_method[source])
+    return rows
+
+
+def comparison(cfg: CompareConfig, rows: Dict[str, List[dict]], metrics: List[str]) -> str:
+    """A grid table of ``rows`` ({row: per-seed numbers}): mean ± std, ``cfg.significance``'s t-test,
+    Impv. against the baseline (:func:`pipeline.report.comparison_table`)."""
+    return report.comparison_table(rows, metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True,
+                                   significance=cfg.significance)
+
+
+def report_intro(cfg: CompareConfig, selection: Dict[str, dict]) -> str:
+    """report.md's opening: split, seeds, the test, and each ``select`` group's choice with its numbers."""
+    test = (f"p = paired t-test against `{cfg.baseline}` over the same seeds"
+            if cfg.significance == "baseline_two_sided" else
+            "p = one-sided paired t-test of each column's best row against its runner-up (each table's note)")
+    lines = [f"Split `{cfg.split}`, seeds {cfg.seeds}; mean ± std over seeds, best in bold, {test}.\n"]
+    for group, rec in selection.items():
+        scores = ", ".join(f"`{m}` {report.format_number(v['validation_mean'])}" for m, v in rec["members"].items())
+        lines.append(f"- `{rec['row']}`: of the group's members, the best mean `{rec['monitor']}` ({rec['mode']}) on "
+                     f"split `{rec['valid_split']}` over the seeds: {scores}.")
+    return "\n".join(lines) + ("\n" if selection else "")
+
+
+def task_tables(cfg: CompareConfig, per_task: Dict[str, Dict[str, List[dict]]],
+                selection: Dict[str, dict]) -> List[str]:
     """One table per task of ``cfg.tasks``, then the mean over those tasks of each metric, per seed."""
     if not cfg.tasks:
         return []
-    tables = [f"## Task `{name}`\n\n" + report.comparison_table(
-        per_task[name], cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True) for name in cfg.tasks]
+    tables = [f"## Task `{name}`\n\n" + comparison(cfg, table_rows(cfg, selection, per_task[name]), cfg.metrics)
+              for name in cfg.tasks]
     mean = {method: [{k: _mean([per_task[t][method][i][k] for t in cfg.tasks]) for k in cfg.metrics}
                      for i in range(len(cfg.seeds))] for method in cfg.methods}
-    return tables + [f"## Mean over tasks {', '.join(cfg.tasks)}\n\n" + report.comparison_table(
-        mean, cfg.metrics, cfg.baseline, report.HIGHER_IS_BETTER, improvement=True)]
+    return tables + [f"## Mean over tasks {', '.join(cfg.tasks)}\n\n"
+                     + comparison(cfg, table_rows(cfg, selection, mean), cfg.metrics)]
 
 
 def analysis_table(name: str, by_method: Dict[str, List[dict]]) -> str:
@@ -235,7 +387,8 @@ def slice_metrics(cfg: CompareConfig) -> List[str]:
     return [m for m in cfg.metrics if m not in report.SPLIT_ONLY_METRICS]
 
 
-def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: str) -> str:
+def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: str,
+                selection: Dict[str, dict]) -> str:
     """The comparison table of one slice group (Rec4Ad Table 2), under its heading; a ConfigError
     naming ``slices.<name>`` when the evaluation wrote no such slice (the data lacks its column)."""
     if group not in sliced.get(name, {}):
@@ -243,8 +396,7 @@ def slice_table(cfg: CompareConfig, sliced: Dict[str, dict], name: str, group: s
                           f"wrote {sorted(sliced)}: activity needs the data's user column, impression_ratio "
                           f"and new_ads its ad column); per-seed numbers are in {cfg.out_dir}/results.json")
     try:
-        table = report.comparison_table(sliced[name][group], slice_metrics(cfg), cfg.baseline,
-                                        report.HIGHER_IS_BETTER, improvement=True)
+        table = comparison(cfg, table_rows(cfg, selection, sliced[name][group]), slice_metrics(cfg))
     except ValueError as exc:
         raise ValueError(f"slices.{name} group {group}: {exc}") from None
     return f"## {group}: {report.SLICE_TITLES.get(name, name)}\n\n{table}"

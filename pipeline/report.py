@@ -98,13 +98,14 @@ def _seed_values(results: Dict[str, List[dict]], method: str, metric: str) -> np
     return np.asarray(values)
 
 
-def _paired_p(values: np.ndarray, baseline: np.ndarray) -> Optional[float]:
-    """Two-sided paired t-test p-value, None when undefined (one seed, zero variance)."""
+def _paired_p(values: np.ndarray, other: np.ndarray, alternative: str = "two-sided") -> Optional[float]:
+    """Paired t-test p-value of ``values`` against ``other`` (``alternative``: scipy's, "greater" =
+    ``values`` higher), None when undefined (one seed, zero variance of the differences)."""
     if len(values) < 2:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        p = stats.ttest_rel(values, baseline).pvalue
+        p = stats.ttest_rel(values, other, alternative=alternative).pvalue
     return None if np.isnan(p) else float(p)
 
 
@@ -114,14 +115,57 @@ def _improvement(mean: float, baseline_mean: float, higher: bool) -> str:
     return format(diff, "+" + _spec(diff))
 
 
+# comparison_table's significance tests: HDA Table 2's (every row against the baseline) and
+# GPRec Tables II-III's (the best row of each column against the runner-up)
+SIGNIFICANCE = ("baseline_two_sided", "runner_up_one_sided")
+
+
+def _runner_up_tests(values: Dict[tuple, np.ndarray], methods: List[str], metrics: List[str],
+                     higher_is_better: Dict[str, bool]) -> Dict[tuple, str]:
+    """{(best row, metric): its p cell} of GPRec's rule: per metric the row with the best mean gets a
+    one-sided paired t-test against the runner-up (the second-best mean; ties: the earlier row),
+    alternative "greater" where higher is better (AUC) else "less" (logloss), \\* when p < 0.05."""
+    cells = {}
+    for k in metrics:
+        if k not in higher_is_better or len(methods) < 2:
+            continue
+        higher = higher_is_better[k]
+        best, runner_up = sorted(methods, key=lambda m: -values[m, k].mean() if higher else values[m, k].mean())[:2]
+        p = _paired_p(values[best, k], values[runner_up, k], "greater" if higher else "less")
+        star = "\\*" if p is not None and p < 0.05 else ""
+        cells[best, k] = f" (p={'n/a' if p is None else f'{p:.3g}'}{star} vs {runner_up})"
+    return cells
+
+
+def _significance_note(significance: str, baseline: str, metrics: List[str],
+                       higher_is_better: Dict[str, bool]) -> str:
+    """The footnote's sentence on the p-values: which rows are tested against what, how, and the stars."""
+    if significance == "baseline_two_sided":
+        return (f"p: two-sided paired t-test over seeds against '{baseline}' (scipy.stats.ttest_rel); "
+                f"\\*/\\*\\* p ≤ 0.05/0.01.")
+    higher = [k for k in metrics if higher_is_better.get(k) is True]
+    lower = [k for k in metrics if higher_is_better.get(k) is False]
+    sides = "; ".join(f"'{alt}' for {', '.join(ks)}" for alt, ks in (("greater", higher), ("less", lower)) if ks)
+    return ("p, on the best mean of each column only: one-sided paired t-test over seeds of the best row against "
+            "the runner-up, the row with the second-best mean (ties: the earlier row), named after 'vs' "
+            f"(scipy.stats.ttest_rel(best, runner_up, alternative=...), alternative {sides}); "
+            "\\* p < 0.05 (GPRec Tables II-III).")
+
+
 def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baseline: str,
-                     higher_is_better: Dict[str, bool], improvement: bool = False) -> str:
-    """Markdown table of methods x metrics: mean ± std over seeds, best mean bold, and the
-    paired t-test p-value against ``baseline`` (seeds aligned by position; \\*/\\*\\* mark
-    p <= 0.05/0.01 as in HDA Table 2). ``improvement``: after each metric with a direction, an
-    "Impv." column as in Rec4Ad Tables 1-2 (:func:`_improvement`; '–' for the baseline)."""
+                     higher_is_better: Dict[str, bool], improvement: bool = False,
+                     significance: str = "baseline_two_sided") -> str:
+    """Markdown table of methods x metrics: mean ± std over seeds, best mean bold, and a paired
+    t-test over the seeds (aligned by position). ``significance``: "baseline_two_sided", every
+    method's two-sided p against ``baseline`` (\\*/\\*\\* mark p <= 0.05/0.01 as in HDA Table 2);
+    "runner_up_one_sided", only the best mean of each metric gets a p, one-sided against the
+    runner-up (:func:`_runner_up_tests`; GPRec Tables II-III). ``improvement``: after each metric
+    with a direction, an "Impv." column against ``baseline`` as in Rec4Ad Tables 1-2
+    (:func:`_improvement`; '–' for the baseline). The footnote states the rule."""
     if baseline not in results:
         raise ValueError(f"comparison_table: baseline '{baseline}' is not among the methods {sorted(results)}")
+    if significance not in SIGNIFICANCE:
+        raise ValueError(f"comparison_table: significance {significance!r} is not one of {SIGNIFICANCE}")
     num_seeds = len(results[baseline])
     for method, runs in results.items():
         if len(runs) != num_seeds or not runs:
@@ -131,6 +175,8 @@ def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baselin
     best = {k: _best_rows({m: values[m, k].mean() for m in results}, higher_is_better[k])
             for k in metrics if k in higher_is_better}
     impv = [k for k in metrics if improvement and k in higher_is_better]
+    runner_up = _runner_up_tests(values, list(results), metrics, higher_is_better) \
+        if significance == "runner_up_one_sided" else {}
     body = []
     for method in results:
         cells = [f"{method} (baseline)" if method == baseline else method]
@@ -139,7 +185,9 @@ def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baselin
             text = format_number(v.mean()) + (f" ± {format_number(v.std(ddof=1), like=v.mean())}" if len(v) > 1 else "")
             if method in best.get(k, ()):
                 text = f"**{text}**"
-            if method != baseline:
+            if significance == "runner_up_one_sided":
+                text += runner_up.get((method, k), "")
+            elif method != baseline:
                 p = _paired_p(v, values[baseline, k])
                 stars = "" if p is None else "\\*\\*" if p <= 0.01 else "\\*" if p <= 0.05 else ""
                 text += f" (p={'n/a' if p is None else f'{p:.3g}'}{stars})"
@@ -148,8 +196,8 @@ def comparison_table(results: Dict[str, List[dict]], metrics: List[str], baselin
                 cells.append("–" if method == baseline else
                              _improvement(v.mean(), values[baseline, k].mean(), higher_is_better[k]))
         body.append(cells)
-    note = (f"\nMean ± std over {num_seeds} seed(s). p: two-sided paired t-test over seeds against "
-            f"'{baseline}' (scipy.stats.ttest_rel); \\*/\\*\\* p ≤ 0.05/0.01. Bold: best mean."
+    test = _significance_note(significance, baseline, metrics, higher_is_better)
+    note = (f"\nMean ± std over {num_seeds} seed(s). {test} Bold: best mean."
             + (" Impv.: the method's mean minus the baseline's, signed so that positive is better." if impv else "")
             + "\n")
     header = [c for k in metrics for c in ([k, "Impv."] if k in impv else [k])]
