@@ -126,6 +126,15 @@ class RunBackup(tf.keras.callbacks.Callback):
         runs.write_backup(self.run_dir, epoch + 1, self.model, self.state, list(es.best_weights or []))
         self._write_csv()
 
+    def end_without_fit(self, model) -> None:
+        """A run killed after its last epoch's backup has no epoch left to fit: end it as fit
+        would have (the early stopping's best weights restored at train end), so its saved model
+        is the uninterrupted run's."""
+        for callback in (self, self.early_stopping):
+            callback.set_model(model)
+        self.on_train_begin()
+        self.early_stopping.on_train_end()
+
     def _write_csv(self):
         path = os.path.join(self.run_dir, "history.csv")
         if not self.history:  # a fresh start: no epoch yet (and none of a killed run without backup)
@@ -384,6 +393,8 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
             if error is None:
                 raise
             raise error from None
+    else:
+        backup.end_without_fit(model)
     summary = {"run_dir": run_dir, "epochs_run": len(backup.history.get("loss", [])),
                "seconds": time.time() - t0, "history": backup.history}
     if is_chief():

@@ -11,7 +11,7 @@ import tensorflow as tf
 from pipeline import runs
 from pipeline.config import ConfigError, from_dict
 from pipeline.optimizers import learning_rate_at, make_optimizer
-from pipeline.train import TrainConfig, train
+from pipeline.train import RunBackup, TrainConfig, train
 from pipeline.train_config import OptimizerConfig
 from train_helpers import train_config
 
@@ -121,10 +121,13 @@ def test_bad_schedule_or_l2_fails_naming_the_key(bad, key):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_has_the_uninterrupted_runs_rates_and_weights(sim_data, tmp_path, monkeypatch):
-    """The step schedule (every epoch by 0.5) and l2: a run killed after epoch 1's backup and
+@pytest.mark.parametrize("killed_after", [1, 3])
+def test_a_resumed_run_has_the_uninterrupted_runs_rates_and_weights(sim_data, tmp_path, monkeypatch, killed_after):
+    """The step schedule (every epoch by 0.5) and l2: a run killed after epoch 1's backup, or
+    after the last epoch's (nothing left to fit, but the best weights still to restore), and
     started again ends with the uninterrupted run's history (its lr per epoch among it) and
-    weights. (The kill by SIGKILL, in a subprocess: tests/reliability/test_resume.py.)"""
+    weights. (The kill by SIGKILL, in a subprocess: tests/reliability/test_resume.py; restoring
+    the best weights of a run with no epoch left: test_a_run_with_no_epoch_left_...)"""
     opt = {"learning_rate": 0.004, "l2": 1e-3, "schedule": {"type": "step", "every_epochs": 1, "factor": 0.5}}
 
     def config(name):
@@ -142,7 +145,7 @@ def test_a_resumed_run_has_the_uninterrupted_runs_rates_and_weights(sim_data, tm
 
     def write_then_die(run_dir, epoch, *args):
         write(run_dir, epoch, *args)
-        if epoch == 1:
+        if epoch == killed_after:
             raise Killed
 
     monkeypatch.setattr(runs, "write_backup", write_then_die)
@@ -158,3 +161,19 @@ def test_a_resumed_run_has_the_uninterrupted_runs_rates_and_weights(sim_data, tm
     assert len(keys) > 4
     for key in keys:
         np.testing.assert_array_equal(b.get_tensor(key), a.get_tensor(key), err_msg=key)
+
+
+def test_a_run_with_no_epoch_left_ends_with_its_best_weights(tmp_path):
+    """A run killed after its last epoch's backup skips fit on restart; it must still end as fit
+    does, with the early stopping's best weights restored (not the last epoch's)."""
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,))])
+    last = [w.copy() for w in model.get_weights()]
+    best = [w + 1.0 for w in last]
+    stopping = tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", restore_best_weights=True)
+    checkpoint = tf.keras.callbacks.ModelCheckpoint("unused", monitor="val_auc", mode="max")
+    state = {"epoch": 3, "history": {"val_auc": [0.7, 0.6, 0.5]}, "stopped": False,
+             "early_stopping": {"wait": 2, "stopped_epoch": 0, "best": 0.7, "best_epoch": 0}, "checkpoint_best": 0.7}
+    backup = RunBackup(str(tmp_path), stopping, checkpoint, resumed=(state, best))
+    backup.end_without_fit(model)
+    for got, want in zip(model.get_weights(), best):
+        np.testing.assert_array_equal(got, want)
