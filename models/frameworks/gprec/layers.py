@@ -149,10 +149,11 @@ class GroupEmbedding(tf.keras.layers.Layer):
         return self.num_groups * self.dim if self.pooling == "concat" else self.dim
 
     def build(self, input_shape):
-        init = tf.keras.initializers.RandomNormal(stddev=self.initializer_stddev)
+        # an initializer each: an unseeded Keras initializer called twice repeats its values (p_i = n_i)
+        init = lambda: tf.keras.initializers.RandomNormal(stddev=self.initializer_stddev)  # noqa: E731
         shape = (self.num_groups, self.dim)
-        self.positive = self.add_weight(name="positive", shape=shape, initializer=init)
-        self.negative = self.add_weight(name="negative", shape=shape, initializer=init) if self.dual else None
+        self.positive = self.add_weight(name="positive", shape=shape, initializer=init())
+        self.negative = self.add_weight(name="negative", shape=shape, initializer=init()) if self.dual else None
         super().build(input_shape)
 
     def call(self, masks):
