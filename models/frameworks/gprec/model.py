@@ -49,8 +49,8 @@ GPRec-2 ``personal: false`` (no r_P, no L_O; no personal feature needed); GPRec-
 reads it as initialised).
 
 Served call (no ``return_forward``, not training): the prediction alone; no Gumbel noise, no
-f_1, no contrast branch, so an export reads none of f_1's weights. Validation (``test_step``)
-computes the auxiliary losses at inference masks, so they are logged per epoch.
+f_1, no contrast branch, so an export reads none of f_1's weights. ``test_step`` (``evaluate``)
+computes the auxiliary losses too, at the inference masks.
 """
 from __future__ import annotations
 
