@@ -420,10 +420,12 @@ def test_defaults_are_the_papers():
     assert o["classifier_units"] == [64, 32] and o["prediction_units"] == [64, 32, 16]
     assert (o["classifier"], o["group_embedding"], o["orthogonal_loss"], o["backbone_loss_weight"]) == \
         ("per_group", "dual", "signed", 0.0)
+    assert o["group_embedding_stddev"] == 1.0  # ours (the model's docstring says why)
     m = build_model(schema(), ["click"], backbone="dnn", backbone_options={"dnn_units": [8]}, framework="gprec")
     m(batch()[0])
     assert m.group_embedding.positive.shape == (60, 16) and m.f2.width == 960
     assert m.classifier.kernels[0].shape == (60, 3 * 16, 64)  # E_u = uid, gender, age
+    assert 0.8 < np.std(m.group_embedding.positive.numpy()) < 1.2
 
 
 @pytest.mark.parametrize("drop,options,match", [
