@@ -3,7 +3,7 @@ registered as framework ``gprec``: group and personal user representations plugg
 backbone.
 
     E = [E_p, E_o, E_v]                          one FeatureEmbedding for every field       (Eq. 1)
-    r_b = backbone(E).repr                       the backbone's representation (its own logit unused)
+    r_b = backbone(E).repr                       the backbone's representation (its logit: see ``backbone``)
     log S = g(flatten(E_u)),  E_u = [E_p, E_o]   G per-group classifiers                    (Eq. 2)
     M = GumbelSoftmax(log S, tau)                m^1, m^0 = 1 - m^1; noise in training only  (Eq. 3-4)
     r_G = M (.) E_G                              dual group embeddings p_i, n_i             (Eq. 5-6)
@@ -64,7 +64,6 @@ from __future__ import annotations
 import collections
 from typing import List, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
@@ -88,7 +87,7 @@ DEFAULTS = {
     "classifier": "per_group",        # g: per_group ("[64, 32, 2] for each group") | shared_trunk (G heads)
     "classifier_units": [64, 32],     # g's hidden units (Sec. IV-A4)
     "group_embedding": "dual",        # dual (Eq. 5) | single (GPRec-1)
-    "group_pooling": None,            # concat (Eq. 6) | sum (Sec. III-B, large G); None: concat for dual, sum for single
+    "group_pooling": None,            # concat (Eq. 6) | sum (Sec. III-B: large G); None: concat (dual), sum (single)
     "group_embedding_stddev": 1.0,    # p_i, n_i start N(0, s^2): PyTorch's default (module docstring)
     "personal": True,                 # r_P (Eq. 12); false: GPRec-2
     "personal_units": [64],           # f_2's hidden units before its r_G-wide output (ours: the paper gives none)
@@ -103,9 +102,9 @@ DEFAULTS = {
     "contrast_item_gradient": False,  # L_G^Con's gradient reaches E_v (module docstring)
     "backbone_loss_weight": 0.0,      # BCE on the backbone's own prediction; the authors' script: 1.0
 }
-RANGES = {"num_groups": "[1, inf)", "temperature": "(0, inf)", "group_embedding_stddev": "(0, inf)", "classifier_units": "[1, inf)",
-          "personal_units": "[1, inf)", "prediction_units": "[1, inf)", "dp_units": "[1, inf)",
-          "lambda1": "[0, inf)", "lambda2": "[0, inf)", "lambda3": "[0, inf)", "backbone_loss_weight": "[0, inf)"}
+RANGES = {"num_groups": "[1, inf)", "temperature": "(0, inf)", "group_embedding_stddev": "(0, inf)",
+          **{k: "[1, inf)" for k in ("classifier_units", "personal_units", "prediction_units", "dp_units")},
+          **{k: "[0, inf)" for k in ("lambda1", "lambda2", "lambda3", "backbone_loss_weight")}}
 CHOICES = {"classifier": CLASSIFIERS, "group_embedding": GROUP_EMBEDDINGS, "group_pooling": (*POOLINGS, None),
            "strategy": STRATEGIES, "orthogonal_loss": ORTHOGONAL_LOSSES}
 TYPES = {"group_pooling": str}
@@ -306,7 +305,7 @@ class GPRec(FrameworkModel):
         if not self.group_embedding.built:
             raise RuntimeError("gprec: call the model once before reading its group embeddings")
         negative = self.group_embedding.negative
-        return np.asarray(self.group_embedding.positive.numpy()), None if negative is None else negative.numpy()
+        return self.group_embedding.positive.numpy(), None if negative is None else negative.numpy()
 
     def user_features(self) -> List[str]:
         """The features of E_u = [E_p, E_o] that the group classifier reads, in field order."""
