@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from features.schema import Feature, Schema
 from models import layers as L
-from models.backbones import BACKBONES
 from models.factory import build_model
 from models.frameworks.gprec import (DEFAULTS, GPRec, GroupClassifier, GroupEmbedding, GumbelMasks,
                                      mean_probability_logit)
@@ -29,8 +28,8 @@ SMALL = {"num_groups": G, "classifier_units": [5], "personal_units": [6], "predi
 BACKBONE_OPTIONS = {"dnn": {"dnn_units": [8]}, "dcn": {"dnn_units": [8], "num_cross_layers": 1},
                     "gdcn": {"dnn_units": [8], "num_cross_layers": 1},
                     "finalmlp": {"mlp1_units": [8], "mlp2_units": [8], "fs_units": [8]},
-                    "destine": {}}
-PAIR_BACKBONES = [b for b in ("dnn", "dcn", "gdcn", "finalmlp", "destine") if b in BACKBONES]
+                    "destine": {"dnn_units": [8], "attention_layers": 1, "att_dim": 4}}
+PAIR_BACKBONES = ["dnn", "dcn", "gdcn", "finalmlp", "destine"]  # the paper's (Tables II-III)
 
 
 def schema(drop=()) -> dict:

@@ -138,7 +138,7 @@ class GPRec(FrameworkModel):
     option_defaults, option_ranges, option_choices, option_types = DEFAULTS, RANGES, CHOICES, TYPES
     single_task = True
     objective_names = (COMPILED, "group", "group_contrast", "orthogonal", "backbone")
-    # analyses: the run-report analysis "gprec_groups" (pipeline/gprec_groups.py) is not registered yet
+    analyses = ("gprec_groups",)  # group usage, cos(p_i, n_i), diversity (Sec. IV-E, Fig. 4; pipeline/gprec_groups.py)
 
     def __init__(self, schema_dict: dict, tasks: List[str], backbone: str = "dnn",
                  backbone_options: Optional[dict] = None, embedding_dim: int = 16,
