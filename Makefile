@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
+# Test worker processes (pytest-xdist), a test file to each: the suite's models are small, so
+# one process keeps a core only about half busy (measured: 2 workers on 2 cores, 33 -> 17 min).
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench clean
 
@@ -22,10 +25,10 @@ demo: $(STAMP)
 
 ## Runs the whole test suite (slow tests included).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS) tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

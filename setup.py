@@ -27,6 +27,6 @@ setup(
         "pyfarmhash==0.5.1",
         "google-crc32c==1.9.0",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "scikit-learn"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "scikit-learn"]},
     entry_points={"console_scripts": ["ctrflow=pipeline.cli:main"]},
 )

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from features.registry import registrar
 from models import layers as L
-from models.embedding import EmbeddedFields
+from models.embedding import EmbeddedFields, flat_fields
 from models.options import OptionError, check_activations, check_options
 
 BackboneOutput = collections.namedtuple("BackboneOutput", ["repr", "logit"])
@@ -91,10 +91,6 @@ def get_backbone(name: str, num_fields: int, embedding_dim: int, field_info=None
 
 def _float32(out: BackboneOutput) -> BackboneOutput:
     return BackboneOutput(tf.cast(out.repr, tf.float32), tf.cast(out.logit, tf.float32))
-
-
-def _flat(fields: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
 
 
 class Backbone(tf.keras.layers.Layer):
@@ -397,7 +393,7 @@ class DNN(Backbone):
         self.tower = self._tower(self.options["dnn_units"], "dnn")
 
     def _forward(self, emb, training):
-        return BackboneOutput(*self.tower(_flat(emb.fields), training=training))
+        return BackboneOutput(*self.tower(flat_fields(emb.fields), training=training))
 
 
 @register_backbone("ipnn")
@@ -411,7 +407,7 @@ class IPNN(Backbone):
         self.tower = self._tower(self.options["dnn_units"], "dnn")
 
     def _forward(self, emb, training):
-        x = tf.concat([_flat(emb.fields), self.inner(emb.fields)], axis=1)
+        x = tf.concat([flat_fields(emb.fields), self.inner(emb.fields)], axis=1)
         return BackboneOutput(*self.tower(x, training=training))
 
 
@@ -429,10 +425,10 @@ class DualMLP(Backbone):
         self.tower2 = self._tower(self.options["mlp2_units"], "mlp2")
 
     def _simple(self, emb, training):
-        return BackboneOutput(*self.tower1(_flat(emb.fields), training=training))
+        return BackboneOutput(*self.tower1(flat_fields(emb.fields), training=training))
 
     def _complex(self, emb, training):
-        return BackboneOutput(*self.tower2(_flat(emb.fields), training=training))
+        return BackboneOutput(*self.tower2(flat_fields(emb.fields), training=training))
 
 
 @register_backbone("finalmlp")
@@ -460,7 +456,7 @@ class FinalMLP(DualMLP):
         self.bilinear = L.MultiHeadBilinear(o["num_heads"], name="fusion")
 
     def _stream_input(self, gate, emb, training):
-        return _flat(emb.fields) if gate is None else gate(emb.fields, training=training)
+        return flat_fields(emb.fields) if gate is None else gate(emb.fields, training=training)
 
     def _simple(self, emb, training):
         return BackboneOutput(*self.tower1(self._stream_input(self.gate1, emb, training), training=training))
@@ -487,7 +483,7 @@ class _WithDNN(Backbone):
         raise NotImplementedError
 
     def _complex(self, emb, training):
-        return BackboneOutput(*self.tower(_flat(emb.fields), training=training))
+        return BackboneOutput(*self.tower(flat_fields(emb.fields), training=training))
 
 
 @register_backbone("widedeep")
@@ -564,7 +560,7 @@ class AutoIntPlus(_WithDNN):
         x = emb.fields
         for layer in self.attention:
             x = layer(x)
-        h = _flat(x)
+        h = flat_fields(x)
         return BackboneOutput(h, self.attention_logit(h))
 
 
@@ -610,7 +606,7 @@ class DESTINE(_WithDNN):
             x = layer(x, training=training)
         if self.residual is not None:
             x = x + self.residual(emb.fields)
-        h = _flat(tf.nn.relu(x))
+        h = flat_fields(tf.nn.relu(x))
         return BackboneOutput(h, self.attention_logit(h))
 
     _forward = _simple
@@ -635,11 +631,11 @@ class _CrossBackbone(_WithDNN):
             self.cross_logit = tf.keras.layers.Dense(1, name="cross_logit")
 
     def _simple(self, emb, training):
-        h = self.cross(_flat(emb.fields))
+        h = self.cross(flat_fields(emb.fields))
         return BackboneOutput(h, self.cross_logit(h))
 
     def _forward(self, emb, training):  # stacked
-        return BackboneOutput(*self.tower(self.cross(_flat(emb.fields)), training=training))
+        return BackboneOutput(*self.tower(self.cross(flat_fields(emb.fields)), training=training))
 
 
 @register_backbone("dcn")
@@ -725,7 +721,7 @@ class DIN(Backbone):
             interest, _ = unit(seq.rows, seq.target, seq.mask, training=training)
             at = tf.one_hot(seq.field, fields.shape[1], dtype=fields.dtype)[None, :, None]  # [1, F, 1]
             fields = fields * (1.0 - at) + interest[:, None, :] * at
-        return BackboneOutput(*self.towers[branch](_flat(fields), training=training))
+        return BackboneOutput(*self.towers[branch](flat_fields(fields), training=training))
 
     def _forward(self, emb, training):
         return self._branch("din", emb, training)

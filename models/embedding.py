@@ -54,7 +54,7 @@ import tensorflow as tf
 
 from features.encodings import ENCODINGS, encoding_of
 from features.encodings.values import EncodeError
-from features.schema import OOV_ID, PAD_ID, Feature, Schema, SchemaError
+from features.schema import OOV_ID, PAD_ID, ROLES, Feature, Schema, SchemaError
 from models.layers import plain, safe_name
 from models.options import OptionError, check_options
 
@@ -120,6 +120,30 @@ def field_info(schema, features: Optional[Sequence[str]] = None, added: int = 0)
     schema = schema if isinstance(schema, Schema) else Schema.from_dict(schema)
     return [[s.feature, schema.feature(s.feature).role] for s in plan_fields(schema, features)] \
         + [["", "module"]] * int(added)
+
+
+def fields_with_roles(field_roles: Sequence[str], roles: Sequence[str], key: str, required: bool = True) -> List[int]:
+    """Indices of the fields (roles in field order, as :func:`field_info` gives them) whose role
+    is in ``roles``. An OptionError naming ``key`` when a role is unknown, or (``required``) when
+    ``roles`` is not empty but no field has one of them."""
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise OptionError(f"{key} = {list(roles)}: unknown role(s) {unknown}; roles: {list(ROLES)}")
+    index = [i for i, role in enumerate(field_roles) if role in roles]
+    if required and roles and not index:
+        raise OptionError(f"{key} = {list(roles)}: no embedded field has one of these roles; the fields' roles "
+                          f"are {sorted(set(field_roles))}")
+    return index
+
+
+def flat_fields(fields: tf.Tensor, index: Optional[Sequence[int]] = None, dtype=None) -> tf.Tensor:
+    """The fields ``index`` (all when None) of [B, F, d] concatenated: [B, n * d], cast to
+    ``dtype`` (None: kept). A model's MLP input."""
+    if dtype is not None:
+        fields = tf.cast(fields, dtype)
+    if index is not None:
+        fields = tf.gather(fields, tf.constant(list(index), tf.int32), axis=1)
+    return tf.reshape(fields, [tf.shape(fields)[0], fields.shape[1] * fields.shape[2]])
 
 
 def plan_sequences(schema, features: Optional[Sequence[str]] = None) -> List[Tuple[str, str]]:

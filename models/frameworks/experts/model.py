@@ -52,7 +52,7 @@ import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
 from models.domains import domains_of, select_domain
-from models.embedding import FeatureEmbedding, field_info
+from models.embedding import FeatureEmbedding, field_info, flat_fields
 from models.factory import register_framework
 from models.framework import Forward, FrameworkModel
 from models.frameworks.experts.layers import ExpertGate
@@ -86,10 +86,6 @@ RANGES = {"levels": "[1, inf)", "upper_expert_units": "[1, inf)", "gate_units": 
           "expert_dim": "[1, inf)", "tower_units": "[1, inf)", "tower_dropout": "[0, 1)"}
 CHOICES = {"routing": ROUTINGS, "gate_input": GATE_INPUTS, "serve": SERVES}
 TYPES = {"upper_expert_units": list, "expert_dim": int, "domain_feature": str}
-
-
-def _flat(fields: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(tf.cast(fields, tf.float32), [-1, fields.shape[1] * fields.shape[2]])
 
 
 class ExpertsModel(FrameworkModel):
@@ -286,8 +282,8 @@ class _Pass:
         elif level > 0:
             x = self.mixture(level - 1, owner)[0]
         else:
-            x = tf.concat([_flat(self.table(i).fields) for i, t in enumerate(m.tables) if t.owner in (None, owner)],
-                          axis=1)
+            x = tf.concat([flat_fields(self.table(i).fields, dtype=tf.float32)
+                           for i, t in enumerate(m.tables) if t.owner in (None, owner)], axis=1)
         return m.gates[name](x, training=self.training)
 
     def mixture(self, level: int, owner: Optional[int]):

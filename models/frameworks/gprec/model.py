@@ -67,7 +67,7 @@ from typing import List, Optional, Sequence
 import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
-from models.embedding import FeatureEmbedding, field_info
+from models.embedding import FeatureEmbedding, field_info, fields_with_roles, flat_fields
 from models.factory import register_framework
 from models.framework import COMPILED, Forward, FrameworkModel, Objective, task_value, weighted_mean
 from models.frameworks.gprec.layers import (CLASSIFIERS, POOLINGS, GroupClassifier, GroupEmbedding,
@@ -114,10 +114,6 @@ Representations.__doc__ = ("r_b [B, h] and the backbone's own logit z_b [B, 1]; 
                            "the weights w [B, G]); r_G; r_P (None without it); flatten(E_v).")
 
 
-def _flat(x: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(x, [-1, x.shape[1] * x.shape[2]])
-
-
 def mean_probability_logit(logits: Sequence[tf.Tensor]) -> tf.Tensor:
     """logit(y) of y = the mean of sigma(z_k) (Eq. 18), computed stably:
     log y - log(1 - y) = logsumexp_k log sigma(z_k) - logsumexp_k log sigma(-z_k) (the 1/K
@@ -161,8 +157,10 @@ class GPRec(FrameworkModel):
 
     def _select_fields(self, info: List[List[str]]) -> None:
         """Field indices of E_p, E_u = [E_p, E_o] and E_v, by schema role; errors name what is missing."""
-        by_role = lambda roles: [i for i, (_, role) in enumerate(info) if role in roles]  # noqa: E731
-        self.personal_fields, other, self.item_fields = by_role(("personal",)), by_role(("user",)), by_role(ITEM_ROLES)
+        roles = [role for _, role in info]
+        by_role = {name: fields_with_roles(roles, wanted, f"gprec's {name} fields", required=False)
+                   for name, wanted in (("personal", ("personal",)), ("user", ("user",)), ("item", ITEM_ROLES))}
+        self.personal_fields, other, self.item_fields = by_role["personal"], by_role["user"], by_role["item"]
         embedded = sorted({f"{f} ({r})" for f, r in info})
         if not other:
             raise OptionError(f"gprec divides users into groups by their features E_u = [E_p, E_o] (Eq. 2): the "
@@ -204,7 +202,7 @@ class GPRec(FrameworkModel):
     def division(self, fields: tf.Tensor, training=None) -> tf.Tensor:
         """The group division of the field embeddings [B, F, d']: M [B, G, 2] (Eq. 2-4; Gumbel
         noise when ``training``), or for ``single`` the softmax weights over the groups [B, G]."""
-        e_u = _flat(tf.gather(tf.cast(fields, tf.float32), self.user_fields, axis=1))
+        e_u = flat_fields(fields, self.user_fields, dtype=tf.float32)
         log_s = self.classifier(e_u, training=training)
         return self.masks(log_s, training=training) if self.dual else tf.exp(log_s[..., 0])
 
@@ -215,8 +213,8 @@ class GPRec(FrameworkModel):
         fields = tf.cast(emb.fields, tf.float32)
         masks = self.division(fields, training=training)
         r_g = self.group_embedding(masks)
-        r_p = self.f2(_flat(tf.gather(fields, self.personal_fields, axis=1)), training=training) if self.f2 else None
-        e_v = _flat(tf.gather(fields, self.item_fields, axis=1))
+        r_p = self.f2(flat_fields(fields, self.personal_fields), training=training) if self.f2 else None
+        e_v = flat_fields(fields, self.item_fields)
         return Representations(out.repr, out.logit, masks, r_g, r_p, e_v)
 
     def _with_personal(self, rep: Representations) -> tf.Tensor:

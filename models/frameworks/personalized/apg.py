@@ -34,7 +34,8 @@ import tensorflow as tf
 
 from models.factory import register_framework
 from models.framework import Forward
-from models.frameworks.personalized.base import BASE_DEFAULTS, BASE_RANGES, PersonalizedModel, flat_fields
+from models.embedding import flat_fields
+from models.frameworks.personalized.base import BASE_DEFAULTS, BASE_RANGES, PersonalizedModel
 from models.frameworks.personalized.layers import GeneratedMLP
 from models.layers import precision_sensitive
 from models.options import OptionError
@@ -86,7 +87,7 @@ class APG(PersonalizedModel):
 
     def condition(self, emb) -> tf.Tensor:
         """z: the user-side fields, flattened (an empty [B, 0] with the self-wise condition)."""
-        return flat_fields(emb.fields, self.user_fields)
+        return flat_fields(emb.fields, self.user_fields, dtype=tf.float32)
 
     def forward(self, inputs: dict, training=None) -> Forward:
         emb = self.embedding(inputs, training=training)

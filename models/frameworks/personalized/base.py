@@ -13,7 +13,7 @@ fields, so the deep network's every layer is the method's (the papers' MLP model
 static MLP under a conditioned one.
 
 Roles (``features.schema.ROLES``) name the fields a model reads as user information (``personal``:
-ID-like, e.g. user id; ``user``: the profile); :func:`fields_with_roles` picks them.
+ID-like, e.g. user id; ``user``: the profile); :func:`models.embedding.fields_with_roles` picks them.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from features.schema import ROLES
 from models.backbones import DNN, backbone_class, get_backbone
-from models.embedding import FeatureEmbedding, field_info
+from models.embedding import FeatureEmbedding, field_info, fields_with_roles, flat_fields
 from models.framework import FrameworkModel
 from models.layers import precision_sensitive
 from models.options import OptionError, check_activations
@@ -33,25 +33,6 @@ BASE_DEFAULTS = {
     "prediction_activation": "relu",
 }
 BASE_RANGES = {"prediction_units": "[1, inf)"}
-
-
-def fields_with_roles(field_roles: Sequence[str], roles: Sequence[str], key: str) -> List[int]:
-    """Indices of the fields whose role is in ``roles``; an OptionError naming ``key`` when a role
-    is unknown or when ``roles`` is not empty but no field has one of them."""
-    unknown = sorted(set(roles) - set(ROLES))
-    if unknown:
-        raise OptionError(f"{key} = {list(roles)}: unknown role(s) {unknown}; roles: {list(ROLES)}")
-    index = [i for i, role in enumerate(field_roles) if role in roles]
-    if roles and not index:
-        raise OptionError(f"{key} = {list(roles)}: no embedded field has one of these roles; the fields' roles "
-                          f"are {sorted(set(field_roles))}")
-    return index
-
-
-def flat_fields(fields: tf.Tensor, index: Sequence[int]) -> tf.Tensor:
-    """The fields ``index`` of [B, F, d], concatenated: [B, len(index) * d] float32."""
-    picked = tf.gather(tf.cast(fields, tf.float32), tf.constant(list(index), tf.int32), axis=1)
-    return tf.reshape(picked, [tf.shape(fields)[0], len(index) * fields.shape[2]])
 
 
 class PersonalizedModel(FrameworkModel):
@@ -102,7 +83,7 @@ class PersonalizedModel(FrameworkModel):
     def representation(self, emb, training=None) -> tf.Tensor:
         """What the prediction module reads: r_b, or the flat fields when the model owns dnn's MLP."""
         if self.backbone is None:
-            return flat_fields(emb.fields, range(emb.fields.shape[1]))
+            return flat_fields(emb.fields, dtype=tf.float32)
         return tf.cast(self.backbone(emb, training=training).repr, tf.float32)
 
     @classmethod

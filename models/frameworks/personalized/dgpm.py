@@ -48,7 +48,8 @@ import tensorflow as tf
 
 from models.factory import register_framework
 from models.framework import Forward
-from models.frameworks.personalized.base import BASE_DEFAULTS, BASE_RANGES, PersonalizedModel, flat_fields
+from models.embedding import flat_fields
+from models.frameworks.personalized.base import BASE_DEFAULTS, BASE_RANGES, PersonalizedModel
 from models.frameworks.personalized.layers import MEMORY_UPDATES, GroupMemory
 from models.layers import ConditionedMLP, precision_sensitive
 from models.options import OptionError
@@ -95,7 +96,7 @@ class DGPM(PersonalizedModel):
 
     def assignment(self, emb, training=None) -> Tuple[tf.Tensor, tf.Tensor]:
         """(a [B, G], r_grp [B, D]) of the embedded batch ``emb``."""
-        return self.memory(flat_fields(emb.fields, self.user_fields), training=training)
+        return self.memory(flat_fields(emb.fields, self.user_fields, dtype=tf.float32), training=training)
 
     def forward(self, inputs: dict, training=None) -> Forward:
         emb = self.embedding(inputs, training=training)

@@ -42,7 +42,8 @@ import tensorflow as tf
 from models import layers as L
 from models.factory import register_framework
 from models.framework import Forward
-from models.frameworks.personalized.base import BASE_DEFAULTS, BASE_RANGES, PersonalizedModel, flat_fields
+from models.embedding import flat_fields
+from models.frameworks.personalized.base import BASE_DEFAULTS, BASE_RANGES, PersonalizedModel
 from models.frameworks.personalized.layers import GateNU, PPNetMLP
 from models.layers import precision_sensitive
 
@@ -83,8 +84,8 @@ class PEPNet(PersonalizedModel):
 
     def domain_gate(self, fields: tf.Tensor) -> tf.Tensor:
         """delta_domain = GateNU_ep(E(F_d) ⊕ sg(E)) (Eq. 3), [B, F] float32."""
-        everything = range(fields.shape[1])
-        x = tf.concat([flat_fields(fields, self.domain_fields), tf.stop_gradient(flat_fields(fields, everything))], -1)
+        x = tf.concat([flat_fields(fields, self.domain_fields, dtype=tf.float32),
+                       tf.stop_gradient(flat_fields(fields, dtype=tf.float32))], -1)
         return self.epnet(x)
 
     def personalized_fields(self, fields: tf.Tensor) -> tf.Tensor:
@@ -95,9 +96,8 @@ class PEPNet(PersonalizedModel):
 
     def gate_input(self, fields: tf.Tensor, personalized: tf.Tensor) -> tf.Tensor:
         """p = E(F_prior) ⊕ sg(O_ep) (Eq. 5), [B, D] float32."""
-        everything = range(fields.shape[1])
-        return tf.concat([flat_fields(fields, self.prior_fields),
-                          tf.stop_gradient(flat_fields(personalized, everything))], axis=-1)
+        return tf.concat([flat_fields(fields, self.prior_fields, dtype=tf.float32),
+                          tf.stop_gradient(flat_fields(personalized, dtype=tf.float32))], axis=-1)
 
     def forward(self, inputs: dict, training=None) -> Forward:
         emb = self.embedding(inputs, training=training)

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
 from models.domains import domains_of
-from models.embedding import FeatureEmbedding, field_info
+from models.embedding import FeatureEmbedding, field_info, flat_fields
 from models.factory import register_framework
 from models.framework import Forward, FrameworkModel
 from models.frameworks.star.layers import PartitionedNormalization, StarFCN
@@ -67,10 +67,6 @@ RANGES = {"fcn_units": "[1, inf)", "fcn_dropout": "[0, 1)", "norm_momentum": "[0
           "aux_units": "[1, inf)"}
 CHOICES = {"fcn_input": FCN_INPUTS, "normalization": NORMALIZATIONS}
 TYPES = {"domain_feature": str, "fcn_units": list, "aux_features": list}
-
-
-def _flat(fields: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(tf.cast(fields, tf.float32), [-1, fields.shape[1] * fields.shape[2]])
 
 
 @register_framework("star")
@@ -142,15 +138,15 @@ class STAR(FrameworkModel):
         domain = self.domains.index(inputs)
         emb = self.embedding(inputs, training=training)
         out = None if self.backbone is None else self.backbone(emb, training=training)
-        x = _flat(emb.fields) if out is None else out.repr
+        x = flat_fields(emb.fields, dtype=tf.float32) if out is None else out.repr
         if self.norm is not None:
             x = self.norm(x, domain if self.norm.num_domains > 1 else tf.zeros_like(domain), training=training)
         z = self.fcn(x, domain, training=training)  # s_m
         if out is not None and self.options["backbone_logit"]:
             z = z + out.logit  # + z_b
         if self.options["auxiliary"]:
-            fields = emb.fields if self.aux_fields is None else tf.gather(emb.fields, self.aux_fields, axis=1)
-            a = tf.concat([tf.cast(self.domain_embedding(domain), tf.float32), _flat(fields)], axis=1)
+            fields = flat_fields(emb.fields, self.aux_fields, dtype=tf.float32)
+            a = tf.concat([tf.cast(self.domain_embedding(domain), tf.float32), fields], axis=1)
             z = z + tf.cast(self.aux(a, training=training)[1], tf.float32)  # + s_a
         return Forward({self.task: z}, {})
 

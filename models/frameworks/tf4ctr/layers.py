@@ -39,7 +39,7 @@ from typing import List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from models import layers as L
-from models.embedding import EmbeddedFields, FeatureEmbedding
+from models.embedding import EmbeddedFields, FeatureEmbedding, flat_fields
 
 SSEM_MODES = ("share", "ser", "gm", "moe")
 DFM_MODES = ("sum", "wsf", "vf", "cf", "moef")
@@ -109,10 +109,6 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
     def num_fields(self) -> int:
         return self.complex_embedding.num_fields
 
-    @staticmethod
-    def _flat(fields: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(fields, [-1, fields.shape[1] * fields.shape[2]])
-
     def _gate_output(self, index: int, h: tf.Tensor, training) -> tf.Tensor:
         return self.gate_outs[index](self.gate_mlps[index](h, training=training))
 
@@ -122,7 +118,7 @@ class SampleSelectionEmbedding(tf.keras.layers.Layer):
             return emb, emb
         if self.mode == "ser":  # Eq. 3
             return self.simple_embedding(inputs, training=training), emb
-        h = self._flat(emb.fields)
+        h = flat_fields(emb.fields)
         if self.mode == "gm":  # Eq. 4
             g = tf.sigmoid(self._gate_output(0, h, training))[:, :, None]  # [B, 1, 1]
             return emb._replace(fields=emb.fields * g), emb._replace(fields=emb.fields * (1.0 - g))
