@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 # Test worker processes (pytest-xdist), a test file to each: the suite's models are small, so
-# one process keeps a core only about half busy (measured: 2 workers on 2 cores, 33 -> 17 min).
+# one process keeps a core only about half busy (measured on 2 idle cores: 2 workers ran 33 min
+# of tests in 17 min; CI ran them one by one in 73 min).
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast bench clean
