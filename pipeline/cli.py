@@ -80,8 +80,12 @@ def cmd_compare(args):
     cfg = load_config(CompareConfig, args.config, _overrides(args.set))
     if args.check:
         cells = check_compare(cfg)
-        print("\n".join(f"{c['method']}: {c['parameters']:,} parameters" for c in cells))
-        print(f"checked {len(cells)} methods x {len(cfg.seeds)} seeds: every config loads and every model builds")
+        print("\n".join(f"{c['method']}: {c['parameters']:,} parameters"
+                        + (f", {c['reused']} of {len(cfg.seeds)} seeds already trained" if c["reused"] else "")
+                        for c in cells))
+        to_train = sum(len(cfg.seeds) - c["reused"] for c in cells)
+        print(f"checked {len(cells)} methods x {len(cfg.seeds)} seeds: every config loads and every model builds; "
+              f"{to_train} runs to train")
         return
     out = run_compare(cfg)
     print(out["table"])

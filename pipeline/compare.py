@@ -1,8 +1,9 @@
 """``ctrflow compare --config grid.yaml``: a grid of methods x seeds, in the papers' style.
 
 Each method is a set of dotted overrides of one base training config. Every
-(method, seed) trains in its own run directory (a completed run is reused, so an
-interrupted grid resumes), is evaluated on ``split``, and the table reports
+(method, seed) trains in its own run directory (a finished run of the same training config is
+reused, so an interrupted grid resumes, and grids sharing ``runs_dir`` train a common cell once;
+a run whose method changed since is refused), is evaluated on ``split``, and the table reports
 mean ± std per metric, the best in bold, the paired t-test p-value of each method against
 ``baseline`` over the same seeds and its improvement ("Impv.", the signed difference of
 means, positive = better, as Rec4Ad Tables 1-2 print it). ``slices`` adds one such table per
@@ -53,7 +54,7 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
-from pipeline import report
+from pipeline import report, runs
 from pipeline.analyses import run_summaries
 from pipeline.config import ConfigError, load_config, option
 from pipeline.evaluate import check_slice_inputs, evaluate_run
@@ -68,6 +69,9 @@ class CompareConfig:
     methods: Dict[str, Dict[str, Any]]
     baseline: str
     out_dir: str = "runs/compare"
+    # where the cells train, default <out_dir>/runs. Grids on one data set may share one: a cell whose
+    # training config (RUN_NEUTRAL keys aside) a finished run there has is reused, not trained again
+    runs_dir: Optional[str] = None
     seeds: List[int] = option(factory=lambda: [1, 2, 3], min=0)
     base_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     split: str = "test"
@@ -146,7 +150,7 @@ def run_label(method: str) -> str:
 
 def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConfig]:
     """{(method, seed): its training config}: every run's config is checked before any trains."""
-    runs_dir = os.path.join(cfg.out_dir, "runs")
+    runs_dir = cfg.runs_dir or os.path.join(cfg.out_dir, "runs")
     configs = {}
     for method, overrides in cfg.methods.items():
         for seed in cfg.seeds:
@@ -164,6 +168,36 @@ def train_configs(cfg: CompareConfig, verbose: int = 2) -> Dict[tuple, TrainConf
     return configs
 
 
+def planned_runs(cfg: CompareConfig, configs: Dict[tuple, TrainConfig]) -> Dict[tuple, Optional[str]]:
+    """{(method, seed): the finished run the cell reuses, None when it trains}. Its own folder when
+    finished, refused when that run's config differs (the method changed since, and the old run's
+    numbers would be reported as the new method's); else any finished run in the runs folder with
+    the same config (another grid's sharing ``runs_dir``, a renamed method, a duplicate cell)."""
+    finished: Dict[str, str] = {}
+    for train_cfg in configs.values():
+        root = os.path.abspath(train_cfg.runs_dir)
+        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            run_dir = os.path.join(root, name)
+            if os.path.exists(os.path.join(run_dir, DONE)):
+                recorded = runs.defining_config(runs.recorded_config(run_dir))
+                finished.setdefault(json.dumps(recorded, sort_keys=True), run_dir)
+        break  # every cell shares one runs folder (train_configs)
+    plan = {}
+    for (method, seed), train_cfg in configs.items():
+        own = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
+        config = dataclasses.asdict(train_cfg)
+        if os.path.exists(os.path.join(own, DONE)):
+            changed = runs.config_differences(runs.recorded_config(own), config)
+            if changed:
+                raise ConfigError(f"compare method '{method}' (seed {seed}): its finished run '{own}' was trained "
+                                  f"with another config (differs in {', '.join(changed[:5])}); remove that folder "
+                                  f"or set another out_dir / runs_dir")
+            plan[(method, seed)] = own
+        else:
+            plan[(method, seed)] = finished.get(json.dumps(runs.defining_config(config), sort_keys=True))
+    return plan
+
+
 def _validation(cfg: TrainConfig) -> tuple:
     """What a run's validation score means: its monitor, the monitor's direction, data and split."""
     es = cfg.early_stopping
@@ -173,10 +207,12 @@ def _validation(cfg: TrainConfig) -> tuple:
 def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
     """Every (method, seed) config checked, and each method's model built on its data's schema,
     called on a validation batch and compiled as training would (first seed; the seed changes
-    no structure): [{method, parameters}]. Trains and writes nothing."""
+    no structure), and which cells a finished run already answers (:func:`planned_runs`):
+    [{method, parameters, reused}]. Trains and writes nothing."""
     from pipeline.data import make_dataset
 
     configs = train_configs(cfg, verbose=0)
+    plan = planned_runs(cfg, configs)
     out = []
     for method in cfg.methods:
         train_cfg = configs[(method, cfg.seeds[0])]
@@ -196,7 +232,8 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
             compile_model(model, train_cfg, tasks)
         except ValueError as exc:  # UserErrors (config, schema, options) among them
             raise ConfigError(f"compare method '{method}': {exc}") from None
-        out.append({"method": method, "parameters": int(model.count_params())})
+        out.append({"method": method, "parameters": int(model.count_params()),
+                    "reused": sum(plan[(method, seed)] is not None for seed in cfg.seeds)})
     return out
 
 
@@ -211,13 +248,17 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     analyses: Dict[str, Dict[str, List[dict]]] = {}
     validation: Dict[str, List[float]] = {m: [] for members in cfg.select.values() for m in members}
     configs = train_configs(cfg, verbose)
+    plan = planned_runs(cfg, configs)
     for method in cfg.methods:
         for seed in cfg.seeds:
             train_cfg = configs[(method, seed)]
-            run_dir = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
-            if not os.path.exists(os.path.join(run_dir, DONE)):
+            run_dir = plan[(method, seed)]
+            if run_dir is None:
                 tf.keras.backend.clear_session()
                 train(train_cfg, config_name=method)
+                run_dir = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
+            elif os.path.basename(run_dir) != train_cfg.run_name:
+                print(f"[compare] {method} seed {seed}: reusing {run_dir} (the same training config)", flush=True)
             by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats,
                                    visual_truth=cfg.visual_truth)[cfg.split]
             for name in [cfg.task, *cfg.tasks]:  # `ctrflow compare --check` says so before training

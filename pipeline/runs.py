@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +26,8 @@ from pipeline.train_config import TrainConfig
 from serving.run_artifacts import CONFIG, DONE, MODEL_SPEC, RUN_INFO, WEIGHTS
 
 BACKUP = "backup"  # the folder a killed run resumes from (write_backup)
+# config keys that say where a run is written and how much it prints, not what it computes
+RUN_NEUTRAL = ("run_name", "runs_dir", "verbose")
 
 
 def git_commit() -> str:
@@ -59,10 +61,10 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
         outputs.open_output(run_dir, "train", [cfg.data_dir])
     resuming = os.path.isdir(os.path.join(run_dir, BACKUP))
     config_dict = dataclasses.asdict(cfg)
-    if resuming and _recorded_config(run_dir) != config_dict:
+    if resuming and (changed := config_differences(recorded_config(run_dir), config_dict)):
         if not overwrite:
-            raise ConfigError(f"run '{run_dir}' exists with a different config: cannot resume it; "
-                              f"use another run_name or --overwrite")
+            raise ConfigError(f"run '{run_dir}' exists with a different config ({', '.join(changed[:5])}): "
+                              f"cannot resume it; use another run_name or --overwrite")
         shutil.rmtree(run_dir)  # train's own unfinished run of another config: --overwrite starts afresh
         outputs.open_output(run_dir, "train", [cfg.data_dir])
         resuming = False
@@ -77,13 +79,37 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     return run_dir
 
 
-def _recorded_config(run_dir: str):
-    """The config an unfinished run in ``run_dir`` was started with (None when unreadable)."""
+def recorded_config(run_dir: str):
+    """The config the run in ``run_dir`` was started with (None when unreadable)."""
     try:
         with open(os.path.join(run_dir, CONFIG)) as fh:
             return yaml.safe_load(fh)
     except (OSError, yaml.YAMLError):
         return None
+
+
+def defining_config(config: Optional[dict]) -> Optional[dict]:
+    """What decides a run's numbers: its config as plain JSON values, without ``RUN_NEUTRAL``."""
+    if config is None:
+        return None
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in RUN_NEUTRAL}
+
+
+_MISSING = object()  # a key only one of two configs has
+
+
+def config_differences(recorded: Optional[dict], config: dict) -> List[str]:
+    """The dotted keys whose values differ between two run configs, ``RUN_NEUTRAL`` aside
+    (``["<unreadable>"]`` when the recorded one is missing)."""
+    if recorded is None:
+        return ["<unreadable config.yaml>"]
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b), key=str)
+                    for d in walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")]
+        return [] if a == b else [prefix.rstrip(".")]
+    return walk(defining_config(recorded), defining_config(config), "")
 
 
 def _claim_run_dir(run_dir: str, data_dir: str, overwrite: bool, chief: bool) -> None:
