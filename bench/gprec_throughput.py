@@ -25,10 +25,8 @@ after the first (tracing excluded): all of them (rows / time) and the best one; 
 example is the cost load changes least. AUC: click's test AUC at the epoch of best validation
 AUC, a check that each model learns in these few epochs (not a comparison of accuracy).
 
-A full run (8 pairs x 3 seeds) has not been timed yet; the small check ``--rows 20000 --epochs 2
---seeds 1 --models mlp "gprec input" dgpm`` (3 training steps per epoch) took 73 s on the development
-machine's 2 loaded vCPUs, data preparation included. Not in ``make bench``: run it alone
-(``--seeds 1 2 3 --out docs/benchmarks/gprec_throughput.json``; ``--models`` for a subset).
+The full run (8 pairs x 3 seeds, ``--out docs/benchmarks/gprec_throughput.json``) is written up in
+``docs/benchmarks.md``. Not in ``make bench``: run it alone (``--models`` for a subset).
 Prints one JSON document and a markdown table.
 """
 import paired_throughput  # bench/ is the script directory; it puts the repository on the path

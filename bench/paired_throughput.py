@@ -1,6 +1,7 @@
 """Training throughput of a suite of models against a peer, each model paired with the peer in one process.
 
-Shared by the suites' entry points (``bench/tencent_throughput.py``, ``bench/gprec_throughput.py``):
+Shared by the suites' entry points (``bench/tencent_throughput.py``, ``bench/gprec_throughput.py``;
+``bench/rec4ad_throughput.py`` times its runs with :func:`timed_training`):
 each defines a :class:`Suite` and calls :func:`main`, which simulates and preprocesses the data,
 runs one worker process per (model, seed) and prints one JSON document and a markdown table.
 
@@ -103,9 +104,11 @@ def structure(cfg, model) -> dict:
             "parameters": model.count_params(), "embedding_parameters": sum(embedding.values())}
 
 
-def measure(suite: Suite, data: str, model_name: str, seed: int, epochs: int) -> dict:
-    """Train ``model_name`` for ``epochs`` epochs: each epoch's wall and CPU time, its rows, the
-    first served task's AUCs, the model's structure."""
+def timed_training(cfg, epochs: int):
+    """Build and compile ``cfg``'s model as ``ctrflow train`` does, then ``model.fit`` it ``epochs``
+    times one epoch at a time without the run's callbacks (the training step alone is timed; train
+    rows of ``cfg.sources``): (the :func:`epoch_stats.epoch_summary` with each epoch's seconds and the
+    first served task, whose AUCs it gives; the model)."""
     import tensorflow as tf
 
     from models.layers import global_policy
@@ -114,7 +117,6 @@ def measure(suite: Suite, data: str, model_name: str, seed: int, epochs: int) ->
     from pipeline.predict import predict_labels
     from pipeline.train import compile_model, new_model, resolve
 
-    cfg = model_config(suite, data, model_name, seed)
     schema, tasks, feats = resolve(cfg)
     task = cfg.served_tasks(tasks)[0]
     tf.keras.backend.clear_session()
@@ -128,7 +130,7 @@ def measure(suite: Suite, data: str, model_name: str, seed: int, epochs: int) ->
         train = make_dataset(cfg.data_dir, cfg.train_split, cfg.batch_size, schema=schema, shuffle=True,
                              deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache,
                              shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks,
-                             sample_weight=cfg.sample_weight)
+                             sample_weight=cfg.sample_weight, sources=cfg.sources)
         evals = {s: make_dataset(cfg.data_dir, s, cfg.eval_batch_size, schema=schema, shuffle=False,
                                  cache=cfg.cache, labels=tasks) for s in (cfg.valid_split, cfg.eval_splits[0])}
         rows = sum(int(b[1][tasks[0]].shape[0]) for b in train)  # also fills the cache before timing
@@ -138,8 +140,15 @@ def measure(suite: Suite, data: str, model_name: str, seed: int, epochs: int) ->
                     for split, ds in evals.items()}
 
         epoch_s, epoch_cpu, auc = timed_epochs(lambda: model.fit(train, epochs=1, verbose=0), split_aucs, epochs)
-    return {**epoch_summary(epoch_s, epoch_cpu, rows, *auc.values()), "epoch_s": epoch_s, "auc_task": task,
-            **structure(cfg, model)}
+    return {**epoch_summary(epoch_s, epoch_cpu, rows, *auc.values()), "epoch_s": epoch_s, "auc_task": task}, model
+
+
+def measure(suite: Suite, data: str, model_name: str, seed: int, epochs: int) -> dict:
+    """Train ``model_name`` for ``epochs`` epochs (:func:`timed_training`): each epoch's wall and
+    CPU time, its rows, the first served task's AUCs, the model's structure."""
+    cfg = model_config(suite, data, model_name, seed)
+    summary, model = timed_training(cfg, epochs)
+    return {**summary, **structure(cfg, model)}
 
 
 def pair_order(seed_index: int) -> list:

@@ -35,7 +35,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from features import _tfenv  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is the script directory)
+from paired_throughput import timed_training  # noqa: E402  (bench/ is the script directory)
 from report_json import emit, machine, run_worker  # noqa: E402
 
 SIMULATE = os.path.join(REPO, "configs", "simulate_default.yaml")
@@ -88,37 +88,14 @@ def method_config(data: str, method: str, seed: int):
 
 
 def measure(data: str, method: str, seed: int, epochs: int) -> dict:
-    """Train ``method`` for ``epochs`` epochs: each epoch's wall and CPU time, its rows, AUCs."""
-    import tensorflow as tf
-
-    from models.layers import global_policy
-    from pipeline import metrics as M
-    from pipeline.data import make_dataset, split_rows
-    from pipeline.predict import predict_labels
-    from pipeline.train import compile_model, new_model, resolve
+    """Train ``method`` for ``epochs`` epochs (``paired_throughput.timed_training``): each epoch's
+    wall and CPU time, its rows, AUCs, the rows of its sources."""
+    from pipeline.data import split_rows
+    from pipeline.train import resolve
 
     cfg = method_config(data, method, seed)
-    schema, tasks, feats = resolve(cfg)
-    tf.keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    with global_policy(cfg.precision):
-        model = new_model(cfg, schema, tasks, feats)
-        compile_model(model, cfg, tasks)
-        train = make_dataset(cfg.data_dir, cfg.train_split, cfg.batch_size, schema=schema, shuffle=True,
-                             deterministic=cfg.deterministic, seed=cfg.seed, cache=cfg.cache,
-                             shuffle_buffer=cfg.shuffle_buffer, drop_remainder=True, labels=tasks,
-                             sample_weight=cfg.sample_weight, sources=cfg.sources)
-        evals = {s: make_dataset(cfg.data_dir, s, cfg.eval_batch_size, schema=schema, shuffle=False,
-                                 cache=cfg.cache, labels=tasks) for s in (cfg.valid_split, cfg.eval_splits[0])}
-        rows = sum(int(b[1][tasks[0]].shape[0]) for b in train)  # also fills the cache before timing
-        def split_aucs():
-            return {split: M.auc(*(out[tasks[0]] for out in predict_labels(model, ds, tasks)))
-                    for split, ds in evals.items()}
-
-        epoch_s, epoch_cpu, auc = timed_epochs(lambda: model.fit(train, epochs=1, verbose=0), split_aucs, epochs)
-    out = epoch_summary(epoch_s, epoch_cpu, rows, *auc.values())
-    out.update(epoch_s=epoch_s, split_rows=split_rows(cfg.data_dir, cfg.train_split, cfg.sources, schema),
+    out, _ = timed_training(cfg, epochs)
+    out.update(split_rows=split_rows(cfg.data_dir, cfg.train_split, cfg.sources, resolve(cfg)[0]),
                sources=cfg.sources, framework=cfg.model.framework, backbone=cfg.model.backbone,
                batch=cfg.batch_size)
     return out
@@ -128,8 +105,6 @@ def _worker(args) -> None:
     result = {"method": args.method, "seed": args.seed, **measure(args.data, args.method, args.seed, args.epochs),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print("RESULT " + json.dumps(result), flush=True)
-
-
 
 
 def ratios(results) -> list:
