@@ -392,12 +392,12 @@ def test_calibration_identity_init_and_eq13_by_hand():
     scores = np.array([1e-5, 0.01, 0.2, 0.5, 0.77, 0.999, 1 - 1e-5], np.float32)
     groups = np.array([0, 1, 0, 1, 0, 1, 0])
     np.testing.assert_allclose(layer(scores, groups).numpy(), scores, rtol=2e-6)
-    params = {"a": 1.3, "b": 0.6, "c": -0.4, "a_g": [0.2, -0.5], "b_g": [0.1, 0.3], "c_g": [0.0, 0.9]}
+    params = {"a": 1.3, "b": 0.6, "c": -0.4, "a_g": [-0.5], "b_g": [0.3], "c_g": [0.9]}  # a_g: group 1's offset
     for name, value in params.items():
         getattr(layer, name).assign(np.asarray(value, np.float32))
     s = scores.astype(np.float64)[1:-1]
     g = groups[1:-1]
-    want = eq13(s, 1.3 + np.array([0.2, -0.5])[g], 0.6 + np.array([0.1, 0.3])[g], -0.4 + np.array([0.0, 0.9])[g])
+    want = eq13(s, 1.3 - 0.5 * g, 0.6 + 0.3 * g, -0.4 + 0.9 * g)  # "a + a_g g" as Eq. 13 prints it
     np.testing.assert_allclose(layer(s.astype(np.float32), g).numpy(), want, rtol=2e-5)
     assert layer(scores[:, None], groups[:, None]).shape == (7, 1)
 

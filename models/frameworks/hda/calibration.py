@@ -1,17 +1,16 @@
 """HDA adaptive distribution calibration: group-aware beta calibration (§4.4.2, Eq. 13-14).
 
-Eq. 13, y_c = 1 / (1 + (1 - y_a)^(b + b_g) / (e^(c + c_g) y_a^(a + a_g))), is computed as its
-logit, z = (a + a_g) log y_a - (b + b_g) log(1 - y_a) + c + c_g, y_c = sigma(z): Beta calibration
-(Kull et al., the paper's [13]) with shared parameters a, b, c and per-group offsets a_g, b_g, c_g
-(groups as ``pipeline.user_groups``: 1 = head, 0 = long-tail). Initialised to the identity map
-(a = b = 1, c = 0, offsets 0: z = logit(y_a)).
+Eq. 13, y_c = 1 / (1 + (1 - y_a)^(b + b_g g) / (e^(c + c_g g) y_a^(a + a_g g))), is computed as its
+logit, z = (a + a_g g) log y_a - (b + b_g g) log(1 - y_a) + c + c_g g, y_c = sigma(z): Beta
+calibration (Kull et al., the paper's [13]) with parameters a, b, c of group 0 (long-tail, as
+``pipeline.user_groups``: 1 = head) and offsets a_g, b_g, c_g of each other group, as the printed
+"b + bg" with g in {0, 1} reads; so every parameter is identified by the data. Initialised to the
+identity map (a = b = 1, c = 0, offsets 0: z = logit(y_a)).
 
 :func:`fit_calibration` minimises the mean BCE of y_c on held-out predictions (Eq. 14 is printed
 without the minus sign; the paper fits on the validation split) with scipy's L-BFGS-B, which is
-deterministic. Only a + a_g, b + b_g, c + c_g are identified by the data (the shared parameters
-and the offsets of both groups are one direction too many); the fit keeps whatever split L-BFGS
-reaches from the identity. The paper does not constrain a, b >= 0 (Kull et al.'s condition for a
-monotone map), and neither does this.
+deterministic. The paper does not constrain a, b >= 0 (Kull et al.'s condition for a monotone
+map), and neither does this.
 """
 from __future__ import annotations
 
@@ -38,14 +37,15 @@ class GroupBetaCalibration(tf.keras.layers.Layer):
                                    initializer=tf.keras.initializers.Constant(value))
 
         self.a, self.b, self.c = weight("a", (), 1.0), weight("b", (), 1.0), weight("c", (), 0.0)
-        self.a_g, self.b_g, self.c_g = (weight(n, (self.num_groups,), 0.0) for n in ("a_g", "b_g", "c_g"))
+        self.a_g, self.b_g, self.c_g = (weight(n, (self.num_groups - 1,), 0.0) for n in ("a_g", "b_g", "c_g"))
 
     def group_parameters(self) -> tf.Tensor:
-        """(a + a_g, b + b_g, c + c_g) per group [G, 3]: what the data identifies."""
-        return tf.stack([self.a + self.a_g, self.b + self.b_g, self.c + self.c_g], axis=1)
+        """(a + a_g, b + b_g, c + c_g) per group [G, 3], group 0's offsets 0."""
+        offsets = tf.pad(tf.stack([self.a_g, self.b_g, self.c_g], axis=1), [[1, 0], [0, 0]])
+        return tf.stack([self.a, self.b, self.c])[tf.newaxis] + offsets
 
     def logits(self, scores, groups) -> tf.Tensor:
-        """z = (a + a_g) log y - (b + b_g) log(1 - y) + c + c_g, shaped as ``scores``."""
+        """z = (a + a_g g) log y - (b + b_g g) log(1 - y) + c + c_g g, shaped as ``scores``."""
         y = tf.clip_by_value(tf.cast(scores, tf.float32), EPSILON, 1.0 - EPSILON)
         params = tf.gather(self.group_parameters(), tf.reshape(tf.cast(groups, tf.int32), tf.shape(y)))
         return params[..., 0] * tf.math.log(y) - params[..., 1] * tf.math.log1p(-y) + params[..., 2]
