@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -81,6 +81,8 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
         f"({config.runner.num_workers} workers{', in passes' if passes else ''})")
     try:
         make_dirs(os.path.join(tmp, PARTS_DIR))
+        # transforms before the split (never with a time split): their indexes first, on every runner
+        sides = _index_passes(config, plan, tmp, None, [], upto=plan.before_split)
         if passes:
             cuts = None
             if plan.by_time:
@@ -88,11 +90,11 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
                 cuts = read_pickle(os.path.join(tmp, CUTS_FILE))
                 cuts = time_cuts((np.zeros(0), np.zeros(0)), config.split.ratios) if cuts is None else cuts
                 remove(os.path.join(tmp, CUTS_FILE))
-            sides = _index_passes(config, plan, tmp, cuts)
+            sides = _index_passes(config, plan, tmp, cuts, sides)
             payload = frozen or _stats_pass(config, plan, tmp, cuts, sides)
             _run(config, lambda p: build_pipeline(p, plan, tmp, cuts=cuts, sides=sides, payload=payload))
         else:
-            _run(config, lambda p: build_pipeline(p, plan, tmp, payload=frozen))
+            _run(config, lambda p: build_pipeline(p, plan, tmp, sides=sides, payload=frozen))
         remove(os.path.join(tmp, PARTS_DIR))  # the shards hold every member now
         seconds = time.time() - t0
         summary = summarize(plan, tmp, seconds)
@@ -117,20 +119,32 @@ def run_preprocess(config: PreprocessConfig, progress: bool = True, overwrite: b
     return summary
 
 
-def _index_passes(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts) -> List[Any]:
-    """The transforms' side values in a job in passes: one pass per transform with an index
-    (None for the others), each getting the earlier ones as constants."""
-    sides: List[Any] = []
-    for k, transform in enumerate(plan.transforms):
-        side = None
-        if transform.uses_index:
-            _run(config, lambda p: build_pipeline(p, plan, tmp, until=index_pass(k), cuts=cuts, sides=sides))
-            path = os.path.join(tmp, index_file(k))
-            side = read_pickle(path)
-            side = IndexFn(transform).extract_output([]) if side is None else side  # no training rows
-            remove(path)
-        sides.append(side)
+def _index_passes(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts, sides: List[Any],
+                  upto: Optional[int] = None) -> List[Any]:
+    """``sides`` (the first transforms' side values) extended with those of the transforms up to
+    ``upto`` (default: all): each index in passes of its own (None for a transform without one),
+    getting the earlier ones as constants."""
+    sides = list(sides)
+    for k in range(len(sides), len(plan.transforms) if upto is None else upto):
+        sides.append(_index_rounds(config, plan, tmp, cuts, sides, k) if plan.transforms[k].uses_index else None)
     return sides
+
+
+def _index_rounds(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts, sides: List[Any], k: int) -> Any:
+    """Transform ``k``'s side index: one pass, or for an iterative index one pass per round, each
+    from the rows the previous round's index keeps, until the transform's ``next_round`` says stop."""
+    transform, side, rounds = plan.transforms[k], None, 0
+    while True:
+        previous = side
+        _run(config, lambda p: build_pipeline(p, plan, tmp, until=index_pass(k), cuts=cuts, sides=sides,
+                                              previous=previous))
+        path = os.path.join(tmp, index_file(k))
+        side = read_pickle(path)
+        side = IndexFn(transform).extract_output([]) if side is None else side  # no rows
+        remove(path)
+        rounds += 1
+        if not (transform.iterative and transform.next_round(side, rounds)):
+            return side
 
 
 def _stats_pass(config: PreprocessConfig, plan: JobPlan, tmp: str, cuts, sides) -> Dict[str, Any]:

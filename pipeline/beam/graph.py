@@ -1,6 +1,9 @@
 """The pipeline graph: the Beam DAG of the job, in one pipeline or in passes.
 
     input files -> read units (Parquet row groups / text files)
+      [transforms before the split, e.g. k_core] read + validate -> every main split's rows -> index
+                      parts -> merged, built: first, in passes of their own (``driver.py``; an
+                      iterative index: a pass per round), then constants of the job
       [time split] read the time column -> bottom-k sample -> cut points (side input)
       [per transform with an index] read + validate + earlier transforms -> train rows
                       -> index parts -> merged, built (side input)
@@ -91,7 +94,8 @@ def index_file(k: int) -> str:
     return f"_index-{k}.pkl"
 
 
-def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=None, sides=None, payload=None):
+def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=None, sides=None, payload=None,
+                   previous=None):
     """Add the job's steps to Beam pipeline ``p`` (outputs under ``root``).
 
     Every step that needs rows reads its read units itself (time sample, transform indexes,
@@ -100,7 +104,8 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
     and the Features reach later steps as side inputs. With ``until`` / ``cuts`` / ``sides`` (the
     first transforms' side values) / ``payload`` the same steps run as passes (see
     ``pipeline.beam.driver.RUNNERS_WITHOUT_SIDE_INPUTS``): a pass stops after writing its
-    result, and the next pass gets it as a constant instead of a side input.
+    result, and the next pass gets it as a constant instead of a side input. ``previous``: in the
+    pass of an iterative index (``until`` is its ``index_pass``), the previous round's side value.
     """
     from apache_beam.pvalue import AsSingleton
 
@@ -123,7 +128,8 @@ def build_pipeline(p, plan: JobPlan, root: str, until: str = PASS_ENCODE, cuts=N
         if not transform.uses_index:
             sides.append(None)
             continue
-        index_pc = _merge(units | f"IndexRows[{transform.name}]" >> beam.FlatMap(index_parts, plan, k, cuts, *sides),
+        rows = beam.FlatMap(index_parts, plan, k, cuts, previous if until == index_pass(k) else None, *sides)
+        index_pc = _merge(units | f"IndexRows[{transform.name}]" >> rows,
                           f"BuildIndex[{transform.name}]", IndexFn(transform), single)
         if until == index_pass(k):
             _ = index_pc | f"SaveIndex[{transform.name}]" >> beam.Map(write_pickle, os.path.join(root, index_file(k)))

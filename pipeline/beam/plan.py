@@ -48,6 +48,7 @@ class JobPlan:
             if s.name in self.list_features and self.needs[s.name] - {"counts"}:
                 raise ConfigError(f"feature '{s.name}': list encodings support only the counts statistic")
         self.transforms = config.transform_steps()
+        self.before_split = sum(t.before_split for t in self.transforms)  # the first ones (checked at load)
         self.validator = Validator(config, self.main_splits, self._filled_columns())
         self.transform_splits = {t.name: np.array([self.splits.index(s) for s in t.options["splits"]], np.int64)
                                  for t in self.transforms}

@@ -4,11 +4,12 @@ Where it runs: after validation and split assignment, before the train statistic
 encoding. After validation, because a transform reads canonical columns and must never see a
 row that will be quarantined; after the split is known, because a transform applies to chosen
 splits (negative downsampling to train only: valid and test stay the logged distribution)
-and its side index is built from training rows only; before the statistics, because the
-vocabularies, bucket boundaries, moments and head users must describe the rows that are
-written (a transform that maps rec items to pseudo-ads must have those ids in the ad
-vocabulary, not encode them as OOV). The time split's cut points are computed before it, over
-every row with a valid time.
+and its side index is built from training rows only (a transform *before the split*, such as
+``k_core``, sees every main split's rows instead, see ``transforms/base.py``); before the
+statistics, because the vocabularies, bucket boundaries, moments and head users must describe
+the rows that are written (a transform that maps rec items to pseudo-ads must have those ids
+in the ad vocabulary, not encode them as OOV). The time split's cut points are computed before
+it, over every row with a valid time.
 
 Every step that needs rows reads its read units itself, so the statistics step, the encode
 step and each later transform's index step run the stage again on the rows they read: a
@@ -129,16 +130,23 @@ def _check_output(transform: Transform, out: Output, take: np.ndarray, n: int, c
         raise ValueError(f"transform '{transform.name}' returned a bad Output: {'; '.join(problems)}")
 
 
-def index_parts(item, plan: JobPlan, k: int, cuts=None, *sides) -> Iterable[Any]:
-    """Parts of transform ``k``'s side index from a main-input read unit's training rows, as they
-    reach transform ``k`` (through the transforms before it)."""
+def index_parts(item, plan: JobPlan, k: int, cuts=None, previous=None, *sides) -> Iterable[Any]:
+    """Parts of transform ``k``'s side index from a main-input read unit's rows as they reach
+    transform ``k`` (through the transforms before it): its training rows, or every main split's
+    rows for a transform before the split. ``previous``: the side value of the previous round of
+    an iterative index (None in round 1); the round then sees the rows ``apply`` outputs with it."""
     if plan.sources[item[0]][0] is not None:
         return
     transform = plan.transforms[k]
+    splits = plan.transform_splits[transform.name]
+    seen = splits if transform.before_split else [plan.train_index]
     for staged in staged_chunks(item, plan, cuts, sides, upto=k):
-        train = np.flatnonzero(staged.chunk.split_code == plan.train_index)
-        if len(train):
-            yield transform.index_part(batch_of(staged.chunk, train))
+        chunk = staged.chunk
+        if previous is not None:
+            chunk, _ = apply_transform(transform, splits, chunk, previous)
+        idx = np.flatnonzero(np.isin(chunk.split_code, seen))
+        if len(idx):
+            yield transform.index_part(batch_of(chunk, idx))
 
 
 class IndexFn(beam.CombineFn):

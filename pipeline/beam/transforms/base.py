@@ -13,6 +13,19 @@ order over the validated rows of the splits they apply to, a chunk of rows at a 
   output row (``Output.take``) plus the columns the transform adds or replaces, and optionally
   the transform's own counters per input row (``Output.counts``, named in ``count_names``).
 
+A transform **before the split** (``before_split = True``, e.g. ``k_core``) filters the data set
+as if before the split: it sees the rows of every main split (its ``splits`` are all of them; it
+takes no ``splits`` option), not the extra splits' inputs, its side index comes from all those
+rows, and it is listed before the other transforms. A random or given split places a row by the
+row alone (a hash of its key, its split column), so dropping rows once their splits are known
+keeps the same rows in the same splits as dropping them first; a time split's cut points are
+computed over every row before the transform stage, so such a transform refuses a time split.
+The job builds these transforms' indexes first, in passes of their own (on every runner). An
+**iterative** index (``iterative = True``, before the split only) is built in rounds: round 1
+from the rows as they reach the transform, every later round from the rows
+``apply(batch, previous round's side)`` outputs, for as long as the launcher-side
+``next_round(side, rounds)`` asks for another round.
+
 Two optional launcher-side hooks: ``prepare(config)`` loads what ``apply`` needs from outside
 the rows (e.g. a table of ads) once, before the job, into compact picklable values that travel
 to the workers with the transform; ``statistics(folder)`` runs after the job succeeded and
@@ -94,6 +107,8 @@ class Transform:
     choices: Dict[str, tuple] = {}
     types: Dict[str, type] = {}
     uses_index = False  # True: index_part / merge_index / build_index build a side index from train rows
+    before_split = False  # True: filters every main split's rows as if before the split (module docstring)
+    iterative = False  # True (before_split only): the side index is built in rounds until next_round says stop
     count_names: tuple = ()  # counters apply returns in Output.counts, in stats.json beside rows in / out
     COMMON = {"splits": ["train"]}  # the splits whose rows the transform sees
 
@@ -146,6 +161,12 @@ class Transform:
         """The side value :meth:`apply` receives, from the merged part (None when train has no rows)."""
         return part
 
+    def next_round(self, side: Any, rounds: int) -> bool:
+        """Iterative index, on the launcher after round ``rounds`` (1, 2, ...) built ``side``: whether
+        to build another round from the rows ``apply(batch, side)`` outputs. Raises UserError to
+        fail the job (e.g. no convergence within a cap)."""
+        return False
+
     # ---- the rows ------------------------------------------------------------------------
     def apply(self, batch: Batch, side: Any) -> Output:
         """The output rows of ``batch`` (``side``: the built index, or None without one)."""
@@ -167,9 +188,30 @@ def build_transforms(config) -> List[Transform]:
             raise OptionError(f"{where}.name = {name!r}: this transform is listed twice; list it once")
         cls = TRANSFORMS[name]
         options = {k: v for k, v in entry.items() if k != "name"}
+        if cls.iterative and not (cls.uses_index and cls.before_split):
+            raise TypeError(f"transform '{name}': an iterative index needs uses_index and before_split")
+        if cls.before_split:
+            options["splits"] = _before_split(cls, options, config, where, out)
         options = check_options(options, {**Transform.COMMON, **cls.defaults}, f"{where}.", f"transform '{name}'",
                                 cls.ranges, cls.choices, cls.types)
         transform = cls(**options)
         transform.check(config, where)
         out.append(transform)
     return out
+
+
+def _before_split(cls, options: Dict[str, Any], config, where: str, earlier: List[Transform]) -> List[str]:
+    """The splits of a transform before the split (every main split), after checking that its
+    entry takes no ``splits``, comes before the other transforms and the split is not by time."""
+    name = cls.name
+    if "splits" in options:
+        raise OptionError(f"{where}.splits: transform '{name}' filters every split of the main input as if before "
+                          "the split; it takes no splits option")
+    later = [t.name for t in earlier if not t.before_split]
+    if later:
+        raise OptionError(f"{where}: transform '{name}' filters as if before the split; list it before {later}")
+    if config.split.method == "time":
+        raise OptionError(f"{where}: transform '{name}' filters as if before the split, which a time split cannot "
+                          "follow (its cut points are computed over every row before the transforms); use "
+                          "split.method random or given")
+    return list(config.split.ratios)
