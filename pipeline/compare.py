@@ -173,21 +173,20 @@ def planned_runs(cfg: CompareConfig, configs: Dict[tuple, TrainConfig]) -> Dict[
     finished, refused when that run's config differs (the method changed since, and the old run's
     numbers would be reported as the new method's); else any finished run in the runs folder with
     the same config (another grid's sharing ``runs_dir``, a renamed method, a duplicate cell)."""
+    root = os.path.abspath(next(iter(configs.values())).runs_dir)  # every cell's (train_configs)
+    recorded = {}  # {finished run folder: its recorded config}, each config.yaml read once
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if os.path.exists(os.path.join(root, name, DONE)):
+            recorded[os.path.join(root, name)] = runs.recorded_config(os.path.join(root, name))
     finished: Dict[str, str] = {}
-    for train_cfg in configs.values():
-        root = os.path.abspath(train_cfg.runs_dir)
-        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-            run_dir = os.path.join(root, name)
-            if os.path.exists(os.path.join(run_dir, DONE)):
-                recorded = runs.defining_config(runs.recorded_config(run_dir))
-                finished.setdefault(json.dumps(recorded, sort_keys=True), run_dir)
-        break  # every cell shares one runs folder (train_configs)
+    for run_dir, config in recorded.items():
+        finished.setdefault(json.dumps(runs.defining_config(config), sort_keys=True), run_dir)
     plan = {}
     for (method, seed), train_cfg in configs.items():
         own = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
         config = dataclasses.asdict(train_cfg)
-        if os.path.exists(os.path.join(own, DONE)):
-            changed = runs.config_differences(runs.recorded_config(own), config)
+        if own in recorded:
+            changed = runs.config_differences(recorded[own], config)
             if changed:
                 raise ConfigError(f"compare method '{method}' (seed {seed}): its finished run '{own}' was trained "
                                   f"with another config (differs in {', '.join(changed[:5])}); remove that folder "
