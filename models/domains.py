@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List
 
+import numpy as np
 import tensorflow as tf
 
 from features.encodings import encoding_of
@@ -76,3 +77,80 @@ def select_domain(values: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     """values [B, R, ...] -> [B, ...]: each row's entry of its own domain ``index`` [B] (a batched
     gather, so the other domains' entries get no gradient)."""
     return tf.gather(values, tf.cast(index, tf.int32)[:, None], batch_dims=1)[:, 0]
+
+
+GROUP_INPUT = "_group"  # the side input with the head / tail group (features.schema.SIDE_INPUTS)
+GROUP_NAMES = ("tail", "head")  # group g: 0 = long-tail user, 1 = head user (pipeline.user_groups)
+
+_register = tf.keras.utils.register_keras_serializable("ctrflow")
+
+
+@_register
+class UserGroups(tf.keras.layers.Layer):
+    """The head / long-tail group of a row (HDA Def. 3.1), where training and serving differ:
+    training rows carry it as the side input ``_group`` (1 = head, 0 = tail, from the Beam job),
+    a served request does not (``_group`` = -1, ``features.schema.SIDE_INPUTS``). So the layer
+    learns, once from the training split (:meth:`fill`), which ids of the user feature are head
+    users, and a row without a group gets its user id's: an unknown user (OOV id) is long-tail.
+
+    ``is_head`` is a non-trainable weight [num_ids] (saved with the model, exported with it).
+    Two groups: ``count`` = 2, group g is domain g, named :data:`GROUP_NAMES`.
+    """
+
+    count = len(GROUP_NAMES)
+    names = list(GROUP_NAMES)
+
+    def __init__(self, user_feature: str, num_ids: int, **kw):
+        super().__init__(**kw)
+        self.user_feature, self.num_ids = user_feature, int(num_ids)
+        self.is_head = self.add_weight(name="is_head", shape=(self.num_ids,), dtype=tf.float32, trainable=False,
+                                       initializer="zeros", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def fill(self, user_ids, groups) -> dict:
+        """Learn the head ids from training rows: ``user_ids`` (encoded ids of the user feature)
+        and their ``groups`` (1 = head). An id seen as head in any row is head. Returns
+        {head_ids, user_ids}: how many distinct ids are head, and were seen."""
+        ids = np.asarray(user_ids, np.int64).reshape(-1)
+        head = np.asarray(groups, np.int64).reshape(-1) == 1
+        flags = np.zeros(self.num_ids, np.float32)
+        inside = (ids >= 0) & (ids < self.num_ids)
+        flags[ids[inside & head]] = 1.0
+        self.is_head.assign(flags)
+        return {"head_ids": int(flags.sum()), "user_ids": int(np.unique(ids[inside]).size)}
+
+    def index(self, inputs: dict) -> tf.Tensor:
+        """Each row's group [B] int32: ``_group`` where it is 0 / 1, else the user id's flag."""
+        ids = tf.reshape(tf.cast(inputs[self.user_feature], tf.int32), [-1])
+        flags = tf.gather(tf.convert_to_tensor(self.is_head), tf.clip_by_value(ids, 0, self.num_ids - 1))
+        by_id = tf.where((ids >= 0) & (ids < self.num_ids), tf.cast(flags, tf.int32), tf.zeros_like(ids))
+        if GROUP_INPUT not in inputs:
+            return by_id
+        given = tf.reshape(tf.cast(inputs[GROUP_INPUT], tf.int32), [-1])
+        return tf.where(given >= 0, given, by_id)
+
+    def one_hot(self, inputs: dict) -> tf.Tensor:
+        """Each row's group as a one-hot row [B, 2] float32."""
+        return tf.one_hot(self.index(inputs), self.count, dtype=tf.float32)
+
+    def call(self, inputs: dict):
+        return self.index(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "user_feature": self.user_feature, "num_ids": self.num_ids}
+
+
+def user_feature_of(schema: Schema, feature=None, key: str = "framework_options.user_feature") -> str:
+    """The scalar categorical feature holding the user id: ``feature``, else the schema's one
+    such feature with role ``personal`` (an OptionError naming ``key`` when there is none or
+    several, or when the schema has no head / tail group column to learn the groups from)."""
+    if not schema.group_column:
+        raise OptionError(f"{key}: the data has no head / tail group column (preprocess writes it when the "
+                          f"data has a user column), so there are no user groups to learn")
+    if feature is None:
+        found = [f.name for f in schema.features if f.role == "personal" and f.is_integer and f.width == 1
+                 and encoding_of(f).field_kind == "lookup"]
+        if len(found) != 1:
+            raise OptionError(f"{key} = null: expected exactly one scalar categorical feature of role 'personal' "
+                              f"(the user id) to look the groups up by, found {found}; name it")
+        return found[0]
+    return domains_of(schema, feature, key).feature

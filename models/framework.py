@@ -24,6 +24,12 @@ regularization losses) and a framework adds its own (TF4CTR's L_TF). The base ow
 - training AUCs: ``training_aucs = {log name: (aux key of probabilities, aux key of 0/1 labels)}``
   logs a streaming AUC over each training epoch (Rec4Ad's discriminator, Fig. 8), in training only;
 - variable groups (``variable_groups()``) that a training stage freezes (:meth:`freeze`);
+- training stages: ``stages()`` lists the stages of a staged run in order (HDA's mapping,
+  shared, residual and calibration stages); the driver (``pipeline/train.py``) enters each
+  (:meth:`enter_stage`, which ``forward`` may read as ``self.stage``), fits a ``fit`` stage
+  with a fresh optimizer, its own early stopping and backup, with the stage's variable groups
+  frozen, or lets the framework compute a non-fit stage from the data (:meth:`run_stage`); the
+  default is one fit stage, an ordinary run;
 - alternating updates: ``phases()`` lists the updates of one step in order, each with its
   objectives, its variable group and its optimizer (``compile(phase_optimizers=...)``);
   the default is one phase updating every unfrozen weight on every objective;
@@ -44,6 +50,7 @@ import collections
 import inspect
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from features.schema import Schema
@@ -64,6 +71,11 @@ Phase.__doc__ = ("One update of a training step: ``objectives`` (names; None = a
                  "variable group ``group`` (None = every unfrozen weight no other phase's group holds) with the "
                  "optimizer ``optimizer`` (None = the compiled one; else a key of compile's phase_optimizers).")
 
+Stage = collections.namedtuple("Stage", ["name", "fit", "frozen"], defaults=(True, ()))
+Stage.__doc__ = ("One stage of a training run: ``fit`` = trained by Keras fit on the training split (a fresh "
+                 "optimizer, its own early stopping, backup and history), else computed by ``run_stage`` from "
+                 "the data; ``frozen``: variable groups left out of its updates.")
+
 COMPILED = "ctr"  # the name of the compiled-loss objective
 EMBEDDING_OPTIONS = sorted(set(inspect.signature(FeatureEmbedding.__init__).parameters)
                            - {"self", "schema_dict", "embedding_dim", "linear", "name", "kw"})
@@ -77,6 +89,21 @@ def weighted_mean(values: tf.Tensor, sample_weight=None) -> tf.Tensor:
     if sample_weight is not None:
         values = values * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
     return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32))
+
+
+def dataset_columns(dataset, inputs: Sequence[str]) -> tuple:
+    """({key: array [N]} of the ``inputs`` keys, {task: labels [N]}) over one pass of ``dataset``
+    (batches (x, y[, w])): what a non-fit stage (:meth:`FrameworkModel.run_stage`) counts."""
+    columns = {k: [] for k in dict.fromkeys(inputs)}
+    labels: Dict[str, list] = {}
+    for batch in dataset:
+        x, y, _ = tf.keras.utils.unpack_x_y_sample_weight(batch)
+        for k in columns:
+            columns[k].append(tf.reshape(x[k], [-1]).numpy())
+        for task, values in (y if isinstance(y, dict) else {"label": y}).items():
+            labels.setdefault(task, []).append(tf.reshape(values, [-1]).numpy())
+    join = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
+    return {k: join(v) for k, v in columns.items()}, {t: join(v) for t, v in labels.items()}
 
 
 def task_value(value, task: str):
@@ -149,6 +176,7 @@ class FrameworkModel(tf.keras.Model):
         # a copy: Keras wraps (in place) the containers a model holds, the class's defaults among them
         self.options = plain({**self.option_defaults, **options})
         self.frozen_groups: List[str] = []
+        self.stage = self.stages()[-1].name  # the served model is the last stage's
         self.phase_optimizers: Dict[str, tf.keras.optimizers.Optimizer] = {}
         several = len(self.objective_names) > 1  # one objective: Keras' own loss tracker says it all
         self.total_loss_tracker = tf.keras.metrics.Mean(name="total_loss") if several else None
@@ -190,6 +218,34 @@ class FrameworkModel(tf.keras.Model):
     def phases(self) -> List[Phase]:
         """The updates of one training step, in order (one by default)."""
         return [Phase("model", None, None, None)]
+
+    def stages(self) -> List[Stage]:
+        """The stages of a training run, in order (one fit stage by default)."""
+        return [Stage("train")]
+
+    def enter_stage(self, name: str) -> None:
+        """Make ``name`` the current stage: what ``forward`` computes may depend on it, so the
+        traced train / test / predict functions are dropped."""
+        known = [s.name for s in self.stages()]
+        if name not in known:
+            raise OptionError(f"{self.framework_name}: unknown stage {name!r}; stages: {known}")
+        self.stage = name
+        self.train_function = self.test_function = self.predict_function = None
+
+    def phase_optimizer_names(self) -> List[str]:
+        """The optimizers the phases of every stage name besides the compiled one (compile needs them all)."""
+        current, names = self.stage, set()
+        for stage in self.stages():
+            self.stage = stage.name
+            names |= {p.optimizer for p in self.phases()} - {None}
+        self.stage = current
+        return sorted(names)
+
+    def run_stage(self, name: str, data) -> dict:
+        """Compute the non-fit stage ``name`` from the data: ``data(split)`` is a one-pass, ordered
+        ``tf.data.Dataset`` of batches (x, y[, w]) of ``"train"`` or ``"valid"``. Returns a
+        JSON-ready summary, which the run records."""
+        raise NotImplementedError(f"{self.framework_name}: stage {name!r} is not a fit stage and has no run_stage")
 
     # ---- serving ----------------------------------------------------------------------------
     def call(self, inputs, training=None, return_forward=False):
@@ -255,7 +311,7 @@ class FrameworkModel(tf.keras.Model):
         """Keras' compile, plus the optimizers of the phases that do not use the compiled one
         (loss-scaled like it under mixed_float16)."""
         super().compile(*args, **kwargs)
-        wanted = {p.optimizer for p in self.phases()} - {None}
+        wanted = set(self.phase_optimizer_names())
         given = dict(phase_optimizers or {})
         if set(given) != wanted:
             raise OptionError(f"{self.framework_name}: phase_optimizers must hold {sorted(wanted)}, got "

@@ -31,8 +31,13 @@ def predict_labels(model, dataset, tasks, extra_columns=()):
 
 
 def _predict_fn(model):
-    fn = getattr(model, "_ctrflow_predict_fn", None)
-    if fn is None:
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        model._ctrflow_predict_fn = fn
-    return fn
+    """The model's traced inference call, one per training stage (a staged framework's forward
+    depends on its current stage, ``FrameworkModel.enter_stage``)."""
+    traced = getattr(model, "_ctrflow_predict_fns", None)
+    if traced is None:  # not a Keras-tracked attribute: no part of the model's checkpoint
+        traced = {}
+        object.__setattr__(model, "_ctrflow_predict_fns", traced)
+    stage = getattr(model, "stage", None)
+    if stage not in traced:
+        traced[stage] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return traced[stage]

@@ -6,8 +6,10 @@ The directory's layout, and reading a completed run's model and data directory (
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
+import io
 import json
 import os
 import shutil
@@ -26,6 +28,8 @@ from pipeline.train_config import TrainConfig
 from serving.run_artifacts import CONFIG, DONE, MODEL_SPEC, RUN_INFO, WEIGHTS
 
 BACKUP = "backup"  # the folder a killed run resumes from (write_backup)
+STAGES = "stages"  # a staged run's stage folders (stage_dir), each with its outcome (STAGE_DONE) once complete
+STAGE_DONE = "stage.json"
 # config keys that say where a run is written and how much it prints, not what it computes
 RUN_NEUTRAL = ("run_name", "runs_dir", "verbose")
 
@@ -59,7 +63,7 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
             raise ConfigError(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")
         outputs.set_aside(run_dir)
         outputs.open_output(run_dir, "train", [cfg.data_dir])
-    resuming = os.path.isdir(os.path.join(run_dir, BACKUP))
+    resuming = any(os.path.isdir(os.path.join(run_dir, d)) for d in (BACKUP, STAGES))
     config_dict = dataclasses.asdict(cfg)
     if resuming and (changed := config_differences(recorded_config(run_dir), config_dict)):
         if not overwrite:
@@ -136,6 +140,51 @@ def mark_done(run_dir: str, summary: Dict[str, Any]) -> None:
         json.dump(summary, fh, indent=2)
     drop_backup(run_dir)
     outputs.drop_set_aside(run_dir)  # the completed run that --overwrite replaced
+
+
+def stage_dir(run_dir: str, index: int, name: str) -> str:
+    """The folder of a staged run's stage ``index`` (0-based) ``name``: ``stages/<index + 1>-<name>``."""
+    return os.path.join(run_dir, STAGES, f"{index + 1}-{name}")
+
+
+def finish_stage(folder: str, model: tf.keras.Model, outcome: Dict[str, Any]) -> None:
+    """Record a completed stage: the model's weights after it, then ``stage.json`` (its history or
+    result), written last and atomically, so a kill leaves it complete or absent; its backup goes."""
+    model.save_weights(os.path.join(folder, WEIGHTS))
+    outputs.write_file_atomic(os.path.join(folder, STAGE_DONE), json.dumps(outcome, indent=1))
+    drop_backup(folder)
+
+
+def completed_stages(run_dir: str, names: List[str], model: tf.keras.Model) -> Dict[str, Any]:
+    """{stage: outcome} of the stages a killed staged run completed (the leading ones with a
+    ``stage.json``), the last one's weights restored into ``model``; {} for a fresh run."""
+    done: Dict[str, Any] = {}
+    for index, name in enumerate(names):
+        path = os.path.join(stage_dir(run_dir, index, name), STAGE_DONE)
+        if not os.path.exists(path):
+            break
+        with open(path) as fh:
+            done[name] = json.load(fh)
+        last = stage_dir(run_dir, index, name)
+    if done:
+        model.load_weights(os.path.join(last, WEIGHTS)).expect_partial()
+    return done
+
+
+def write_stage_history(run_dir: str, outcomes: Dict[str, Any]) -> None:
+    """The run's ``history.csv`` of a staged run: every fit stage's epochs in order, with a
+    ``stage`` column (each stage's own is in its folder)."""
+    rows = []
+    for stage, outcome in outcomes.items():
+        history = outcome.get("history") or {}
+        for epoch in range(len(next(iter(history.values()), []))):
+            rows.append({"stage": stage, "epoch": epoch, **{k: v[epoch] for k, v in history.items()}})
+    keys = ["stage", "epoch"] + sorted({k for r in rows for k in r} - {"stage", "epoch"})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    outputs.write_file_atomic(os.path.join(run_dir, "history.csv"), text.getvalue())
 
 
 def write_backup(run_dir: str, epoch: int, model: tf.keras.Model, state: dict, arrays: List[np.ndarray]) -> None:

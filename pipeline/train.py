@@ -213,7 +213,7 @@ def make_losses(cfg: TrainConfig, tasks: List[str]) -> tuple:
 def check_stages(model: tf.keras.Model, cfg: TrainConfig) -> None:
     """``phase_optimizers`` names exactly the optimizers of the framework's phases, ``freeze``
     only its variable groups (ConfigError naming the key)."""
-    wanted = sorted({p.optimizer for p in model.phases()} - {None})
+    wanted = model.phase_optimizer_names()
     if sorted(cfg.phase_optimizers) != wanted:
         raise ConfigError(f"phase_optimizers = {sorted(cfg.phase_optimizers)}: framework '{cfg.model.framework}' "
                           f"alternates phases with the optimizers {wanted}; give exactly those")
@@ -361,7 +361,48 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
         model(sample, training=False)  # build the weights: a backup restores into them
     if cfg.init_from:  # a resumed run's backup (read next) replaces these weights
         warm_start(model, cfg.init_from, sample)
-    resumed = runs.read_backup(run_dir, model)
+    stages = model.stages()
+    staged = len(stages) > 1
+    done = runs.completed_stages(run_dir, [s.name for s in stages], model) if staged else {}
+    t0, results, history = time.time(), {}, {}
+    for index, stage in enumerate(stages):
+        if stage.name in done:  # a resumed run: the stage's outcome, its weights restored once
+            results[stage.name] = done[stage.name]
+            history = done[stage.name].get("history") or history
+            continue
+        stage_dir = runs.stage_dir(run_dir, index, stage.name) if staged else run_dir
+        model.enter_stage(stage.name)
+        if stage.fit:
+            if results:  # a later fit stage: a fresh optimizer (and schedule) for its own weights
+                with strategy.scope():
+                    compile_model(model, cfg, tasks, steps)
+            model.freeze(*cfg.freeze, *stage.frozen)
+            history = _fit(cfg, model, stage_dir, run_dir, valid_ds, tasks, steps, strategy, schema, is_ps)
+            results[stage.name] = {"history": history}
+        else:
+            results[stage.name] = {"result": model.run_stage(stage.name, _stage_data(cfg, schema, tasks))}
+        if staged and is_chief():
+            runs.finish_stage(stage_dir, model, results[stage.name])
+    summary = {"run_dir": run_dir, "epochs_run": len(history.get("loss", [])),
+               "seconds": time.time() - t0, "history": history}
+    if staged:
+        summary["stages"] = results
+    if is_chief():
+        if staged:
+            runs.write_stage_history(run_dir, results)
+        runs.save_model(model, run_dir, sdict, tasks, cfg)
+        runs.mark_done(run_dir, summary)
+    else:
+        runs.drop_backup(run_dir)  # this worker's part is done; the chief marks the run
+    return summary
+
+
+def _fit(cfg: TrainConfig, model: tf.keras.Model, stage_dir: str, run_dir: str, valid_ds, tasks: List[str],
+         steps: int, strategy, schema: Schema, is_ps: bool) -> Dict[str, List[float]]:
+    """One fit stage (a whole ordinary run): Keras fit with the run's callbacks, its backup,
+    checkpoints, TensorBoard and ``history.csv`` in ``stage_dir``, resumed from the stage's backup;
+    returns its history."""
+    resumed = runs.read_backup(stage_dir, model)
     first_epoch = resumed[0]["epoch"] if resumed else 0
 
     def train_ds(input_context=None):
@@ -376,9 +417,8 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         return _with_shard_policy(ds, cfg)
 
-    callbacks = _callbacks(cfg, run_dir, valid_ds, tasks, is_ps=is_ps, resumed=resumed)
+    callbacks = _callbacks(cfg, stage_dir, run_dir, valid_ds, tasks, is_ps=is_ps, resumed=resumed)
     backup = callbacks[-1]
-    t0 = time.time()
     if not backup.finished and first_epoch < cfg.epochs:
         x = tf.keras.utils.experimental.DatasetCreator(train_ds) if is_ps else train_ds()
         validation = {}
@@ -395,14 +435,18 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
             raise error from None
     else:
         backup.end_without_fit(model)
-    summary = {"run_dir": run_dir, "epochs_run": len(backup.history.get("loss", [])),
-               "seconds": time.time() - t0, "history": backup.history}
-    if is_chief():
-        runs.save_model(model, run_dir, sdict, tasks, cfg)
-        runs.mark_done(run_dir, summary)
-    else:
-        runs.drop_backup(run_dir)  # this worker's part is done; the chief marks the run
-    return summary
+    return backup.history
+
+
+def _stage_data(cfg: TrainConfig, schema: Schema, tasks: List[str]):
+    """``data(split)`` for a non-fit stage: one ordered pass over the train split (its ``sources``)
+    or the valid split, batches of ``eval_batch_size``."""
+    def data(split: str) -> tf.data.Dataset:
+        name = {"train": cfg.train_split, "valid": cfg.valid_split}[split]
+        return make_dataset(cfg.data_dir, name, cfg.eval_batch_size, shuffle=False, deterministic=True,
+                            cache=False, labels=tasks, schema=schema, sample_weight=cfg.sample_weight,
+                            sources=cfg.sources if split == "train" else None)
+    return data
 
 
 def _steps_per_epoch(cfg: TrainConfig, is_ps: bool, schema: Schema) -> int:
@@ -433,8 +477,9 @@ def _with_shard_policy(ds, cfg):
     return ds.with_options(options)
 
 
-def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool, resumed=None):
-    """The run's callbacks in the order their epoch ends must run: the guard first (nothing
+def _callbacks(cfg: TrainConfig, stage_dir: str, run_dir: str, valid_ds, tasks, is_ps: bool, resumed=None):
+    """The callbacks of a fit stage (``stage_dir``: the run directory, or a stage's folder of a
+    staged run; the analyses write to the run directory) in the order their epoch ends must run: the guard first (nothing
     non-finite is validated or backed up), exact validation before everything that reads
     ``val_*``, :class:`RunBackup` last (it saves the others' state)."""
     es = cfg.early_stopping
@@ -443,16 +488,16 @@ def _callbacks(cfg: TrainConfig, run_dir: str, valid_ds, tasks, is_ps: bool, res
     if use_exact:  # the served tasks: a framework may train more than it serves (STEM-AL)
         cbs.append(ExactValidation(valid_ds, cfg.served_tasks(tasks), cfg.valid_split))
     monitor = es.monitor if use_exact else _keras_monitor(es.monitor, tasks)
-    checkpoint = tf.keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "checkpoints", "best"), monitor=monitor,
+    checkpoint = tf.keras.callbacks.ModelCheckpoint(os.path.join(stage_dir, "checkpoints", "best"), monitor=monitor,
                                                     mode=es.mode, save_best_only=True, save_weights_only=True)
     stopping = tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=es.mode, patience=es.patience,
                                                 restore_best_weights=es.restore_best_weights)
     cbs += [checkpoint, stopping,
-            tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch",
+            tf.keras.callbacks.TensorBoard(os.path.join(stage_dir, "tensorboard"), update_freq="epoch",
                                            profile_batch=tuple(cfg.profile_batches or (0, 0)))]
     if not is_ps:
         cbs += analysis_callbacks(cfg, run_dir, tasks)
-    return cbs + [RunBackup(run_dir, stopping, checkpoint, resumed)]
+    return cbs + [RunBackup(stage_dir, stopping, checkpoint, resumed)]
 
 
 def _keras_monitor(monitor: str, tasks: List[str]) -> str:

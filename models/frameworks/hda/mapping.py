@@ -82,22 +82,28 @@ def most_frequent_ids(counts, top_k: int) -> Optional[list]:
 class FieldMapping(tf.keras.layers.Layer):
     """T_i of one field (Eq. 2-3): ids [...] in [0, num_ids) -> weights over X_t [..., q] float32.
 
-    ``kept_ids``: None (q = num_ids) or the ids keeping their own row (q = len + 1, the last row
-    the shared OOV one); see :meth:`from_counts`. The logits [q, q] are trainable for
-    :func:`fit_field_mapping`; a framework freezes them after Stage 1a.
+    ``kept_ids``: the ids keeping their own row (q = len + 1, the last row the shared OOV one),
+    as :meth:`from_counts` picks them; else ``top_k``: a field with more than ``top_k`` ids has
+    q = top_k + 1 rows, which ids keep one is set from the data by :meth:`keep_most_frequent`
+    (a model builds its mappings before it sees the data); else q = num_ids. Which row each id
+    reads is a non-trainable weight, saved and exported with the model. The logits [q, q] are
+    trainable for :func:`fit_field_mapping`; a framework freezes them after Stage 1a.
     """
 
-    def __init__(self, num_ids: int, kept_ids: Optional[Sequence[int]] = None,
+    def __init__(self, num_ids: int, kept_ids: Optional[Sequence[int]] = None, top_k: Optional[int] = None,
                  init_probability: float = DEFAULT_INIT_PROBABILITY, temperature: float = DEFAULT_TEMPERATURE,
                  serving: str = "expectation", **kw):
         super().__init__(**kw)
         self.num_ids = int(num_ids)
         self.kept_ids = None if kept_ids is None else sorted(int(i) for i in kept_ids)
+        self.top_k = None if top_k is None else int(top_k)
         if self.num_ids < 1:
             raise ValueError(f"FieldMapping: num_ids must be >= 1, got {num_ids}")
         if self.kept_ids is not None and (len(set(self.kept_ids)) != len(self.kept_ids) or not self.kept_ids
                                           or self.kept_ids[0] < 0 or self.kept_ids[-1] >= self.num_ids):
             raise ValueError(f"FieldMapping: kept_ids must be distinct ids in [0, {self.num_ids})")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"FieldMapping: top_k must be >= 1, got {top_k}")
         if not 0.0 < float(init_probability) < 1.0:
             raise ValueError(f"FieldMapping: init_probability must be in (0, 1), got {init_probability}")
         if not float(temperature) > 0:
@@ -105,16 +111,27 @@ class FieldMapping(tf.keras.layers.Layer):
         if serving not in SERVING_MODES:
             raise ValueError(f"FieldMapping: serving {serving!r} is not one of {SERVING_MODES}")
         self.init_probability, self.temperature, self.serving = float(init_probability), float(temperature), serving
-        if self.kept_ids is None:
-            self.num_values, self.row_of_id = self.num_ids, None
-        else:
+        if self.kept_ids is not None:
             self.num_values = len(self.kept_ids) + 1
-            row_of_id = np.full(self.num_ids, len(self.kept_ids), np.int32)  # every other id: the OOV row
-            row_of_id[self.kept_ids] = np.arange(len(self.kept_ids), dtype=np.int32)
-            self.row_of_id = row_of_id
+        elif self.top_k is not None and self.num_ids > self.top_k:
+            self.num_values = self.top_k + 1
+        else:
+            self.num_values = self.num_ids
+        self.pooled = self.num_values != self.num_ids or self.kept_ids is not None
+        self.row_of_id = self.add_weight(name="row_of_id", shape=(self.num_ids,), dtype=tf.int32, trainable=False,
+                                         initializer=tf.keras.initializers.Constant(self._rows_of(self.kept_ids)))
         kappa = diagonal_logit(self.num_values, self.init_probability)
         self.logits = self.add_weight(name="logits", shape=(self.num_values, self.num_values), dtype=tf.float32,
                                       initializer=tf.keras.initializers.Identity(gain=kappa))
+
+    def _rows_of(self, kept_ids: Optional[Sequence[int]]) -> np.ndarray:
+        """Each id's row: itself (no pooling), its position among ``kept_ids``, else the OOV row."""
+        if not self.pooled:
+            return np.arange(self.num_ids, dtype=np.int32)
+        rows = np.full(self.num_ids, self.num_values - 1, np.int32)  # every other id: the OOV row
+        if kept_ids is not None:
+            rows[list(kept_ids)] = np.arange(len(kept_ids), dtype=np.int32)
+        return rows
 
     @classmethod
     def from_counts(cls, counts, top_k: int = DEFAULT_TOP_K, **kw) -> "FieldMapping":
@@ -125,6 +142,14 @@ class FieldMapping(tf.keras.layers.Layer):
             raise ValueError(f"FieldMapping: top_k must be >= 1, got {top_k}")
         return cls(counts.shape[0], most_frequent_ids(counts, int(top_k)), **kw)
 
+    def keep_most_frequent(self, counts) -> None:
+        """Set which ids keep their own row (a ``top_k`` mapping): the q - 1 ids with the most
+        samples in ``counts`` [num_ids, c] (ties: the smaller id); no-op without pooling."""
+        if not self.pooled:
+            return
+        self.kept_ids = most_frequent_ids(counts, self.num_values - 1)
+        self.row_of_id.assign(self._rows_of(self.kept_ids))
+
     # ---- T and the rows of a batch ----------------------------------------------------------
     def transition(self) -> tf.Tensor:
         """T [q, q] float32, row-stochastic: softmax of the logits over each row."""
@@ -133,14 +158,14 @@ class FieldMapping(tf.keras.layers.Layer):
     def rows(self, ids) -> tf.Tensor:
         """The row of T of each id [...]: the id itself, or its kept position / the OOV row."""
         ids = tf.cast(ids, tf.int32)
-        return ids if self.row_of_id is None else tf.gather(tf.constant(self.row_of_id), ids)
+        return tf.gather(tf.convert_to_tensor(self.row_of_id), ids) if self.pooled else ids
 
     def compact(self, counts) -> tf.Tensor:
         """Counts per id [num_ids, c] -> counts per row of T [q, c] float64 (OOV ids summed)."""
         counts = tf.cast(counts, tf.float64)
-        if self.row_of_id is None:
+        if not self.pooled:
             return counts
-        return tf.math.unsorted_segment_sum(counts, tf.constant(self.row_of_id), self.num_values)
+        return tf.math.unsorted_segment_sum(counts, tf.convert_to_tensor(self.row_of_id), self.num_values)
 
     # ---- the three ways to read X_t -----------------------------------------------------------
     def expectation(self, ids) -> tf.Tensor:
@@ -150,6 +175,12 @@ class FieldMapping(tf.keras.layers.Layer):
     def most_likely(self, ids) -> tf.Tensor:
         """argmax_j T[x, j] [...] int32: X_t's most likely value given each id."""
         return tf.argmax(tf.gather(self.logits, self.rows(ids)), axis=-1, output_type=tf.int32)
+
+    def draw(self, ids) -> tf.Tensor:
+        """X_t ~ T[x] per id [...] int32 (Gumbel-max; no gradient: T is fixed after Stage 1a)."""
+        log_t = tf.nn.log_softmax(tf.gather(self.logits, self.rows(ids)), axis=-1)
+        return tf.argmax(log_t - tf.math.log(-tf.math.log(L.random_uniform(tf.shape(log_t), 1e-10, 1.0))),
+                         axis=-1, output_type=tf.int32)
 
     def sample(self, ids, temperature: Optional[float] = None, seed=None) -> tf.Tensor:
         """A draw of X_t ~ T[x] per id, one-hot [..., q] forward; backward the gradient of
@@ -176,7 +207,8 @@ class FieldMapping(tf.keras.layers.Layer):
 
     def options(self) -> dict:
         """The constructor's options (JSON-ready)."""
-        return {"num_ids": self.num_ids, "kept_ids": L.plain(self.kept_ids), "init_probability": self.init_probability,
+        return {"num_ids": self.num_ids, "kept_ids": L.plain(self.kept_ids), "top_k": self.top_k,
+                "init_probability": self.init_probability,
                 "temperature": self.temperature, "serving": self.serving}
 
     def get_config(self):
