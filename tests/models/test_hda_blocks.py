@@ -288,6 +288,24 @@ def test_rebalancing_loss_and_two_updates_match_hand_computation():
     assert w1[np.argmax(l1)] > 0.5 and w2[np.argmax(l2)] > w1[np.argmax(l2)]  # the higher loss gains weight
 
 
+def test_sdro_streams_the_group_losses_and_ipw_keeps_equal_weights():
+    """SDRO (loss_decay beta): Eq. 12 reads Lbar <- (1 - beta) Lbar + beta L (first batch: L);
+    IPW (step 0): the weights stay 1/2, each group's mean loss weighs the same."""
+    eta, beta = 0.7, 0.25
+    layer = AdaptiveRebalancing(step_size=eta, loss_decay=beta)
+    l1, l2 = hand_group_losses(**BATCH1), hand_group_losses(**BATCH2)
+    w1 = hand_update([0.5, 0.5], l1, eta)  # the first batch sets the stream
+    assert run_batch(layer, BATCH1, update=True) == pytest.approx(w1 @ l1, rel=1e-6)
+    streamed = (1 - beta) * l1 + beta * l2
+    w2 = hand_update(w1, streamed, eta)
+    assert run_batch(layer, BATCH2, update=True) == pytest.approx(w2 @ l2, rel=1e-6)  # weights of the stream
+    np.testing.assert_allclose(layer.streamed_losses.numpy(), streamed, rtol=1e-6)
+    assert not np.allclose(w2, hand_update(w1, l2, eta))  # not Eq. 12 on the batch's losses
+    ipw = AdaptiveRebalancing(step_size=0.0)
+    assert run_batch(ipw, BATCH1, update=True) == pytest.approx(0.5 * l1[0] + 0.5 * l1[1], rel=1e-6)
+    np.testing.assert_allclose(ipw.group_weights.numpy(), [0.5, 0.5])
+
+
 def test_rebalancing_gradient_is_the_weighted_group_mean_bce():
     layer = AdaptiveRebalancing(step_size=0.5, initial_weights=[0.3, 0.7])
     z = tf.Variable(np.array(BATCH1["z"], np.float32))

@@ -102,8 +102,9 @@ class MappedEmbedding(tf.keras.layers.Layer):
         super().__init__(**kw)
         self.sizes, self.embedding_dim, self.linear = dict(sizes), int(embedding_dim), bool(linear)
         self.initializer_stddev = float(initializer_stddev)
-        init = tf.keras.initializers.RandomNormal(stddev=self.initializer_stddev)
-        self.tables = {f: self.add_weight(name=f"table_{i}", shape=(q, self.embedding_dim), initializer=init)
+        self.tables = {f: self.add_weight(name=f"table_{i}", shape=(q, self.embedding_dim),  # an initializer each:
+                                          initializer=tf.keras.initializers.RandomNormal(  # equal draws otherwise
+                                              stddev=self.initializer_stddev))
                        for i, (f, q) in enumerate(self.sizes.items())}
         self.first_order = {f: self.add_weight(name=f"linear_{i}", shape=(q, 1), initializer="zeros")
                             for i, (f, q) in enumerate(self.sizes.items())} if self.linear else {}
