@@ -1,7 +1,9 @@
 """The domain of a sample from a categorical feature: the user groups of the multi-domain
 baselines (GPRec §IV-A3, Table II: MMoE, PLE and STAR with users split by gender, or by
-``user_active_degree`` on KuaiRand), read by the experts framework's ``domain_feature`` option
-and by STAR (``models/frameworks/star/``).
+``user_active_degree`` on KuaiRand), read by the experts framework's ``domain_feature`` option,
+by STAR (``models/frameworks/star/``) and by MLoRA's ``domains: feature``. The head / long-tail
+user groups (:class:`UserGroups`, HDA's and MLoRA's domains) are filled from the training split by
+:func:`fill_user_groups`, the non-fit stage both frameworks run first.
 
 Each value of the feature's vocabulary is a domain; the padding / missing id (0) and the OOV id
 (1, a value below the vocabulary's ``min_count`` or never seen in training) together form one
@@ -21,6 +23,7 @@ import tensorflow as tf
 
 from features.encodings import encoding_of
 from features.schema import Schema, SchemaError
+from models.framework import dataset_columns
 from models.options import OptionError
 
 OPTION = "framework_options.domain_feature"
@@ -137,6 +140,17 @@ class UserGroups(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "user_feature": self.user_feature, "num_ids": self.num_ids}
+
+
+def fill_user_groups(groups: UserGroups, dataset, extra=()) -> tuple:
+    """A staged framework's non-fit "user groups" step (HDA's stage 1a, MLoRA's first stage):
+    :meth:`UserGroups.fill` from one pass of ``dataset`` (the train split, batches (x, y[, w])
+    carrying the user feature and ``_group``). ``extra``: more input keys collected in the same
+    pass. Returns (fill's summary, {key: array [N]} of the user feature, ``_group`` and ``extra``,
+    {task: labels [N]}) (:func:`models.framework.dataset_columns`)."""
+    columns, labels = dataset_columns(dataset, [groups.user_feature, GROUP_INPUT, *extra])
+    summary = groups.fill(columns[groups.user_feature], columns[GROUP_INPUT].astype(np.int64))
+    return summary, columns, labels
 
 
 def user_feature_of(schema: Schema, feature=None, key: str = "framework_options.user_feature") -> str:

@@ -49,10 +49,10 @@ import tensorflow as tf
 
 from features.encodings import encoding_of
 from models.backbones import backbone_class, get_backbone
-from models.domains import GROUP_INPUT, UserGroups, user_feature_of
+from models.domains import GROUP_INPUT, UserGroups, fill_user_groups, user_feature_of
 from models.embedding import EmbeddedFields, FeatureEmbedding, field_info, plan_fields
 from models.factory import register_framework
-from models.framework import Forward, FrameworkModel, Objective, Phase, Stage, dataset_columns, task_value, weighted_mean
+from models.framework import Forward, FrameworkModel, Objective, Phase, Stage, task_value, weighted_mean
 from models.frameworks.hda.calibration import GroupBetaCalibration, fit_calibration
 from models.frameworks.hda.information import joint_counts
 from models.frameworks.hda import mapping as mapping_module
@@ -237,9 +237,9 @@ class HDA(FrameworkModel):
 
     def _fit_mapping(self, dataset) -> dict:
         """Stage 1a: the head user ids, then T_i of each mapped field from its joint counts."""
-        columns, labels = dataset_columns(dataset, [self.user_feature, GROUP_INPUT, *self.mapped])
+        users, columns, labels = fill_user_groups(self.groups, dataset, self.mapped)
         groups, y = columns[GROUP_INPUT].astype(np.int64), labels[self.task].astype(np.int64)
-        out = {"users": self.groups.fill(columns[self.user_feature], groups), "fields": {}}
+        out = {"users": users, "fields": {}}
         o = self.options
         for field, mapping in self.mappings.items():
             ids = columns[field].astype(np.int64)
