@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from features.encodings import encoding_of
 from features.schema import Schema, SchemaError
-from models.framework import dataset_columns
+from models.framework import Stage, dataset_columns
 from models.options import OptionError
 
 OPTION = "framework_options.domain_feature"
@@ -168,3 +168,28 @@ def user_feature_of(schema: Schema, feature=None, key: str = "framework_options.
                               f"(the user id) to look the groups up by, found {found}; name it")
         return found[0]
     return domains_of(schema, feature, key).feature
+
+
+USER_GROUP = "user_group"  # a ``domain_feature`` value: the head / long-tail user groups, not a feature
+USER_GROUPS_STAGE = Stage("user_groups", fit=False)  # the first, non-fit stage that fills them
+
+
+def domains_for(schema: Schema, feature: str, key: str = OPTION):
+    """The domains a multi-domain framework's ``domain_feature`` names: the head / long-tail
+    :class:`UserGroups` for :data:`USER_GROUP` (its user feature found by :func:`user_feature_of`),
+    else the feature's :class:`Domains`. Both give ``count``, ``names``, ``index(inputs)``."""
+    if feature != USER_GROUP:
+        return domains_of(schema, feature, key)
+    user = user_feature_of(schema, None, key)
+    return UserGroups(user, schema.feature(user).num_ids, name="user_groups")
+
+
+def with_user_groups(stages: List[Stage], domains) -> List[Stage]:
+    """``stages`` after :data:`USER_GROUPS_STAGE` when ``domains`` are the user groups (a
+    :class:`UserGroups`, filled there by :func:`run_user_groups_stage`)."""
+    return [USER_GROUPS_STAGE, *stages] if isinstance(domains, UserGroups) else list(stages)
+
+
+def run_user_groups_stage(domains: UserGroups, data) -> dict:
+    """:data:`USER_GROUPS_STAGE`: learn the head ids from the train split (``data("train")``)."""
+    return {"users": fill_user_groups(domains, data("train"))[0]}

@@ -111,3 +111,22 @@ def test_the_discriminator_learns_and_the_encoder_opposes_it(sim_data):
     assert learning[-1] < learning[0] - 0.01  # only D trains: its loss (Eq. 6) falls
     opposed = _fit_shared(sim_data, lr_model=0.5, lr_discriminator=0.0, lambda2=5.0)
     assert opposed[-1] > opposed[0] + 0.01  # only the model trains on L_ctr - lambda2 L_adv: L_adv rises
+
+
+def test_stem_over_the_user_groups_learns_them_for_serving(sim_data, tmp_path):
+    """Appendix B.1's STEM with the head / long-tail users as its tasks (``domain_feature:
+    user_group``): a first stage learns the head ids, so the served model, given no group, scores
+    every training user as it does given the user's group."""
+    summary = train(train_config(sim_data, tmp_path, run_name="stem", epochs=1, steps_per_epoch=4,
+                                 **{"model.framework": "stem", "model.embedding_dim": 4,
+                                    "model.framework_options": {"domain_feature": "user_group"}}))
+    assert sorted(os.listdir(tmp_path / "stem" / "stages")) == ["1-user_groups", "2-train"]
+    assert summary["stages"]["user_groups"]["result"]["users"]["head_ids"] > 0
+    model, _, _ = load_model(str(tmp_path / "stem"))
+    x = next(iter(make_dataset(sim_data, "train", 512)))[0]
+    told = model(x, training=False)["click"].numpy()
+    looked_up = model({k: v for k, v in x.items() if k != "_group"}, training=False)["click"].numpy()
+    np.testing.assert_allclose(looked_up, told, atol=1e-7)
+    as_tail = model({**x, "_group": tf.zeros_like(x["_group"])}, training=False)["click"].numpy()
+    head = x["_group"].numpy().reshape(-1) == 1
+    assert head.any() and np.abs(as_tail - told).reshape(-1)[head].min() > 0  # the head tower scores head rows

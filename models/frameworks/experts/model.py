@@ -37,6 +37,8 @@ expert's output), a gate per task and a tower per task (``structure.py`` reads t
   every tower scores every row and a row's logit is its own domain's, selected in the graph
   (``models.domains.select_domain``), so it depends on no other domain's tower or gate. Task-owned
   experts and tables become domain-owned (PLE's task-specific experts: one per domain).
+  ``domain_feature: user_group`` makes the head / long-tail users the domains (HDA Appendix B.1:
+  STEM with the user groups as its tasks), learned for serving in a first, non-fit stage.
 
 With linear experts and fixed gates ME is a single embedding of the concatenated tables (§4.2:
 "there should be non-linearities ... otherwise the model is equivalent to the single-embedding
@@ -51,7 +53,7 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from models.backbones import backbone_class, get_backbone
-from models.domains import domains_of, select_domain
+from models.domains import USER_GROUPS_STAGE, domains_for, run_user_groups_stage, select_domain, with_user_groups
 from models.embedding import FeatureEmbedding, field_info, flat_fields
 from models.factory import register_framework
 from models.framework import Forward, FrameworkModel
@@ -103,7 +105,7 @@ class ExpertsModel(FrameworkModel):
         if self.embedding_options.get("num_tables", 1) != 1:
             raise OptionError(f"embedding_options.num_tables: framework '{self.framework_name}' builds its tables "
                               f"from framework_options.tables; leave num_tables unset")
-        self.domains = domains_of(self.schema, o["domain_feature"]) if o["domain_feature"] else None
+        self.domains = domains_for(self.schema, o["domain_feature"]) if o["domain_feature"] else None
         if self.domains is not None and len(self.tasks) != 1:
             raise OptionError(f"framework_options.domain_feature: the domains of '{o['domain_feature']}' share one "
                               f"label (a sample is scored by its own domain's tower); tasks must hold one, got "
@@ -236,6 +238,14 @@ class ExpertsModel(FrameworkModel):
         """Each table's index, width and owner (a task's or domain's name, or ``shared``)."""
         return [{"table": i, "width": t.width, "owner": "shared" if t.owner is None else self.routes[t.owner]}
                 for i, t in enumerate(self.tables)]
+
+    def stages(self):
+        return with_user_groups(super().stages(), getattr(self, "domains", None))
+
+    def run_stage(self, name: str, data) -> dict:
+        if name == USER_GROUPS_STAGE.name:
+            return run_user_groups_stage(self.domains, data)
+        return super().run_stage(name, data)
 
     def variable_groups(self):
         experts = [*self.experts, *self.projections, *(m for level in self.upper for m in level)]

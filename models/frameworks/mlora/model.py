@@ -42,7 +42,8 @@ from typing import List, Optional
 
 import tensorflow as tf
 
-from models.domains import GROUP_INPUT, UserGroups, domains_of, fill_user_groups, user_feature_of
+from models.domains import (GROUP_INPUT, USER_GROUPS_STAGE, UserGroups, domains_of, run_user_groups_stage,
+                             user_feature_of, with_user_groups)
 from models.factory import register_framework
 from models.framework import Forward, Stage
 from models.frameworks.mlora.layers import LoRAMLP
@@ -116,15 +117,14 @@ class MLoRA(PersonalizedModel):
 
     # ---- stages ----------------------------------------------------------------------------------
     def stages(self) -> List[Stage]:
-        first = [Stage("user_groups", fit=False)] if self.options["domains"] == "user_group" else []
-        if self.options["pretrain"]:
-            return first + [Stage("pretrain", True, ("adapters",)), Stage("train", True, ("shared",))]
-        return first + [Stage("train")]
+        fits = [Stage("pretrain", True, ("adapters",)), Stage("train", True, ("shared",))] \
+            if self.options["pretrain"] else [Stage("train")]
+        return with_user_groups(fits, getattr(self, "groups", None))
 
     def run_stage(self, name: str, data) -> dict:
-        if name != "user_groups":
-            return super().run_stage(name, data)
-        return {"users": fill_user_groups(self.groups, data("train"))[0]}
+        if name == USER_GROUPS_STAGE.name:
+            return run_user_groups_stage(self.groups, data)
+        return super().run_stage(name, data)
 
     def variable_groups(self):
         """embedding, backbone (when built), ``mlp``: the MLP's shared W_l, b_l, ``adapters``: every
