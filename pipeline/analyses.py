@@ -16,7 +16,7 @@ from typing import Callable, Dict, List
 
 import tensorflow as tf
 
-from pipeline import collapse, gates, gprec_groups, tim_temporal
+from pipeline import alignment, collapse, gates, gprec_groups, tim_temporal
 from models.factory import framework_class
 from pipeline.difficulty import difficulty_callbacks
 from pipeline.representations import representation_callbacks
@@ -28,6 +28,7 @@ ANALYSES: Dict[str, Callable[..., List[tf.keras.callbacks.Callback]]] = {
     "collapse": collapse.collapse_callbacks,  # Tencent KDD'24 Sec. 4.1 / 7.2: information abundance of the embeddings
     "tim_temporal": tim_temporal.tim_temporal_callbacks,  # Tencent Sec. 3.1: TIM's time-interval vs position embeddings
     "gprec_groups": gprec_groups.gprec_groups_callbacks,  # GPRec §IV-E, Fig. 4: group usage, cos(p_i, n_i), diversity
+    "alignment": alignment.alignment_callbacks,  # HDA §5.5, Fig. 5: a fresh DeepFM's AUC of head vs tail from E_sh
 }
 
 
@@ -37,6 +38,7 @@ SUMMARIES: Dict[str, Callable[[dict], Dict[str, float]]] = {
     "gates": gates.summary,  # each task's mean gate weight per table
     "tim_temporal": tim_temporal.summary,  # range and rank correlation of the learned temporal decay
     "gprec_groups": gprec_groups.summary,  # cos(p_i, n_i), the groups' pairwise cosine, groups per user
+    "alignment": alignment.summary,  # the discriminator's valid AUC of head vs tail from E_sh (0.5 = aligned)
 }
 
 

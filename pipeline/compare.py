@@ -24,7 +24,10 @@ nothing: a grid's typo fails in seconds, not hours in.
     slices: {impression_ratio: [IR1, IR4]}
     ad_stats: demo_out/raw/ads.parquet
 
-``slices: {new_ads: [new]}`` tabulates the ads absent from the training split, and
+``slices: {new_ads: [new]}`` tabulates the ads absent from the training split, and HDA Table 6
+(logloss per user-activity quintile, G1 = least active) is ``metrics: [auc, logloss, GP-LT, GAP]``
+with ``slices: {activity: [G1, G2, G3, G4, G5]}`` (a table per group; the slice tables leave out
+GP-LT / GP-Head / GAP, which only a whole split has), and
 ``visual_truth`` (the simulator's output folder) lets ``metrics`` include ``score_cv``
 (Tencent §3.2; ``configs/compare_visual_sim.yaml``).
 
@@ -423,7 +426,8 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
 
 
 def slice_metrics(cfg: CompareConfig) -> List[str]:
-    """The metrics of the slice tables: ``cfg.metrics`` but those only a whole split has (score_cv)."""
+    """The metrics of the slice tables: ``cfg.metrics`` but those only a whole split has (score_cv,
+    GP-LT, GP-Head, GAP)."""
     return [m for m in cfg.metrics if m not in report.SPLIT_ONLY_METRICS]
 
 

@@ -29,7 +29,9 @@ SLICE_COLUMNS = ["auc", "gauc", "logloss", "ece", "count", "num_users", "ctr", "
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False, "ece": False,
                     "GP-LT": False, "GP-Head": False, "GAP": False,
                     "score_cv": False}  # CV of scores among visually similar ads (pipeline/visual_similarity.py)
-SPLIT_ONLY_METRICS = ("score_cv",)  # over a whole split (pairs of similar ads per user), not per slice
+# over a whole split, not per slice: score_cv (pairs of similar ads per user); GP-LT / GP-Head / GAP (HDA
+# Def. 3.1: the split's users by their head / tail group, which a slice of users does not split again)
+SPLIT_ONLY_METRICS = ("score_cv", "GP-LT", "GP-Head", "GAP")
 SLICE_TITLES = {"activity": "by user activity (training samples; G1 = least active)",
                 "impression_ratio": "by ad impression ratio (IR1 = highest, Rec4Ad Eq. 2)",
                 "new_ads": "by ad novelty (new = absent from the training split)"}

@@ -114,6 +114,42 @@ def test_a_slice_the_evaluation_did_not_write_is_named(sim_data, tmp_path, monke
     assert json.load(open(os.path.join(cfg.out_dir, "results.json")))["slices"]  # raw numbers kept
 
 
+def test_hda_table6_activity_logloss_per_group_beside_the_overall_gp_metrics(sim_data, tmp_path, monkeypatch):
+    """HDA Table 6 from a grid: metrics [auc, logloss, GP-LT, GAP], slices {activity: [G1..G5]}; each
+    group's table shows auc and logloss (GP-LT / GAP exist for a whole split only, not per slice)."""
+    import pipeline.compare as compare
+
+    monkeypatch.setattr(compare, "train", lambda cfg, config_name: None)
+    groups = ["G1", "G2", "G3", "G4", "G5"]
+
+    def logloss(method, seed, k):  # G1 the worst; HDA better on the least active
+        return 0.30 + 0.02 * (4 - k) - (0.01 * (4 - k) if method == "HDA" else 0.0) + 0.001 * seed
+
+    def evaluate(run_dir, splits, write, ad_stats=None, visual_truth=None):
+        method, seed = os.path.basename(run_dir).rsplit("-seed", 1)
+        seed = int(seed)
+        act = {g: {"auc": 0.7, "logloss": logloss(method, seed, k), "count": 100} for k, g in enumerate(groups)}
+        overall = {"auc": 0.7, "logloss": 0.3 + 0.001 * seed, "GP-LT": 0.35 + 0.001 * seed, "GAP": 0.05 + 0.001 * seed}
+        return {splits[0]: {"click": {"overall": overall, "slices": {"activity": act}}}}
+
+    monkeypatch.setattr(compare, "evaluate_run", evaluate)
+    cfg = from_dict(CompareConfig, {**to_dict(_grid(sim_data, tmp_path)), "baseline": "Base",
+                                    "methods": {"Base": {}, "HDA": {"model.embedding_dim": 4}},
+                                    "metrics": ["auc", "logloss", "GP-LT", "GAP"],
+                                    "slices": {"activity": groups}})
+    out = run_compare(cfg, verbose=0)
+    assert _rows(out["table"])[0] == ["method", "auc", "Impv.", "logloss", "Impv.", "GP-LT", "Impv.", "GAP", "Impv."]
+    tables = out["tables"][1:]
+    assert [t.split(":")[0] for t in tables] == [f"## {g}" for g in groups]
+    for k, table in enumerate(tables):
+        assert "by user activity (training samples; G1 = least active)" in table
+        header, rows = _rows(table)
+        assert header == ["method", "auc", "Impv.", "logloss", "Impv."]
+        for method in ("Base", "HDA"):
+            values = np.array([logloss(method, s, k) for s in SEEDS])
+            assert rows[method][2].split(" (p=")[0].strip("*") == f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+
+
 def test_slice_keys_are_checked_at_load_and_by_check(sim_data, sim_raw, tmp_path):
     with pytest.raises(ConfigError, match=r"slices\.ir: unknown slice; known: \['activity', 'impression_ratio', 'new_ads'\]"):
         _grid(sim_data, tmp_path, slices={"ir": ["IR1"]})

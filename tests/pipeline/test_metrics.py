@@ -158,6 +158,37 @@ def test_activity_quintiles_by_hand():
         ["G5", "G4", "G3", "G2", "G1"]
 
 
+def test_table6_activity_logloss_and_def31_gp_through_evaluate_predictions_by_hand():
+    """HDA Table 6 (logloss per activity group, G1 least active) and Def. 3.1 / §5.1.2 (GP-LT: the
+    long-tail users' average logloss, each user's own mean counting once; GAP = |GP-LT - GP-Head|,
+    §3.2) as evaluate_predictions writes them from the data's per-row group column."""
+    train = [f"u{i}" for i in range(1, 6) for _ in range(i)]  # u<i>: i training rows -> G<i>; head = u5
+    rows = [("u1", 1, 0.5), ("u2", 1, 0.8), ("u2", 0, 0.4), ("u3", 0, 0.1), ("u4", 1, 0.9), ("u4", 1, 0.6),
+            ("u4", 0, 0.3), ("u5", 1, 0.7), ("u5", 0, 0.2), ("u9", 0, 0.5)]  # u9: unseen in training -> G1, tail
+    users, y, p = (list(c) for c in zip(*rows))
+    groups = [int(u == "u5") for u in users]
+    out = M.evaluate_predictions(y, p, users, train, user_groups=groups)
+    ln = math.log
+    per_user = {"u1": ln(2), "u2": (-ln(0.8) - ln(0.6)) / 2, "u3": -ln(0.9),
+                "u4": (-ln(0.9) - ln(0.6) - ln(0.7)) / 3, "u5": (-ln(0.7) - ln(0.8)) / 2, "u9": ln(2)}
+    # the activity slice: the rows' mean logloss per group (u9's row in G1 with u1's)
+    want = {"G1": ln(2), "G2": per_user["u2"], "G3": per_user["u3"], "G4": per_user["u4"], "G5": per_user["u5"]}
+    act = out["slices"]["activity"]
+    assert list(act) == ["G1", "G2", "G3", "G4", "G5"]
+    for g, value in want.items():
+        assert act[g]["logloss"] == pytest.approx(value, rel=1e-9), g
+    assert [act[g]["count"] for g in act] == [2, 2, 1, 3, 2]
+    # Def. 3.1: per user, then averaged over the group's users
+    gp_lt = np.mean([per_user[u] for u in ("u1", "u2", "u3", "u4", "u9")])
+    o = out["overall"]
+    assert o["GP-LT"] == pytest.approx(gp_lt, rel=1e-9)
+    assert o["GP-Head"] == pytest.approx(per_user["u5"], rel=1e-9)
+    assert o["GAP"] == pytest.approx(abs(gp_lt - per_user["u5"]), rel=1e-9)
+    assert o["GP-LT"] > o["GP-Head"]  # here the signed difference GP-LT - GP-Head is the GAP too
+    tail_rows = [M.logloss([yy], [pp]) for u, yy, pp in rows if u != "u5"]
+    assert abs(o["GP-LT"] - np.mean(tail_rows)) > 1e-2  # not the long-tail rows' mean
+
+
 @pytest.mark.parametrize("num_users", list(range(1, 31)))
 def test_head_users_are_exactly_g5(num_users):
     rng = np.random.default_rng(num_users)

@@ -134,6 +134,7 @@ class HDA(FrameworkModel):
     option_defaults, option_ranges, option_choices, option_types = DEFAULTS, RANGES, CHOICES, TYPES
     single_task = True
     objective_names = ("ctr", "balanced", "adversary", "alignment")
+    analyses = ("alignment",)  # §5.5: a fresh DeepFM's AUC of head vs tail from E_sh (pipeline/alignment.py)
 
     def __init__(self, schema_dict: dict, tasks: List[str], backbone: str = "dnn",
                  backbone_options: Optional[dict] = None, embedding_dim: int = 32,

@@ -1,0 +1,113 @@
+"""The ``alignment`` run analysis (HDA §5.5, pipeline/alignment.py): a fresh DeepFM's AUC of head vs
+tail from E_sh is near 1 when E_sh carries the group, 0.5 when it carries nothing, and it runs on a
+real (tiny) HDA run, where the number written while training is the one a completed run's saved
+model gives."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.embedding import EmbeddedFields
+from pipeline import alignment as A
+from pipeline.analyses import ANALYSES, SUMMARIES, requested_analyses, run_summaries
+
+SMALL = {"backbone_options": {"dnn_units": [16]}, "epochs": 4, "batch_size": 128, "learning_rate": 3e-3}
+
+
+class Stub:
+    """A model whose E_sh [B, 3, 4] is ``make(group, noise)``."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def shared_fields(self, inputs, training=False, draw=False):
+        assert training is False  # the serving read
+        g = tf.cast(tf.reshape(inputs["_group"], [-1]), tf.float32)
+        return EmbeddedFields(self.make(g, tf.cast(inputs["noise"], tf.float32)), None)
+
+
+def _data(n, seed, head_share=0.3):
+    rng = np.random.default_rng(seed)
+    group = (rng.random(n) < head_share).astype(np.int64)
+    x = {"_group": group[:, None], "noise": 0.1 * rng.normal(size=(n, 3, 4)).astype(np.float32)}  # embedding-sized
+    return tf.data.Dataset.from_tensor_slices((x, {"click": rng.integers(0, 2, (n, 1))})).batch(256), group
+
+
+def _report(make, **options):
+    train, _ = _data(3000, 1)
+    valid, group = _data(2000, 2)
+    record = A.alignment_report(Stub(make), train, valid, **{**SMALL, "train_rows": 2000, **options})
+    return record, group
+
+
+def test_group_carried_perfectly_gives_auc_near_one():
+    # field 0 = one-hot of the group (padded), the others noise
+    def one_hot(g, noise):
+        head = tf.stack([g, 1.0 - g, tf.zeros_like(g), tf.zeros_like(g)], axis=1)
+        return tf.concat([head[:, None, :], noise[:, 1:]], axis=1)
+
+    record, group = _report(one_hot)
+    assert record["auc"] > 0.99 and record["train_auc"] > 0.99
+    assert record["rows"] == {"train": 2000, "valid": 2000}
+    assert record["head_share"]["valid"] == pytest.approx(group.mean())
+    assert (record["fields"], record["embedding_dim"]) == (3, 4)
+    assert len(record["history"]) == SMALL["epochs"] and record["history"][-1] < record["history"][0]
+
+
+@pytest.mark.parametrize("first_order", ["learned", "zeros"])
+def test_constant_e_sh_gives_auc_one_half(first_order):
+    record, _ = _report(lambda g, noise: tf.ones_like(noise), first_order=first_order)
+    assert record["auc"] == pytest.approx(0.5, abs=1e-9)  # one score for every row: all ties
+
+
+def test_e_sh_independent_of_the_group_gives_auc_near_one_half():
+    record, _ = _report(lambda g, noise: noise)  # noise only: the null AUC's std here is ~0.014
+    assert abs(record["auc"] - 0.5) < 0.06
+
+
+def test_rows_are_bounded_and_unknown_groups_left_out():
+    x = {"_group": np.array([[1], [0], [-1], [1], [0], [0]]), "noise": np.zeros((6, 3, 4), np.float32)}
+    data = tf.data.Dataset.from_tensor_slices((x, {"click": np.zeros((6, 1))})).batch(4)
+    fields, group = A.shared_embeddings(Stub(lambda g, noise: noise + g[:, None, None]), data, 4)
+    assert group.tolist() == [1, 0, 1, 0] and fields.shape == (4, 3, 4)
+    np.testing.assert_array_equal(fields[:, 0, 0], [1, 0, 1, 0])
+    with pytest.raises(ValueError, match="unknown options"):
+        A.alignment_report(Stub(lambda g, n: n), data, data, rows=3)
+
+
+def test_registered_summarized_and_part_of_hda_s_report(tmp_path):
+    from models.factory import framework_class
+
+    assert "alignment" in ANALYSES and "alignment" in SUMMARIES
+    for name in ("hda", "beta_calibration", "ipw", "sdro"):
+        assert "alignment" in framework_class(name).analyses
+    record, _ = _report(lambda g, noise: tf.ones_like(noise))
+    A.write_report(str(tmp_path / "analysis"), record)
+    assert run_summaries(str(tmp_path)) == {"alignment": {"discriminator AUC (head vs tail from E_sh)": 0.5}}
+    assert "| discriminator AUC (valid) | 0.5000 |" in open(tmp_path / "analysis" / "alignment.md").read()
+
+
+@pytest.mark.slow
+def test_a_tiny_hda_run_writes_it_and_the_saved_model_agrees(sim_data, tmp_path):
+    from pipeline.train import train
+    from train_helpers import train_config
+
+    cfg = train_config(sim_data, tmp_path / "runs", epochs=1, **{
+        "model.framework": "hda", "model.framework_options": {"mapping_steps": 20, "top_k": 50,
+                                                              "calibration_iterations": 20},
+        "phase_optimizers": {"discriminator": {"name": "adam", "learning_rate": 0.001}}})
+    assert requested_analyses(cfg) == ["alignment"]
+    run_dir = train(cfg)["run_dir"]
+    with open(os.path.join(run_dir, "analysis", "alignment.json")) as fh:
+        written = json.load(fh)
+    assert written["alignment"] == "both" and 0.0 <= written["auc"] <= 1.0
+    assert 0.0 < written["head_share"]["valid"] < 1.0
+    assert written["splits"] == {"train": cfg.train_split, "valid": cfg.valid_split}
+    assert sorted(os.listdir(os.path.join(run_dir, "stages"))) == ["1-mapping", "2-shared", "3-residual",
+                                                                   "4-calibration"]
+    again = A.analyze_run(run_dir, write=False)  # the completed run's saved model, loaded
+    assert again["rows"] == written["rows"] and again["head_share"] == written["head_share"]
+    assert again["e_sh_rms"] == pytest.approx(written["e_sh_rms"], rel=1e-9)  # the same E_sh
+    assert again["auc"] == pytest.approx(written["auc"], abs=1e-9)  # the same rows and discriminator
