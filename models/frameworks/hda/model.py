@@ -348,7 +348,8 @@ class HDA(FrameworkModel):
 
 def _preset(class_name: str, framework: str, doc: str, **defaults):
     """A registered HDA preset: the same model with other defaults (a paper baseline)."""
-    cls = type(class_name, (HDA,), {"__doc__": doc, "option_defaults": {**DEFAULTS, **defaults}})
+    cls = type(class_name, (HDA,), {"__doc__": doc, "option_defaults": {**DEFAULTS, **defaults},
+                                    "analyses": ()})  # no E_sh alignment to check (HDA with alignment none has it)
     return register_framework(framework)(tf.keras.utils.register_keras_serializable("ctrflow")(cls))
 
 
