@@ -292,7 +292,7 @@ class HDA(FrameworkModel):
         in_shared = self.stage == "shared"
         frozen_shared = not in_shared and self.options["freeze_shared"]
         shared_training = training and not frozen_shared  # a frozen model runs as at inference
-        sh = self.shared_fields(inputs, training=shared_training, draw=bool(training) and in_shared and self.mapped)
+        sh = self.shared_fields(inputs, training=shared_training, draw=bool(training and in_shared and self.mapped))
         z = self.shared_backbone(sh, training=shared_training).logit
         if aux is not None and in_shared and self.adversarial:
             flat = tf.reshape(tf.cast(sh.fields, tf.float32), [tf.shape(sh.fields)[0], -1])
