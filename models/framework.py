@@ -55,7 +55,7 @@ import tensorflow as tf
 
 from features.schema import Schema
 from models.embedding import FeatureEmbedding
-from models.layers import plain
+from models.layers import DROPOUT_IMPLS, plain
 from models.options import OptionError, check_options
 from models.steps import apply_checked_gradients, checked_inputs, finite_or_stop, step_number, step_randomness
 
@@ -307,10 +307,14 @@ class FrameworkModel(tf.keras.Model):
         return [v for v in chosen if v.ref() not in frozen]
 
     def compile(self, *args, phase_optimizers: Optional[Dict[str, tf.keras.optimizers.Optimizer]] = None,
-                **kwargs):
+                dropout_impl: str = "bits", **kwargs):
         """Keras' compile, plus the optimizers of the phases that do not use the compiled one
-        (loss-scaled like it under mixed_float16)."""
+        (loss-scaled like it under mixed_float16) and how the step's dropout draws its masks
+        (``dropout_impl``: ``bits`` | ``uniform``, :func:`models.layers.dropout`)."""
+        if dropout_impl not in DROPOUT_IMPLS:
+            raise OptionError(f"dropout_impl {dropout_impl!r} not in {DROPOUT_IMPLS}")
         super().compile(*args, **kwargs)
+        self.dropout_impl = dropout_impl
         wanted = set(self.phase_optimizer_names())
         given = dict(phase_optimizers or {})
         if set(given) != wanted:

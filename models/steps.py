@@ -29,9 +29,17 @@ def step_number(model) -> Optional[tf.Tensor]:
 def step_randomness(model):
     """Context in which the layers' random draws are a pure function of (global seed, step)
     (``models.layers.step_seed``): a resumed run repeats the uninterrupted run's dropout
-    masks and noise, since the step counter is restored with the optimizer."""
+    masks and noise, since the step counter is restored with the optimizer. With several
+    replicas in sync (MirroredStrategy over several devices, MultiWorkerMirroredStrategy,
+    TPUStrategy) the replica's id is folded in too, so each replica draws its own masks for
+    its own part of the batch (one replica: the seed is (global seed, step) itself).
+    Dropout draws its masks as the model's ``dropout_impl`` says (``compile``; default ``bits``)."""
     base = tf.compat.v1.get_default_graph().seed or 0  # tf.random.set_seed's value, read when traced
-    return step_seed(tf.stack([tf.constant(base, tf.int64), tf.cast(model.optimizer.iterations, tf.int64)]))
+    seed = tf.stack([tf.constant(base, tf.int64), tf.cast(model.optimizer.iterations, tf.int64)])
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+    return step_seed(seed, getattr(model, "dropout_impl", "bits"))
 
 
 def finite_or_stop(named: Sequence[Tuple[str, object]], what: str, step, release=None) -> list:

@@ -93,10 +93,14 @@ def recorded_config(run_dir: str):
 
 
 def defining_config(config: Optional[dict]) -> Optional[dict]:
-    """What decides a run's numbers: its config as plain JSON values, without ``RUN_NEUTRAL``."""
+    """What decides a run's numbers: its config as plain JSON values, without ``RUN_NEUTRAL``.
+    A config recorded before ``dropout_impl`` existed ran the ``uniform`` dropout (tf.nn's
+    stateless_dropout) and reads so: such a run resumes, or a compare grid reuses it, only
+    under ``dropout_impl: uniform``."""
     if config is None:
         return None
-    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in RUN_NEUTRAL}
+    config = {"dropout_impl": "uniform", **json.loads(json.dumps(config))}
+    return {k: v for k, v in config.items() if k not in RUN_NEUTRAL}
 
 
 _MISSING = object()  # a key only one of two configs has

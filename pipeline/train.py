@@ -239,7 +239,7 @@ def compile_model(model: tf.keras.Model, cfg: TrainConfig, tasks: List[str],
     model.compile(optimizer=built.pop(None), loss=losses, loss_weights=weights,
                   metrics={t: [tf.keras.metrics.AUC(name="auc", num_thresholds=1000)] for t in tasks},
                   jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution,
-                  phase_optimizers=built)
+                  phase_optimizers=built, dropout_impl=cfg.dropout_impl)
     if cfg.freeze:
         model.freeze(*cfg.freeze)
 

@@ -166,6 +166,10 @@ class TrainConfig:
     # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, CPUs with AVX512-BF16/AMX)
     precision: str = option("float32", choices=PRECISIONS)
     jit_compile: bool = False
+    # how dropout draws its masks (models.layers.dropout): bits = 16-bit integer draws against a threshold
+    # (drop probability round(rate * 2^16) / 2^16), one multiply, custom gradient; uniform = the previous
+    # tf.nn stateless_dropout (float uniforms). Masks differ between the two; inference is unaffected.
+    dropout_impl: str = option("bits", choices=("bits", "uniform"))
     steps_per_execution: int = option(1, min=1)  # training steps per tf.function call (less Python overhead)
     train_split: str = "train"
     # the sample sources the train split is read with (validation and test are read whole): null = every
