@@ -60,7 +60,8 @@ class ScheduleConfig:
 
 @dataclasses.dataclass
 class OptimizerConfig:
-    name: str = "adam"  # a tf-keras optimizer of the legacy family (pipeline.optimizers.OPTIMIZERS)
+    # a tf-keras optimizer of the legacy family, or lazy_adam (pipeline.optimizers.OPTIMIZERS)
+    name: str = "adam"
     learning_rate: float = option(1e-3, gt=0)
     clipnorm: Optional[float] = option(None, gt=0)
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the optimizer's own arguments
@@ -89,8 +90,12 @@ def check_optimizer(cfg: OptimizerConfig, prefix: str = "optimizer.") -> Dict[st
     params = inspect.signature(cls.__init__).parameters.values()
     defaults = {p.name: p.default for p in params
                 if p.name not in _OPTIMIZER_OWN and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return check_options(cfg.options, {**defaults, **CLIP_OPTIONS}, f"{prefix}options.", f"optimizer '{cfg.name}'",
-                         OPTIMIZER_RANGES, types=OPTIMIZER_TYPES)
+    checked = check_options(cfg.options, {**defaults, **CLIP_OPTIONS}, f"{prefix}options.",
+                            f"optimizer '{cfg.name}'", OPTIMIZER_RANGES, types=OPTIMIZER_TYPES)
+    for key, (refused, why) in getattr(cls, "REFUSED_OPTIONS", {}).items():
+        if key in checked and checked[key] == refused:
+            raise ConfigError(f"{prefix}options.{key} = {refused!r}: {why}")
+    return checked
 
 
 MONITOR_MODES = {"auc": "max", "logloss": "min", "loss": "min"}  # metric suffix -> the improving direction
