@@ -20,7 +20,7 @@ from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is th
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 NAMES = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category", "brand",
-         "ad_id"]
+         "ad_id"]  # the fields of an npz written before it named them (the simulator's)
 
 
 def build(model, columns):
@@ -44,7 +44,8 @@ def main():
     args = ap.parse_args()
     d = np.load(args.npz)
     sizes = d["vocab_sizes"]
-    columns = [SparseFeat(n, vocabulary_size=int(s), embedding_dim=16) for n, s in zip(NAMES, sizes)]
+    names = [str(n) for n in d["names"]] if "names" in d else NAMES
+    columns = [SparseFeat(n, vocabulary_size=int(s), embedding_dim=16) for n, s in zip(names, sizes)]
     x = {s: {n: d[f"{s}/{n}"].reshape(-1) for n in get_feature_names(columns)} for s in ("train", "valid", "test")}
     y = {s: d[f"{s}/click"].reshape(-1) for s in ("train", "valid", "test")}
     tf.keras.utils.set_random_seed(args.seed)

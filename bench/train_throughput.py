@@ -1,6 +1,9 @@
 """Training and inference throughput of DNN, DeepFM and DCNv2: ctrflow vs DeepCTR, at equal AUC.
 
-Same data (the simulator's ads log, 10 categorical fields), same configuration
+Same data (the simulator's ads log, 10 categorical fields, or with ``--movielens`` a user-supplied
+MovieLens-1M: its single-id fields user_id, movie_id, gender, age, occupation, zip_code and the
+bucketized year, click = rating >= 4, as ``ctrflow load ml1m`` and ``configs/preprocess_ml1m.yaml``
+make it; the genres sequence is left out so that both libraries read the same fields), same configuration
 (embedding 16, MLP [400, 400, 400], batch 4096, Adam 1e-3), same machine, one
 process per measurement (so peak memory is per configuration). ctrflow reads the
 gzip TFRecords through its tf.data reader (``cache: true``); DeepCTR (installed in a
@@ -8,6 +11,7 @@ scratch virtualenv, never a project dependency) gets the same encoded ids as num
 
     python bench/train_throughput.py                      # simulate + preprocess 300k rows, then measure
     python bench/train_throughput.py --deepctr-python /tmp/deepctr_venv/bin/python --seeds 1 2 3
+    python bench/train_throughput.py --movielens ~/data/ml-1m --work /tmp/bench_ml1m  # ratings/users/movies.dat
     git worktree add /tmp/before <rev>                    # a change's effect: the same workers of an
     python bench/train_throughput.py --baseline-repo /tmp/before --models dnn dcnv2 --configs float32
                                                           # earlier checkout, run alternately with ours
@@ -47,7 +51,7 @@ from epoch_stats import epoch_summary, timed_epochs  # noqa: E402  (bench/ is th
 from report_json import emit, machine as measured_on, run_worker  # noqa: E402
 
 CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation", "item_id", "category",
-               "brand", "ad_id"]
+               "brand", "ad_id"]  # the simulator's fields; a MovieLens run reads its schema's
 MODELS = ("dnn", "deepfm", "dcnv2")
 SPLITS = ("train", "valid", "test")
 CONFIGS = {"float32": (0, "float32"), "float32+xla": (1, "float32"), "mixed_bfloat16": (0, "mixed_bfloat16")}
@@ -55,8 +59,9 @@ BATCH, EPOCHS, EMB, UNITS, LR = 4096, 5, 16, [400, 400, 400], 1e-3
 BASELINE = "ctrflow (baseline)"  # the library label of --baseline-repo's workers
 
 
-def prepare_data(out: str, rows: int) -> str:
-    """Simulate ``rows`` ad impressions and encode the 10 categorical fields."""
+def prepare_data(out: str, rows: int, movielens: str = None) -> str:
+    """Simulate ``rows`` ad impressions and encode the 10 categorical fields, or, given a
+    MovieLens-1M folder, load it and encode its single-id fields (module docstring)."""
     from pipeline.config import load_config
     from pipeline.beam.driver import run_preprocess
     from pipeline.preprocess_config import PreprocessConfig
@@ -66,6 +71,15 @@ def prepare_data(out: str, rows: int) -> str:
     if os.path.exists(os.path.join(data, "schema.json")):
         return data
     raw = os.path.join(out, "raw")
+    if movielens:
+        from pipeline.loaders import load_dataset
+
+        load_dataset("ml1m", movielens, raw)
+        cfg = load_config(PreprocessConfig, os.path.join(REPO, "configs", "preprocess_ml1m.yaml"),
+                          {"input.path": os.path.join(raw, "part-*.parquet"), "output": data})
+        cfg.features = [f for f in cfg.features if f["kind"] != "sequence"]
+        run_preprocess(cfg, progress=False)
+        return data
     simulate(load_config(SimulatorConfig, os.path.join(REPO, "configs", "simulate_default.yaml"),
                          {"out_dir": raw, "num_impressions": rows}), progress=False)
     cfg = load_config(PreprocessConfig, os.path.join(REPO, "configs", "preprocess_sim.yaml"),
@@ -77,19 +91,27 @@ def prepare_data(out: str, rows: int) -> str:
     return data
 
 
+def fields(data: str) -> list:
+    """The encoded data's fields (one id each), in schema order."""
+    from features.schema import Schema
+
+    return [f.name for f in Schema.load(data).features]
+
+
 def export_numpy(data: str, path: str) -> None:
-    """The encoded ids and labels of every split as one npz (DeepCTR's input)."""
+    """The encoded ids and labels of every split as one npz (DeepCTR's input), with the fields' names."""
     import numpy as np
 
     from features.schema import Schema
     from pipeline.data import read_columns
 
-    arrays = {}
+    names, arrays = fields(data), {}
     for split in SPLITS:
-        for k, v in read_columns(data, split, CATEGORICAL + ["click"]).items():
+        for k, v in read_columns(data, split, names + ["click"]).items():
             arrays[f"{split}/{k}"] = v
     schema = Schema.load(data)
-    arrays["vocab_sizes"] = np.array([schema.feature(n).num_ids for n in CATEGORICAL])
+    arrays["names"] = np.array(names)
+    arrays["vocab_sizes"] = np.array([schema.feature(n).num_ids for n in names])
     np.savez(path, **arrays)
 
 
@@ -123,8 +145,9 @@ def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed:
     return out
 
 
-def matmul_ceiling() -> dict:
-    """GFLOP/s of the DNN's hidden-layer product on this machine, float32 and bfloat16."""
+def matmul_ceiling(num_fields: int) -> dict:
+    """GFLOP/s of the DNN's hidden-layer product on this machine, float32 and bfloat16, and the
+    DNN's bound in examples/s over ``num_fields`` embedded fields."""
     import tensorflow as tf
 
     out = {}
@@ -135,7 +158,7 @@ def matmul_ceiling() -> dict:
         chain(a, w).numpy()
         best = min(_timed(lambda: chain(a, w).numpy()) for _ in range(5))
         out[f"{dtype.name}_gflops"] = 20 * 2 * BATCH * UNITS[0] * UNITS[0] / best / 1e9
-    macs = len(CATEGORICAL) * EMB * UNITS[0] + sum(a * b for a, b in zip(UNITS, UNITS[1:])) + UNITS[-1]
+    macs = num_fields * EMB * UNITS[0] + sum(a * b for a, b in zip(UNITS, UNITS[1:])) + UNITS[-1]
     out["dnn_macs_per_example"] = macs
     # training = forward + 2 backward products per layer = 3 * 2 * macs FLOPs per example
     out["dnn_float32_bound_examples_per_s"] = out["float32_gflops"] * 1e9 / (6 * macs)
@@ -150,7 +173,7 @@ def _timed(fn) -> float:
 
 def _worker(args) -> None:
     if args.model == "ceiling":
-        result = {"library": "machine", **matmul_ceiling()}
+        result = {"library": "machine", **matmul_ceiling(len(fields(args.data)))}
     else:
         result = {"library": "ctrflow", "model": args.model, "xla": bool(args.xla), "precision": args.precision,
                   "seed": args.seed}
@@ -166,6 +189,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "ctrflow_bench_train"))
     ap.add_argument("--rows", type=int, default=300_000)
+    ap.add_argument("--movielens", metavar="ML1M_DIR",
+                    help="a MovieLens-1M folder (ratings.dat, users.dat, movies.dat) instead of the simulator")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1])
     ap.add_argument("--epochs", type=int, default=EPOCHS)
@@ -185,8 +210,8 @@ def main() -> None:
     if args.worker:
         return _worker(args)
 
-    data = prepare_data(args.work, args.rows)
-    machine = run_worker([sys.executable, __file__, "--worker", "--model", "ceiling"], cwd=REPO)
+    data = prepare_data(args.work, args.rows, args.movielens)
+    machine = run_worker([sys.executable, __file__, "--worker", "--model", "ceiling", "--data", data], cwd=REPO)
     print(json.dumps(machine), flush=True)
     npz = os.path.join(args.work, "arrays.npz")
     if args.deepctr_python and not os.path.exists(npz):
@@ -209,7 +234,8 @@ def main() -> None:
                                            "--npz", npz, "--model", model, "--epochs", str(args.epochs),
                                            "--seed", str(seed)], cwd=REPO, env={"TF_USE_LEGACY_KERAS": "1"}))
                 print(json.dumps(results[-1]), flush=True)
-    emit({"benchmark": "train_throughput", "batch": BATCH, "embedding": EMB, "mlp": UNITS, "epochs": args.epochs,
+    emit({"benchmark": "train_throughput", "dataset": "movielens-1m" if args.movielens else "simulator",
+          "fields": fields(data), "batch": BATCH, "embedding": EMB, "mlp": UNITS, "epochs": args.epochs,
           "seeds": args.seeds, "machine": {**machine, **measured_on()}, "results": results}, args.out)
     print(tables(results, machine))
 
