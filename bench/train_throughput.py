@@ -54,7 +54,13 @@ CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation"
                "brand", "ad_id"]  # the simulator's fields; a MovieLens run reads its schema's
 MODELS = ("dnn", "deepfm", "dcnv2")
 SPLITS = ("train", "valid", "test")
-CONFIGS = {"float32": (0, "float32"), "float32+xla": (1, "float32"), "mixed_bfloat16": (0, "mixed_bfloat16")}
+# ctrflow configuration -> (XLA, precision, dropout_impl); the uniform ones are tf.nn's stateless dropout, the
+# implementation before issue 15's 16-bit-draw dropout (``bits``, the default), measured beside it in one run
+CONFIGS = {"float32": (0, "float32", "bits"), "float32+xla": (1, "float32", "bits"),
+           "mixed_bfloat16": (0, "mixed_bfloat16", "bits"), "float32+uniform_dropout": (0, "float32", "uniform"),
+           "mixed_bfloat16+uniform_dropout": (0, "mixed_bfloat16", "uniform")}
+DEFAULT_CONFIGS = ["float32", "float32+xla", "mixed_bfloat16"]
+DROPOUT = 0.2  # issue 15's profile: every library's MLP layers with dropout 0.2
 BATCH, EPOCHS, EMB, UNITS, LR = 4096, 5, 16, [400, 400, 400], 1e-3
 BASELINE = "ctrflow (baseline)"  # the library label of --baseline-repo's workers
 
@@ -115,7 +121,8 @@ def export_numpy(data: str, path: str) -> None:
     np.savez(path, **arrays)
 
 
-def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, epochs: int) -> dict:
+def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, epochs: int,
+                    dropout: float, dropout_impl: str) -> dict:
     import tensorflow as tf
 
     from features.schema import Schema
@@ -127,9 +134,10 @@ def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed:
     tf.keras.utils.set_random_seed(seed)
     tf.keras.mixed_precision.set_global_policy(precision)
     schema = Schema.load(data)
-    model = build_model(schema.to_dict(), ["click"], backbone=model_name, backbone_options={"dnn_units": UNITS},
-                        embedding_dim=EMB)
-    model.compile(tf.keras.optimizers.Adam(LR), loss={"click": "binary_crossentropy"}, jit_compile=xla)
+    model = build_model(schema.to_dict(), ["click"], backbone=model_name,
+                        backbone_options={"dnn_units": UNITS, "dnn_dropout": dropout}, embedding_dim=EMB)
+    model.compile(tf.keras.optimizers.Adam(LR), loss={"click": "binary_crossentropy"}, jit_compile=xla,
+                  dropout_impl=dropout_impl)
     train = make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=seed, labels=["click"])
     evals = {s: make_dataset(data, s, BATCH, shuffle=False, cache=True, labels=["click"]) for s in ("valid", "test")}
     rows = sum(int(b[1]["click"].shape[0]) for b in train)
@@ -176,9 +184,9 @@ def _worker(args) -> None:
         result = {"library": "machine", **matmul_ceiling(len(fields(args.data)))}
     else:
         result = {"library": "ctrflow", "model": args.model, "xla": bool(args.xla), "precision": args.precision,
-                  "seed": args.seed}
+                  "dropout": args.dropout, "dropout_impl": args.dropout_impl, "seed": args.seed}
         result.update(measure_ctrflow(args.data, args.model, bool(args.xla), args.precision, args.seed,
-                                      args.epochs))
+                                      args.epochs, args.dropout, args.dropout_impl))
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -194,8 +202,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1])
     ap.add_argument("--epochs", type=int, default=EPOCHS)
-    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                    help="ctrflow configurations to measure (default: all)")
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT_CONFIGS,
+                    help=f"ctrflow configurations to measure (default: {' '.join(DEFAULT_CONFIGS)})")
+    ap.add_argument("--dropout", type=float, default=DROPOUT, help="dropout of every MLP layer, both libraries")
     ap.add_argument("--deepctr-python", default=None, help="python of a virtualenv with deepctr==0.9.4")
     ap.add_argument("--baseline-repo", default=None,
                     help="an earlier ctrflow checkout whose workers run beside ours on the same data (ratio table)")
@@ -204,6 +213,7 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--xla", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    ap.add_argument("--dropout-impl", default="bits", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,9 +229,10 @@ def main() -> None:
     results = []
     for seed in args.seeds:  # seeds outermost: a slow spell of the machine hits every configuration alike
         for model in args.models:
-            for xla, precision in (CONFIGS[c] for c in args.configs):
+            for xla, precision, dropout_impl in (CONFIGS[c] for c in args.configs):
                 worker = ["--worker", "--model", model, "--xla", str(xla), "--precision", precision,
-                          "--seed", str(seed), "--epochs", str(args.epochs), "--data", data]
+                          "--seed", str(seed), "--epochs", str(args.epochs), "--data", data,
+                          "--dropout", str(args.dropout), "--dropout-impl", dropout_impl]
                 for repo in ([args.baseline_repo] if args.baseline_repo else []) + [REPO]:
                     result = run_worker([sys.executable, os.path.join(repo, "bench", "train_throughput.py"), *worker],
                                         cwd=repo)
@@ -232,10 +243,10 @@ def main() -> None:
             if args.deepctr_python:
                 results.append(run_worker([args.deepctr_python, os.path.join(REPO, "bench", "deepctr_worker.py"),
                                            "--npz", npz, "--model", model, "--epochs", str(args.epochs),
-                                           "--seed", str(seed)], cwd=REPO, env={"TF_USE_LEGACY_KERAS": "1"}))
+                                           "--seed", str(seed), "--dropout", str(args.dropout)], cwd=REPO, env={"TF_USE_LEGACY_KERAS": "1"}))
                 print(json.dumps(results[-1]), flush=True)
     emit({"benchmark": "train_throughput", "dataset": "movielens-1m" if args.movielens else "simulator",
-          "fields": fields(data), "batch": BATCH, "embedding": EMB, "mlp": UNITS, "epochs": args.epochs,
+          "fields": fields(data), "dropout": args.dropout, "batch": BATCH, "embedding": EMB, "mlp": UNITS, "epochs": args.epochs,
           "seeds": args.seeds, "machine": {**machine, **measured_on()}, "results": results}, args.out)
     print(tables(results, machine))
 
@@ -246,39 +257,47 @@ def table(doc: dict) -> str:
 
 
 def _key(r) -> tuple:
-    return r["library"], r["model"], bool(r["xla"]), r.get("precision", "float32")
+    return r["library"], r["model"], bool(r["xla"]), r.get("precision", "float32"), r.get("dropout_impl")
 
 
 def tables(results, machine) -> str:
     """Markdown: one row per configuration (over seeds and epochs), then ratios to DeepCTR.
 
     Speed is given twice: over all epochs (rows / time, i.e. the harmonic mean of the
-    epochs' rates) and in the fast state (the best epoch), see the module docstring."""
+    epochs' rates) and in the fast state (the best epoch), see the module docstring. The
+    dropout column (ctrflow's ``dropout_impl``; DeepCTR's is Keras') appears in documents
+    that recorded it."""
     groups: dict = {}
     for r in results:
         groups.setdefault(_key(r), []).append(r)
     speed = {k: (statistics.harmonic_mean([x for r in rs for x in r["epoch_examples_per_s"]]),
                  max(r["train_examples_per_s_best"] for r in rs)) for k, rs in groups.items()}
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+    dropout = any(k[4] for k in groups)
     lines = [f"Matmul ceiling here: float32 {machine['float32_gflops']:.0f} GFLOP/s, bfloat16 "
              f"{machine['bfloat16_gflops']:.0f} GFLOP/s; DNN training bound in float32: "
              f"{machine['dnn_float32_bound_examples_per_s']:,.0f} examples/s.", "",
-             "| library | model | XLA | precision | seeds | train ex/s (all epochs) | train ex/s (best epoch) | "
-             "train CPU us/ex | predict ex/s | test AUC (mean) | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| library | model | XLA | precision | " + ("dropout | " if dropout else "") + "seeds | "
+             "train ex/s (all epochs) | train ex/s (best epoch) | train CPU us/ex | predict ex/s | test AUC (mean) | "
+             "peak RSS MB |", "|---|---|---|---|" + ("---|" if dropout else "") + "---|---|---|---|---|---|---|"]
     for key, rs in groups.items():
-        lib, model, xla, prec = key
-        lines.append(f"| {lib} | {model} | {'on' if xla else 'off'} | {prec} | {len(rs)} | {speed[key][0]:,.0f} | "
+        lib, model, xla, prec, impl = key
+        cell = f"{impl or 'keras'} | " if dropout else ""
+        lines.append(f"| {lib} | {model} | {'on' if xla else 'off'} | {prec} | {cell}{len(rs)} | {speed[key][0]:,.0f} | "
                      f"{speed[key][1]:,.0f} | {med(rs, 'train_cpu_us_per_example'):.1f} | "
                      f"{med(rs, 'predict_examples_per_s'):,.0f} | {statistics.mean(r['test_auc'] for r in rs):.4f} | "
                      f"{med(rs, 'peak_rss_mb'):.0f} |")
-    for peer, label in (("deepctr", "DeepCTR"), (BASELINE, "baseline")):
+    peers = (("DeepCTR", lambda k: ("deepctr", k[1], False, "float32", None)),  # DeepCTR float32, Keras dropout
+             ("baseline", lambda k: (BASELINE, *k[1:])),  # the same configuration of --baseline-repo
+             ("uniform dropout", lambda k: (*k[:4], "uniform") if k[4] == "bits" else None))
+    for label, base_of in peers:
         rows = []
         for key, rs in groups.items():
-            lib, model, xla, prec = key
-            base = (peer, model, False, "float32") if peer == "deepctr" else (peer, model, xla, prec)
+            lib, model, xla, prec, impl = key
+            base = base_of(key)
             if lib == "ctrflow" and base in groups:
-                rows.append(f"| {model} XLA {'on' if xla else 'off'} {prec} | {speed[key][0] / speed[base][0]:.2f}x | "
+                name = f"{model} XLA {'on' if xla else 'off'} {prec}" + (f" dropout {impl}" if dropout else "")
+                rows.append(f"| {name} | {speed[key][0] / speed[base][0]:.2f}x | "
                             f"{speed[key][1] / speed[base][1]:.2f}x | {_auc_delta(rs, groups[base])} |")
         if rows:
             lines += ["", f"| ctrflow configuration | speed / {label} (all epochs) | speed / {label} (best epoch) | "
