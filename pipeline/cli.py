@@ -75,9 +75,11 @@ def cmd_evaluate(args):
 
 
 def cmd_compare(args):
-    from pipeline.compare import CompareConfig, check_compare, run_compare
+    from pipeline.compare import CompareConfig, check_compare, only_methods, run_compare
 
     cfg = load_config(CompareConfig, args.config, _overrides(args.set))
+    if args.only:
+        cfg = only_methods(cfg, args.only)
     if args.check:
         cells = check_compare(cfg)
         print("\n".join(f"{c['method']}: {c['parameters']:,} parameters"
@@ -137,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = with_config("compare", cmd_compare, "a grid of models x options x seeds, with a significance table")
     cmp.add_argument("--check", action="store_true",
                      help="check every cell's config and build each method's model on a batch; train nothing")
+    cmp.add_argument("--only", action="append", metavar="TEXT",
+                     help="only the methods whose name holds TEXT (repeatable), with the baseline: a part of a "
+                          "grid, whose runs the whole grid reuses later")
 
     ld = sub.add_parser("load", help="turn a public dataset's files into raw Parquet")
     ld.add_argument("name")

@@ -206,6 +206,18 @@ def _validation(cfg: TrainConfig) -> tuple:
     return es.monitor, es.mode, cfg.data_dir, cfg.valid_split
 
 
+def only_methods(cfg: CompareConfig, patterns: List[str]) -> CompareConfig:
+    """The grid restricted to the methods whose name holds one of ``patterns`` (and its baseline),
+    ``select`` groups cut to the members kept: a part of a big grid trained or reported first
+    (``ctrflow compare --only "(MLP)"``); its cells are the whole grid's, so a later run of the
+    whole grid reuses them."""
+    kept = {m: o for m, o in cfg.methods.items() if m == cfg.baseline or any(p in m for p in patterns)}
+    if len(kept) == 1 and not any(p in cfg.baseline for p in patterns):
+        raise ConfigError(f"--only {patterns}: no method's name holds any of them; methods: {sorted(cfg.methods)}")
+    select = {row: [m for m in members if m in kept] for row, members in cfg.select.items()}
+    return dataclasses.replace(cfg, methods=kept, select={row: ms for row, ms in select.items() if ms})
+
+
 def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
     """Every (method, seed) config checked, and each method's model built on its data's schema,
     called on a validation batch and compiled as training would (first seed; the seed changes

@@ -63,7 +63,7 @@ def _grid(sim_data, tmp_path, **kw):
     methods = {"MLP": {}, "GPRec input": {}, "GPRec dp": {}, "GPRec ensemble": {}, "DCN": {}}
     return from_dict(CompareConfig, {"base_config": _base(sim_data, tmp_path), "out_dir": str(tmp_path / "grid"),
                                      "seeds": SEEDS, "baseline": "MLP", "metrics": ["auc", "logloss"],
-                                     "methods": methods, "select": GROUP, **kw})
+                                     "methods": kw.pop("methods", methods), "select": GROUP, **kw})
 
 
 def _rows(table):
@@ -220,3 +220,38 @@ def test_the_logged_validation_score_is_the_saved_models_on_the_valid_split(sim_
     evaluated = evaluate_run(run_dir, splits=["valid"], write=False)["valid"]["click"]["overall"]["auc"]
     assert validation_score(run_dir, cfg) == max(history)
     assert max(history) == pytest.approx(evaluated, abs=1e-9), (history, evaluated)
+
+
+def test_only_keeps_the_matching_methods_and_the_baseline_and_the_whole_grid_reuses_them(
+        sim_data, tmp_path, monkeypatch):
+    """``compare --only``: a part of the grid (the baseline kept, select groups cut to their kept
+    members) trains its cells, and the whole grid run afterwards trains only the others."""
+    from pipeline.compare import only_methods
+
+    methods = {m: {"optimizer.learning_rate": 0.001 * (k + 1)} for k, m in  # distinct cells
+               enumerate(["MLP", "GPRec input", "GPRec dp", "GPRec ensemble", "DCN"])}
+    cfg = _grid(sim_data, tmp_path, methods=methods)
+    part = only_methods(cfg, ["dp", "ensemble"])
+    assert list(part.methods) == ["MLP", "GPRec dp", "GPRec ensemble"]
+    assert part.select == {"GPRec (MLP)": ["GPRec dp", "GPRec ensemble"]}
+    assert list(only_methods(cfg, ["DCN"]).select) == []  # a group with no member kept is dropped
+    with pytest.raises(ConfigError, match="no method's name holds"):
+        only_methods(cfg, ["DESTINE"])
+
+    _fake_runs(monkeypatch)
+    import pipeline.compare as compare
+
+    trained, train = [], compare.train
+
+    def train_recorded(c, config_name):  # the fake run, with the config a real one records for reuse
+        trained.append(config_name)
+        train(c, config_name)
+        with open(os.path.join(c.runs_dir, c.run_name, "config.yaml"), "w") as fh:
+            yaml.safe_dump(to_dict(c), fh)
+
+    monkeypatch.setattr(compare, "train", train_recorded)
+    run_compare(part, verbose=0)
+    assert sorted(set(trained)) == ["GPRec dp", "GPRec ensemble", "MLP"]
+    trained.clear()
+    run_compare(cfg, verbose=0)
+    assert sorted(set(trained)) == ["DCN", "GPRec input"]  # the part's cells are reused
