@@ -109,6 +109,6 @@ def tf_bucket_ids(x: tf.Tensor, boundaries: np.ndarray) -> tf.Tensor:
     """TF twin of :func:`bucket_ids` for a float64 tensor [n]."""
     import tensorflow as tf
 
-    b = tf.constant(boundaries, tf.float64)
-    ids = tf.searchsorted(b, x, side="right", out_type=tf.int64) + FIRST_ID
+    b = tf.constant(np.asarray(boundaries, np.float64)[None, :])  # UpperBound = searchsorted side right
+    ids = tf.raw_ops.UpperBound(sorted_inputs=b, values=x[None, :], out_type=tf.int64)[0] + FIRST_ID
     return tf.where(tf.math.is_nan(x), tf.constant(PAD_ID, tf.int64), ids)

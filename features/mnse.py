@@ -147,19 +147,25 @@ def mnse_ids(x: np.ndarray, encoding: Dict[str, Any]) -> np.ndarray:
 
 
 def tf_mnse_ids(x: tf.Tensor, encoding: Dict[str, Any]) -> tf.Tensor:
-    """TF twin of :func:`mnse_ids` for a float64 tensor [n]."""
+    """TF twin of :func:`mnse_ids` for a float64 tensor [n]: every system's digits at once over
+    all columns (per-column place values, bases and caps), digit = ``n // place - b * (n // (b *
+    place))``. In float64, which is exact while every ``b^K <= 2^52`` (then ``n + divisor < 2^53``,
+    so ``floor(n / divisor)`` cannot round up) and faster than int64 division or any floormod;
+    beyond, in int64."""
     import tensorflow as tf
 
     bases, digits, offsets, sign_offset = _layout(encoding)
+    place = np.concatenate([_positions(b, k)[0] for b, k in zip(bases, digits)])
+    first = np.concatenate([off + _positions(b, k)[1] for b, k, off in zip(bases, digits, offsets)])
+    base = np.repeat(np.asarray(bases, np.int64), digits)
+    cap = np.repeat([float(b ** k - 1) for b, k in zip(bases, digits)], digits)
+    dtype = tf.float64 if all(b ** k <= 2 ** 52 for b, k in zip(bases, digits)) else tf.int64
     missing = tf.math.is_nan(x)
     mag = tf.floor(tf.abs(tf.where(missing, tf.zeros_like(x), x)) * float(encoding["scale"]))
-    cols = []
-    for b, k, off in zip(bases, digits, offsets):
-        n = tf.cast(tf.minimum(mag, float(b ** k - 1)), tf.int64)
-        place, row = _positions(b, k)
-        d = tf.math.floormod(tf.math.floordiv(n[:, None], tf.constant(place)), b)
-        cols.append(off + tf.constant(row) + d)
+    n = tf.cast(tf.minimum(mag[:, None], cap), dtype)  # [n, width]
+    d = (tf.math.floordiv(n, tf.constant(place, dtype)) -
+         tf.constant(base, dtype) * tf.math.floordiv(n, tf.constant(place * base, dtype)))
+    ids = tf.cast(d, tf.int64) + first
     if encoding["signed"]:
-        cols.append(sign_offset + tf.cast(x < 0, tf.int64)[:, None])
-    ids = tf.concat(cols, axis=1)
+        ids = tf.concat([ids, sign_offset + tf.cast(x < 0, tf.int64)[:, None]], axis=1)
     return tf.where(missing[:, None], tf.constant(PAD_ID, tf.int64), ids)

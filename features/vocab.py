@@ -66,21 +66,20 @@ class VocabLookup:
 
 
 def tf_vocab_table(path: str, size: int) -> tf.lookup.StaticHashTable:
-    """A TF table key -> line number built from the vocabulary file (an asset when saved)."""
+    """A TF table key -> id built from the vocabulary file (an asset when saved): line ``i``
+    holds id ``i + FIRST_ID`` and unknown keys get ``OOV_ID``, so a look-up is one op."""
     import tensorflow as tf
 
     if size == 0:  # TF initialises no table from an empty file or empty tensors: hold only
         # the key "", which encoders mask as missing before any look-up
-        init = tf.lookup.KeyValueTensorInitializer(tf.constant([""]), tf.constant([-1], tf.int64))
+        init = tf.lookup.KeyValueTensorInitializer(tf.constant([""]), tf.constant([OOV_ID], tf.int64))
     else:
         init = tf.lookup.TextFileInitializer(
             path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, vocab_size=size)
-    return tf.lookup.StaticHashTable(init, default_value=-1)
+            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, vocab_size=size, value_index_offset=FIRST_ID)
+    return tf.lookup.StaticHashTable(init, default_value=OOV_ID)
 
 
 def tf_vocab_lookup(table: tf.lookup.StaticHashTable, keys: tf.Tensor) -> tf.Tensor:
-    import tensorflow as tf
-
-    pos = table.lookup(keys)
-    return tf.where(pos < 0, tf.constant(OOV_ID, tf.int64), pos + FIRST_ID)
+    """Ids of string keys (any shape), as :meth:`VocabLookup.lookup`."""
+    return table.lookup(keys)

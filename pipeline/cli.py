@@ -97,7 +97,7 @@ def cmd_compare(args):
 def cmd_export(args):
     from serving.export import export_run
 
-    info = export_run(args.run_dir, args.out, keep=args.keep, overwrite=args.overwrite)
+    info = export_run(args.run_dir, args.out, keep=args.keep, overwrite=args.overwrite, precision=args.precision)
     print(json.dumps(info, indent=2, default=str))
 
 
@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.add_argument("--keep", type=int, default=3,
                     help="keep the last N versions export wrote (version folders put there by hand are never removed)")
+    ex.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
+                    help="serve the model in this Keras policy: mixed_bfloat16 computes the MLP hidden layers after "
+                         "the first in bfloat16 (fast only on CPUs with AVX512-BF16 / AMX; outputs stay float32)")
     with_overwrite(ex, "adopt an existing BASE/<model_name> folder that export did not create (nothing in it is "
                        "deleted but versions export wrote, beyond --keep); models.config is always merged, never "
                        "replaced")

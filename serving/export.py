@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from features import outputs
 from features.schema import Schema
+from models.layers import global_policy
 from serving import layout
 from serving.clients import LocalModelServer, RequestBuilder, parse_rest_response
 from serving.layout import read_export_metadata
@@ -38,6 +39,7 @@ from serving.signatures import ENCODED_SIGNATURE, RAW_SIGNATURE, ServingModule, 
 from serving.warmup import example_rows, warmup_requests, write_warmup_requests
 
 METADATA_FILE = layout.METADATA_FILE
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras policies a served model may be rebuilt in
 
 
 def export_model(model: tf.keras.Model, schema: Schema, tasks: Sequence[str], data_dir: str,
@@ -73,16 +75,26 @@ def export_model(model: tf.keras.Model, schema: Schema, tasks: Sequence[str], da
 
 
 def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str] = None,
-               warmup_batch_sizes: Sequence[int] = (1, 64), overwrite: bool = False) -> Dict[str, Any]:
+               warmup_batch_sizes: Sequence[int] = (1, 64), overwrite: bool = False,
+               precision: str = "float32") -> Dict[str, Any]:
     """Export a completed run as the next version of ``BASE/<model_name>`` (default: the run
     directory's name), keep its last ``keep`` exported versions and add the model to
     ``BASE/models.config`` (merged: what a user set there is kept).
+
+    ``precision`` is the Keras policy the served model is rebuilt in (:data:`PRECISIONS`):
+    ``mixed_bfloat16`` computes the MLP hidden layers after the first in bfloat16, as in
+    training (``models/layers.py``), from the same float32 weights; outputs stay float32.
+    Worth it only on CPUs with bfloat16 units (AVX512-BF16, AMX): elsewhere it is emulated
+    (``docs/benchmarks.md``, Serving latency, for speed and the difference to float32).
 
     ``BASE/<model_name>`` must be export's own folder (``features.outputs`` marker) or new;
     someone else's is refused unless ``overwrite`` (it is then adopted: nothing in it is
     deleted but versions export wrote)."""
     run_dir = os.path.abspath(run_dir)
-    model, schema, tasks = load_model(run_dir)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
+    with global_policy(precision):  # layers take their compute dtype when built
+        model, schema, tasks = load_model(run_dir)
     data_dir = run_data_dir(run_dir)
     name = layout.check_model_name(model_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.basename(run_dir)))
     base = os.path.abspath(os.path.expanduser(base))
@@ -96,7 +108,8 @@ def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str]
     try:
         info = export_model(model, schema, tasks, data_dir, staging, model_name=name,
                             warmup_batch_sizes=warmup_batch_sizes,
-                            metadata={"run_dir": run_dir, "data_dir": os.path.abspath(data_dir), "version": version})
+                            metadata={"run_dir": run_dir, "data_dir": os.path.abspath(data_dir), "version": version,
+                                      "precision": precision})
         export_dir = layout.publish(staging, model_base, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

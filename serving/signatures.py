@@ -14,7 +14,7 @@ signatures, both returning one probability per task (``{task: [batch] float32}``
   to OOV and missing optional values take the schema default exactly as in training.
   A required feature whose value is missing in any row fails the request with an
   assertion naming the feature and the rows, and so does a value the Beam job would
-  quarantine (:func:`bad_value_checks`): an infinite float anywhere, NaN inside a
+  quarantine (:func:`request_check`): an infinite float anywhere, NaN inside a
   dense vector that is not missing as a whole (a missing vector is all NaN), or NaN
   before a real element of a sequence (only trailing NaN is padding).
 * ``encoded`` (:data:`ENCODED_SIGNATURE`) takes the already-encoded features keyed by
@@ -156,9 +156,10 @@ def bad_value_rows(x: tf.Tensor, r: RawInput) -> Dict[str, tf.Tensor]:
         out["NaN inside a dense vector (a missing vector is all NaN)"] = tf.logical_and(
             tf.reduce_any(nan, axis=1), tf.logical_not(tf.reduce_all(nan, axis=1)))
     else:
-        real_after = tf.math.cumsum(tf.cast(tf.logical_not(nan), tf.int32), axis=1, exclusive=True, reverse=True) > 0
+        # only trailing NaN <=> no NaN among the first (number of real elements) positions
+        real = tf.reduce_sum(tf.cast(tf.logical_not(nan), tf.int32), axis=1, keepdims=True)
         out["NaN before a real element of a sequence (only trailing NaN is padding)"] = tf.reduce_any(
-            tf.logical_and(nan, real_after), axis=1)
+            tf.logical_and(nan, tf.range(tf.shape(x)[1]) < real), axis=1)
     return out
 
 
@@ -168,20 +169,40 @@ def _assert_no_rows(flags: tf.Tensor, message: str):
     return tf.debugging.Assert(tf.logical_not(tf.reduce_any(flags)), [message, tf.where(flags)[:, 0]], summarize=20)
 
 
-def bad_value_checks(raw: Mapping[str, tf.Tensor], inputs: Sequence[RawInput]) -> list:
-    """Assertions over a raw request: required inputs present in every row, and no value
-    the Beam job would quarantine; each names the feature(s) and the rows."""
-    checks = []
+def request_check(raw: Mapping[str, tf.Tensor], inputs: Sequence[RawInput]) -> tf.Tensor:
+    """One op asserting that a raw request is valid: equal batch sizes, required inputs present
+    in every row, no value the Beam job would quarantine (:func:`bad_value_rows`).
+
+    A valid request runs a few vectorised ops and one branch; only an invalid one runs the
+    per-check assertions, in order (batch sizes first), so its error names the first failing
+    check's input, feature(s) and rows."""
+    names = [r.name for r in inputs]
+    sizes = tf.stack([tf.shape(raw[n], out_type=tf.int64)[0] for n in names])
+    problems = []  # (message, per-row flags)
     for r in inputs:
-        names = ", ".join(r.features)
+        feats = ", ".join(r.features)
         if r.required:
-            checks.append(_assert_no_rows(missing_mask(raw[r.name], r.dtype),
-                                          f"required feature {names} has no value in the request "
-                                          f"(raw input {r.name}); rows:"))
+            problems.append((f"required feature {feats} has no value in the request (raw input {r.name}); rows:",
+                             missing_mask(raw[r.name], r.dtype)))
         for what, flags in bad_value_rows(raw[r.name], r).items():
-            checks.append(_assert_no_rows(flags, f"feature {names} (raw input {r.name}) holds {what}, which "
-                                                 "the training data would have quarantined; rows:"))
-    return checks
+            problems.append((f"feature {feats} (raw input {r.name}) holds {what}, which the training data would "
+                             "have quarantined; rows:", flags))
+    bad = [tf.reduce_any(tf.not_equal(sizes, sizes[0]))] + [tf.reduce_any(f) for _, f in problems]
+    valid = tf.logical_not(tf.reduce_any(tf.stack(bad)))
+
+    def report():
+        done = []
+        for n, size in zip(names[1:], tf.unstack(sizes)[1:]):
+            with tf.control_dependencies(done):
+                done = [tf.debugging.assert_equal(size, sizes[0], message=f"raw input {n} has another batch size "
+                                                                            f"than raw input {names[0]}")]
+        for message, flags in problems:
+            with tf.control_dependencies(done):
+                done = [_assert_no_rows(flags, message)]
+        with tf.control_dependencies(done):
+            return tf.constant(False)
+
+    return tf.cond(valid, lambda: tf.constant(True), report)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,14 +258,14 @@ class ServingModule(tf.Module):
         return self._predict_encoded(self._encode(raw))
 
     def _encode(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        """Raw tensors -> encoded features, after asserting equal batch sizes, that every
-        required feature is present in every row and that no value is one the Beam job
-        would quarantine."""
-        checks = _same_batch(raw, [r.name for r in self._plan.inputs])
-        checks += bad_value_checks(raw, self._plan.inputs)
+        """Raw tensors -> encoded features, released when :func:`request_check` has passed.
+        The encoders run alongside the check (they cannot fail, whatever the values): only
+        the model waits for it."""
+        check = request_check(raw, self._plan.inputs)
         by_name = {f.name: f for f in self._plan.features}
-        with tf.control_dependencies(checks):
-            return {name: tf.identity(enc(raw[by_name[name].raw_column])) for name, enc in self.encoders.items()}
+        encoded = {name: enc(raw[by_name[name].raw_column]) for name, enc in self.encoders.items()}
+        with tf.control_dependencies([check]):
+            return {name: tf.identity(x) for name, x in encoded.items()}
 
     def _predict_encoded(self, encoded):
         batch = tf.shape(next(iter(encoded.values())))[0]
@@ -253,15 +274,6 @@ class ServingModule(tf.Module):
         if missing:
             raise ValueError(f"the model's outputs {sorted(out)} lack the task(s) {missing}")
         return {t: tf.reshape(tf.cast(out[t], tf.float32), [-1]) for t in self._plan.tasks}
-
-
-def _same_batch(tensors: Mapping[str, tf.Tensor], names: Sequence[str]) -> list:
-    """Assertions that every input has the batch size of the first one (naming the odd one)."""
-    first = names[0]
-    batch = tf.shape(tensors[first], out_type=tf.int64)[0]
-    return [tf.debugging.assert_equal(tf.shape(tensors[n], out_type=tf.int64)[0], batch,
-                                      message=f"raw input {n} has another batch size than raw input {first}")
-            for n in names[1:]]
 
 
 def signature_keys(fn) -> Dict[str, Tuple[str, tf.TensorSpec]]:

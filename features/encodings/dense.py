@@ -53,7 +53,10 @@ class DenseEncoding(Encoding):
         if isinstance(x, tf.RaggedTensor):
             x = x.to_tensor(default_value=tf.constant(np.nan, x.dtype) if x.dtype.is_floating else INT_MISSING,
                             shape=[None, dim])
-        v = tf_numbers(tf.reshape(tf.convert_to_tensor(x), [-1, dim]), self.feature.dtype)
+        x = tf.convert_to_tensor(x)
+        if x.shape.rank != 2 or x.shape[1] != dim:
+            x = tf.reshape(x, [-1, dim])
+        v = tf_numbers(x, self.feature.dtype)
         return tf.cast(tf.where(tf.math.is_nan(v), tf.zeros_like(v), v), tf.float32)
 
     def example(self, i, n):

@@ -21,7 +21,7 @@ import numpy as np
 
 from features.encodings.base import Encoding, int_option
 from features.encodings.values import (categorical_keys, key_of, list_parts, missing_required, numeric_values,
-                                       pack_last, tf_keys, tf_numbers)
+                                       pack_last, tf_column, tf_keys, tf_missing_value, tf_numbers)
 from features.schema import PAD_ID
 
 _NP_DTYPES = {"int64": np.int64, "float32": np.float32}
@@ -56,10 +56,9 @@ class CategoricalEncoding(Encoding):
     def tf_encode(self, x, tables: Dict[str, Any]):
         import tensorflow as tf
 
-        keys, missing = tf_keys(tf.reshape(tf.convert_to_tensor(x), [-1]))
+        keys, missing = tf_keys(tf_column(x))
         if self.feature.default is not None:
-            keys = tf.where(missing, key_of(self.feature.default), keys)
-            missing = tf.zeros_like(missing)
+            return self.tf_ids(tf.where(missing, key_of(self.feature.default), keys), tables)[:, None]
         return tf.where(missing, tf.constant(PAD_ID, tf.int64), self.tf_ids(keys, tables))[:, None]
 
     def example(self, i: int, n: int) -> Any:
@@ -96,7 +95,7 @@ class NumericEncoding(Encoding):
     def tf_encode(self, x, tables: Dict[str, Any]):
         import tensorflow as tf
 
-        v = tf_numbers(tf.reshape(tf.convert_to_tensor(x), [-1]), self.feature.dtype)
+        v = tf_numbers(tf_column(x), self.feature.dtype)
         fill = self.fill()
         if fill is not None:
             v = tf.where(tf.math.is_nan(v), tf.constant(fill, tf.float64), v)
@@ -141,14 +140,24 @@ class SequenceEncoding(Encoding):
                          _NP_DTYPES[self.encoded_dtype])
 
     def tf_encode(self, x, tables: Dict[str, Any]):
+        """Dense, without ragged ops: the ``k``-th kept element is the first whose running count
+        of present elements reaches ``skip + k`` (``skip`` = present elements beyond ``max_len``),
+        found by one batched binary search; a search past the row's end reads a padding column.
+        The running count is a product with a triangular matrix: quadratic in the request's list
+        length, yet faster than TF's cumsum kernel for lists of up to a few hundred elements."""
         import tensorflow as tf
 
-        rt = x if isinstance(x, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(tf.convert_to_tensor(x))
-        vals, missing = self.tf_element_codes(rt.flat_values, tables)
-        kept = tf.ragged.boolean_mask(rt.with_flat_values(vals), rt.with_flat_values(~missing))
+        if isinstance(x, tf.RaggedTensor):
+            x = x.to_tensor(default_value=tf_missing_value(x.dtype))
+        vals, missing = self.tf_element_codes(tf.convert_to_tensor(x), tables)
         max_len = self.params["max_len"]
-        pad = tf.constant(0, tf.as_dtype(self.encoded_dtype))
-        return kept[:, -max_len:].to_tensor(default_value=pad, shape=[None, max_len])
+        present = tf.cast(tf.logical_not(missing), tf.float32)
+        length = tf.shape(present)[1]
+        upper = tf.linalg.band_part(tf.ones(tf.stack([length, length])), 0, -1)
+        seen = tf.cast(tf.matmul(present, upper), tf.int32)  # present elements so far (a cumsum, faster here)
+        skip = tf.maximum(tf.cast(tf.reduce_sum(present, axis=1, keepdims=True), tf.int32) - max_len, 0)
+        col = tf.raw_ops.LowerBound(sorted_inputs=seen, values=skip + tf.range(1, max_len + 1), out_type=tf.int32)
+        return tf.gather(tf.pad(vals, [[0, 0], [0, 1]]), col, batch_dims=1)
 
     def example(self, i: int, n: int) -> List[Any]:
         """Lists of varying length, ``(i + 3) mod (max_len + 2)``: short, full, longer than

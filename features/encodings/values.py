@@ -261,6 +261,23 @@ def pack_last(rows: np.ndarray, vals: np.ndarray, n: int, max_len: int, dtype) -
 
 
 # ---- TF twins ---------------------------------------------------------------------------
+def tf_column(x) -> tf.Tensor:
+    """A scalar request input as a [batch] tensor ([batch, 1] works too)."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    return x if x.shape.rank == 1 else tf.reshape(x, [-1])
+
+
+def tf_missing_value(dtype: tf.DType) -> tf.Tensor:
+    """The missing marker of a request tensor of ``dtype``: "", NaN or :data:`INT_MISSING`."""
+    import tensorflow as tf
+
+    if dtype == tf.string:
+        return tf.constant("")
+    return tf.constant(np.nan if dtype.is_floating else INT_MISSING, dtype)
+
+
 def tf_keys(x: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """TF twin of :func:`categorical_keys`: (string keys, missing mask)."""
     import tensorflow as tf

@@ -247,3 +247,60 @@ def test_empty_batch(built, name):
     x = tf.zeros([0, f.width], dtype) if kind == "dense" else (
         tf.ragged.constant([], dtype=dtype, ragged_rank=1) if kind.startswith("seq") else tf.zeros([0], dtype))
     assert E.make_tf_encoder(f, out)(x).shape == (0, f.width)
+
+
+# ---- the serving graph's dense rewrites: equal to numpy on their edge cases --------------------
+@pytest.mark.parametrize("name", ["s_str", "s_int", "sf_f", "sf_i"])
+def test_sequence_requests_of_any_width(built, name):
+    """Padded requests narrower and wider than ``max_len``, with missing elements inside, all
+    missing, and of width 0 (every list empty): the last ``max_len`` present elements."""
+    out, feats, kinds = built
+    f = feats[name]
+    dtype = "int64" if "int64" in kinds[name] else ("string" if "string" in kinds[name] else "float32")
+    known = [r for r in SEQ_EVAL[kinds[name]] if r and None not in r and all(v == v for v in r)]
+    pool = [v for r in known for v in r][:40]
+    fill = _MISSING[dtype]
+    L = f.encoding["max_len"]
+    rows = [pool[:1], pool[:L - 1], pool[:L + 3], [None] * (L + 2), [], pool[:2] + [None] + pool[2:L + 2],
+            [None, None] + pool[:L], pool[:3] + [None] * L + pool[3:5]]
+    enc = E.make_tf_encoder(f, out)
+    graph = tf.function(enc, input_signature=[tf.TensorSpec([None, None], _tf_scalars([], dtype).dtype)])
+    for width in (0, 1, L - 1, L + 8):
+        sub = [r[:width] for r in rows]
+        x = _tf_lists(sub, dtype, ragged=False) if width else tf.reshape(_tf_scalars([], dtype), [len(rows), 0])
+        if width:
+            x = x[:, :width] if x.shape[1] > width else x
+        expect = E.NumpyEncoder(f, out).encode([[fill if v is None else v for v in r] if dtype == "float32" else r
+                                                for r in sub])
+        np.testing.assert_array_equal(graph(x).numpy(), expect, err_msg=f"{name} width {width}")
+
+
+@pytest.mark.parametrize("name", ["b_fix", "b_log", "b_logi"])
+def test_bucket_boundaries_and_their_neighbours(built, name):
+    out, feats, kinds = built
+    f = feats[name]
+    b = E.NumpyEncoder(f, out).encoding.boundaries
+    b = b[np.isfinite(b)][:40]
+    x = np.concatenate([b, np.nextafter(b, -np.inf), np.nextafter(b, np.inf), [np.nan]])
+    if f.dtype == "int64":
+        x = np.concatenate([np.floor(b), np.floor(b) - 1, np.floor(b) + 1])
+        values, tf_x = [int(v) for v in x], tf.constant(x.astype(np.int64))
+    else:
+        values, tf_x = x.astype(np.float32).astype(np.float64), tf.constant(x.astype(np.float32))
+    expect = E.NumpyEncoder(f, out).encode(values)
+    assert len(np.unique(expect)) > 3
+    np.testing.assert_array_equal(E.make_tf_encoder(f, out)(tf_x).numpy(), expect)
+
+
+@pytest.mark.parametrize("bases,digits", [([2], [52]), ([3, 10], [32, 15]), ([3], [33]), ([2, 7], [53, 18])])
+def test_mnse_digits_exact_up_to_the_largest_codes(tmp_path, bases, digits):
+    """Digits of integers near ``b^K`` (float64 division is exact up to ``b^K = 2^52``; beyond,
+    int64): equal to numpy's int64 arithmetic."""
+    spec = _spec("m_big", "numeric", "int64", {"type": "mnse", "bases": bases, "digits": digits, "signed": True})
+    f = E.build_feature(spec, {}, str(tmp_path))
+    top = [b ** k for b, k in zip(bases, digits)]
+    x = sorted({v for t in top for v in (t - 1, t - 2, t // 2 + 1, t // 3, t // 7 * 5 + 3, t)} |
+               {int(v) for v in RNG.integers(0, max(top), 200)} | {2 ** 52 - 1, 2 ** 53 - 1, 0, 1})
+    x += [-v for v in x[:50]]
+    expect = E.NumpyEncoder(f, str(tmp_path)).encode(x)
+    np.testing.assert_array_equal(E.make_tf_encoder(f, str(tmp_path))(tf.constant(x, tf.int64)).numpy(), expect)

@@ -140,9 +140,9 @@ def perturb(model, seed: int = 0, scale: float = 0.3) -> None:
             v.assign(rng.normal(0.0, scale, v.shape).astype(v.dtype.as_numpy_dtype))
 
 
-def tiny_model(schema: Schema, backbone: str, encoded: dict, tasks=TASKS, seed: int = 0):
+def tiny_model(schema: Schema, backbone: str, encoded: dict, tasks=TASKS, seed: int = 0, options=None):
     tf.keras.utils.set_random_seed(seed)
-    model = build_model(schema.to_dict(), tasks, backbone=backbone, backbone_options=SMALL.get(backbone, {}),
+    model = build_model(schema.to_dict(), tasks, backbone=backbone, backbone_options=options or SMALL.get(backbone, {}),
                         embedding_dim=4)
     model(encoded, training=False)
     perturb(model, seed)
@@ -154,12 +154,12 @@ def keras_predict(model, encoded: dict, tasks=TASKS) -> dict:
     return {t: out[t].numpy().reshape(-1) for t in tasks}
 
 
-def make_run_dir(root: str, model, schema: Schema, tasks, data_dir: str, backbone: str) -> str:
+def make_run_dir(root: str, model, schema: Schema, tasks, data_dir: str, backbone: str, options=None) -> str:
     """A completed run directory in the layout of ``serving/run_artifacts.py``."""
     run_dir = os.path.join(root, "runs", f"{backbone}-run")
     os.makedirs(run_dir, exist_ok=True)
     spec = {"schema": schema.to_dict(), "tasks": list(tasks),
-            "model": {"backbone": backbone, "backbone_options": SMALL.get(backbone, {}), "embedding_dim": 4,
+            "model": {"backbone": backbone, "backbone_options": options or SMALL.get(backbone, {}), "embedding_dim": 4,
                       "embedding_options": {}, "framework": "none", "framework_options": {}}}
     with open(os.path.join(run_dir, "model.json"), "w") as fh:
         json.dump(spec, fh)

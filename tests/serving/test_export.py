@@ -232,3 +232,27 @@ def test_describe_export_shows_signatures_and_a_prediction(exported):
     assert set(body["instances"][0]) == {r["name"] for r in read_export_metadata(exported["export_dir"])["raw_inputs"]}
     probs = dict(kv.split("=") for kv in text.rsplit("probabilities: ", 1)[1].split(", "))
     assert set(probs) == set(TASKS) and all(0 < float(p) < 1 for p in probs.values())
+
+
+def test_mixed_bfloat16_export_is_within_tolerance_of_float32(fitted, encoded, rows, tmp_path):
+    """``export --precision mixed_bfloat16``: the MLP's hidden layers after the first compute in
+    bfloat16 from the same weights; probabilities stay float32 and within 1e-2 of float32's."""
+    from pipeline.cli import main
+
+    data_dir, schema = fitted
+    options = {"dnn_units": [32, 32, 32]}  # two hidden layers after the first: bfloat16 matmuls
+    model = tiny_model(schema, "dnn", encoded, tasks=["click"], seed=5, options=options)
+    run = make_run_dir(str(tmp_path), model, schema, ["click"], data_dir, "dnn", options)
+    base = str(tmp_path / "models")
+    f32 = export_run(run, base)
+    assert main(["export", run, "--out", base, "--precision", "mixed_bfloat16"]) in (0, None)
+    bf16_dir = os.path.join(base, "dnn-run", "2")
+    assert read_export_metadata(bf16_dir)["precision"] == "mixed_bfloat16"
+    tensors = RequestBuilder.from_schema(schema).tensors(rows)
+    p32 = LocalModelServer(f32["export_dir"], model_name="f32").predict(tensors)["click"]
+    p16 = LocalModelServer(bf16_dir, model_name="bf16").predict(tensors)["click"]
+    np.testing.assert_allclose(p32, keras_predict(model, encoded, ["click"])["click"], atol=TOL)
+    assert p16.dtype == np.float32
+    assert 0 < np.max(np.abs(p16 - p32)) < 1e-2  # really computed in bfloat16, and close
+    with pytest.raises(ValueError, match="precision"):
+        export_run(run, base, precision="float16")
