@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import runs
 from pipeline.config import ConfigError, from_dict
 from pipeline.optimizers import LazyAdam, make_optimizer
 from pipeline.train import TrainConfig, train
 from pipeline.train_config import OptimizerConfig
-from train_helpers import REPO, train_config
+from train_helpers import REPO, killed_then_resumed, train_config
 
 # the hyper-parameters as the optimizer holds them (float32: 1 - b2 is 0.99998713e-3, not 1e-3)
 B1, B2, EPS, LR = (float(np.float32(x)) for x in (0.9, 0.999, 1e-7, 0.05))
@@ -246,22 +245,7 @@ def test_a_run_trains_with_it_and_resumes_exactly(sim_data, tmp_path, monkeypatc
     assert sparse_calls  # traced: the tables' gradients arrived sparse
     assert straight["history"]["loss"][-1] < straight["history"]["loss"][0]  # it learns
 
-    class Killed(Exception):
-        pass
-
-    write = runs.write_backup
-
-    def write_then_die(run_dir, epoch, *args):
-        write(run_dir, epoch, *args)
-        if epoch == 1:
-            raise Killed
-
-    monkeypatch.setattr(runs, "write_backup", write_then_die)
-    with pytest.raises(Killed):
-        train(config("killed"))
-    monkeypatch.setattr(runs, "write_backup", write)
-    resumed = train(config("killed"))
-    assert json.loads((tmp_path / "runs" / "killed" / "run.json").read_text())["resumed"] is True
+    resumed = killed_then_resumed(config("killed"), 1, monkeypatch)
     assert resumed["history"] == straight["history"]
     a, b = (tf.train.load_checkpoint(str(tmp_path / "runs" / n / "weights" / "model")) for n in ("straight", "killed"))
     keys = [k for k in a.get_variable_to_shape_map() if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]

@@ -2,18 +2,16 @@
 (PyTorch's StepLR per epoch), the coupled weight decay ``l2`` (PyTorch Adam's weight_decay)
 against hand computations, the clip options, a resumed run equal to an uninterrupted one, and
 bad options failing with the key named."""
-import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import runs
 from pipeline.config import ConfigError, from_dict
 from pipeline.optimizers import learning_rate_at, make_optimizer
 from pipeline.train import RunBackup, TrainConfig, train
 from pipeline.train_config import OptimizerConfig
-from train_helpers import train_config
+from train_helpers import killed_then_resumed, train_config
 
 
 def _optimizer(steps_per_epoch=None, **cfg):
@@ -138,23 +136,7 @@ def test_a_resumed_run_has_the_uninterrupted_runs_rates_and_weights(sim_data, tm
     straight = train(config("straight"))
     np.testing.assert_allclose(straight["history"]["lr"], [0.004 * 0.5 ** e for e in range(3)], rtol=1e-6)
 
-    class Killed(Exception):
-        pass
-
-    write = runs.write_backup
-
-    def write_then_die(run_dir, epoch, *args):
-        write(run_dir, epoch, *args)
-        if epoch == killed_after:
-            raise Killed
-
-    monkeypatch.setattr(runs, "write_backup", write_then_die)
-    with pytest.raises(Killed):
-        train(config("killed"))
-    monkeypatch.setattr(runs, "write_backup", write)
-    resumed = train(config("killed"))
-    run_dir = tmp_path / "runs" / "killed"
-    assert json.loads((run_dir / "run.json").read_text())["resumed"] is True
+    resumed = killed_then_resumed(config("killed"), killed_after, monkeypatch)
     assert resumed["history"] == straight["history"]
     a, b = (tf.train.load_checkpoint(str(tmp_path / "runs" / n / "weights" / "model")) for n in ("straight", "killed"))
     # the model's weights; a run resumed with no epoch left never builds its optimizer's slots, which

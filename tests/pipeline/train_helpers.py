@@ -20,3 +20,33 @@ def train_config(data_dir, runs_dir, **overrides):
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return from_dict(TrainConfig, base)
+
+
+def killed_then_resumed(cfg, killed_after: int, monkeypatch):
+    """``pipeline.train.train(cfg)`` killed right after epoch ``killed_after``'s backup, then
+    started again with the same config: the resumed run's summary (its run.json says resumed)."""
+    import json
+
+    import pytest
+
+    from pipeline import runs
+    from pipeline.train import train
+
+    class Killed(Exception):
+        pass
+
+    write = runs.write_backup
+
+    def write_then_die(run_dir, epoch, *args):
+        write(run_dir, epoch, *args)
+        if epoch == killed_after:
+            raise Killed
+
+    monkeypatch.setattr(runs, "write_backup", write_then_die)
+    with pytest.raises(Killed):
+        train(cfg)
+    monkeypatch.setattr(runs, "write_backup", write)
+    resumed = train(cfg)
+    with open(os.path.join(cfg.runs_dir, cfg.run_name, "run.json")) as fh:
+        assert json.load(fh)["resumed"] is True
+    return resumed
