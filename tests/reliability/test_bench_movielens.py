@@ -50,7 +50,7 @@ def test_train_throughput_runs_on_movielens_with_its_single_id_fields(tmp_path):
     assert doc["machine"]["dnn_macs_per_example"] == 7 * 16 * 400 + 2 * 400 * 400 + 400
     (result,) = doc["results"]
     assert result["library"] == "ctrflow" and result["model"] == "dnn"
-    assert result["test_auc"] > 0.65  # the ratings follow each movie's quality
+    assert result["test_auc"] > 0.6  # the ratings follow each movie's quality (2 epochs, dropout 0.2: ~0.65-0.77)
 
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from train_throughput import export_numpy
