@@ -34,8 +34,15 @@ and :class:`AlignmentAnalysis` take others). Written under ``<run_dir>/analysis/
     alignment.json   {"auc", "train_auc", "head_share": {"train", "valid"}, "rows": {...},
                       "splits", "fields", "embedding_dim", "e_sh_rms": {"train", "valid"} (E_sh's scale),
                       "alignment", "discriminator": {...},
-                      "history": [loss per epoch]}
+                      "history": [loss per epoch],
+                      "per_field": [{"field", "auc", "train_auc"}] (with ``per_field``)}
     alignment.md     the numbers as a table
+
+``per_field: true`` adds which fields carry the group: the same discriminator trained on each
+field of E_sh alone (named by the model's ``shared_field_features``), one AUC per field. It
+answers what the overall AUC cannot: whether the group leaks through a mapped field (whose
+mapping failed to merge head and tail values) or an unmapped one (numeric, multi-valued).
+``ctrflow analyze RUN_DIR alignment --option per_field=true`` runs it on a completed run.
 
 Registered in ``pipeline.analyses`` as ``alignment`` (HDA lists it in its ``analyses``); its summary
 (:func:`summary`, the discriminator's valid AUC) is what ``ctrflow compare`` tabulates.
@@ -49,6 +56,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from features.outputs import write_file_atomic
 from models.backbones import backbone_class, get_backbone
 from models.embedding import EmbeddedFields
 from models.layers import global_policy
@@ -58,7 +66,8 @@ from pipeline.config import ConfigError
 GROUP = "_group"  # the side input holding a row's group (models.domains.GROUP_INPUT): 1 head, 0 tail
 FIRST_ORDER = ("learned", "zeros")
 DEFAULTS = {"train_rows": 50_000, "valid_rows": 50_000, "epochs": 3, "batch_size": 1024,
-            "learning_rate": 1e-3, "backbone_options": {}, "first_order": "learned", "seed": 0}
+            "learning_rate": 1e-3, "backbone_options": {}, "first_order": "learned", "seed": 0,
+            "per_field": False}
 
 
 def shared_embeddings(model, dataset: tf.data.Dataset, rows: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -141,13 +150,20 @@ def alignment_report(model, train_data: tf.data.Dataset, valid_data: tf.data.Dat
     :data:`DEFAULTS`' keys. Sets the global random seed (to ``seed``)."""
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"alignment: unknown options {unknown}; known: {sorted(DEFAULTS)}")
+        raise ConfigError(f"alignment: unknown options {unknown}; known: {sorted(DEFAULTS)}")
     o = {**DEFAULTS, **options}
     tf.keras.utils.set_random_seed(int(o["seed"]))  # before the data: a seeded shuffle takes the global seed too
     train = shared_embeddings(model, train_data() if callable(train_data) else train_data, int(o["train_rows"]))
     valid = shared_embeddings(model, valid_data() if callable(valid_data) else valid_data, int(o["valid_rows"]))
-    result = discriminator_auc(train, valid, o["epochs"], o["batch_size"], o["learning_rate"],
-                               o["backbone_options"], o["first_order"], o["seed"])
+    fit = [o[k] for k in ("epochs", "batch_size", "learning_rate", "backbone_options", "first_order", "seed")]
+    result = discriminator_auc(train, valid, *fit)
+    per_field = None
+    if o["per_field"]:
+        names = list(getattr(model, "shared_field_features", None) or
+                     [f"field {i}" for i in range(train[0].shape[1])])
+        per_field = [{"field": name, **{k: v for k, v in discriminator_auc(
+            (train[0][:, i:i + 1], train[1]), (valid[0][:, i:i + 1], valid[1]), *fit).items() if k != "history"}}
+            for i, name in enumerate(names)]
     framework_options = getattr(model, "options", None)
     return {"auc": result["auc"], "train_auc": result["train_auc"],
             "head_share": {"train": float(train[1].mean()), "valid": float(valid[1].mean())},
@@ -157,8 +173,9 @@ def alignment_report(model, train_data: tf.data.Dataset, valid_data: tf.data.Dat
             "e_sh_rms": {"train": float(np.sqrt(np.mean(np.square(train[0], dtype=np.float64)))),
                          "valid": float(np.sqrt(np.mean(np.square(valid[0], dtype=np.float64))))},
             "alignment": framework_options.get("alignment") if isinstance(framework_options, dict) else None,
-            "discriminator": {"model": "deepfm", **{k: o[k] for k in DEFAULTS if k not in ("train_rows", "valid_rows")}},
-            "history": result["history"]}
+            "discriminator": {"model": "deepfm", **{k: o[k] for k in DEFAULTS
+                                                    if k not in ("train_rows", "valid_rows", "per_field")}},
+            "history": result["history"], **({"per_field": per_field} if per_field is not None else {})}
 
 
 def summary(record: dict) -> Dict[str, float]:
@@ -185,15 +202,18 @@ def markdown(record: dict) -> str:
              f"| discriminator AUC (its training rows) | {_number(record['train_auc'])} |",
              f"| head share ({record['splits']['train']}) | {_number(record['head_share']['train'])} |",
              f"| head share ({record['splits']['valid']}) | {_number(record['head_share']['valid'])} |"]
+    if record.get("per_field"):
+        lines += ["", "The same discriminator on each field of E_sh alone (highest AUC first):", "",
+                  f"| field | AUC ({record['splits']['valid']}) | AUC (its training rows) |", "|---|---|---|"]
+        ranked = sorted(record["per_field"], key=lambda r: -1.0 if r["auc"] is None else -r["auc"])
+        lines += [f"| {r['field']} | {_number(r['auc'])} | {_number(r['train_auc'])} |" for r in ranked]
     return "\n".join(lines) + "\n"
 
 
 def write_report(out_dir: str, record: dict) -> None:
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "alignment.json"), "w") as fh:
-        json.dump(record, fh, indent=1)
-    with open(os.path.join(out_dir, "alignment.md"), "w") as fh:
-        fh.write(markdown(record))
+    write_file_atomic(os.path.join(out_dir, "alignment.json"), json.dumps(record, indent=1))
+    write_file_atomic(os.path.join(out_dir, "alignment.md"), markdown(record))
 
 
 def _last_fit_stage(model) -> Optional[str]:

@@ -42,6 +42,12 @@ SUMMARIES: Dict[str, Callable[[dict], Dict[str, float]]] = {
 }
 
 
+# analysis -> analyze(run_dir, **options) -> record: run again on a completed run (``ctrflow analyze``)
+RERUNS: Dict[str, Callable[..., dict]] = {
+    "alignment": alignment.analyze_run,  # its saved model's E_sh; options: pipeline.alignment.DEFAULTS
+}
+
+
 def run_summaries(run_dir: str) -> Dict[str, Dict[str, float]]:
     """{analysis: summary} of the analyses in :data:`SUMMARIES` that the run wrote."""
     out = {}

@@ -7,6 +7,7 @@
     ctrflow evaluate   RUN_DIR [--split test ...] [--ad-stats RAW/ads.parquet] [--visual-truth RAW]
     ctrflow compare    --config configs/compare_backbones.yaml
     ctrflow export     RUN_DIR --out BASE [--keep N] [--overwrite]
+    ctrflow analyze    RUN_DIR alignment [--option per_field=true ...]
     ctrflow demo       [--out demo_out]
 
 Every config is strict YAML: an unknown option, or a value of the wrong type or out of range,
@@ -101,6 +102,13 @@ def cmd_export(args):
     print(json.dumps(info, indent=2, default=str))
 
 
+def cmd_analyze(args):
+    from pipeline.analyses import RERUNS
+
+    record = RERUNS[args.analysis](args.run_dir, **_overrides(args.option))
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2, default=str))
+
+
 def cmd_demo(args):
     from pipeline.demo import run_demo
 
@@ -176,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "deleted but versions export wrote, beyond --keep); models.config is always merged, never "
                        "replaced")
     ex.set_defaults(fn=cmd_export)
+
+    an = sub.add_parser("analyze", help="run a run analysis again on a completed run, with other options "
+                                        "(written under RUN_DIR/analysis/)")
+    an.add_argument("run_dir")
+    an.add_argument("analysis", choices=["alignment"])
+    an.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="an option of the analysis (YAML value), e.g. per_field=true")
+    an.set_defaults(fn=cmd_analyze)
 
     dm = sub.add_parser("demo", help="simulate -> preprocess -> train -> evaluate -> export on default data")
     dm.add_argument("--out", default="demo_out")

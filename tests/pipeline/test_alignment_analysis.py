@@ -56,6 +56,21 @@ def test_group_carried_perfectly_gives_auc_near_one():
     assert len(record["history"]) == SMALL["epochs"] and record["history"][-1] < record["history"][0]
 
 
+def test_per_field_names_the_field_that_carries_the_group(tmp_path):
+    def one_hot(g, noise):  # field 1 carries the group, fields 0 and 2 noise
+        head = tf.stack([g, 1.0 - g, tf.zeros_like(g), tf.zeros_like(g)], axis=1)
+        return tf.concat([noise[:, :1], head[:, None, :], noise[:, 2:]], axis=1)
+
+    record, _ = _report(one_hot, per_field=True)
+    assert [r["field"] for r in record["per_field"]] == ["field 0", "field 1", "field 2"]
+    aucs = [r["auc"] for r in record["per_field"]]
+    assert aucs[1] > 0.99 and abs(aucs[0] - 0.5) < 0.06 and abs(aucs[2] - 0.5) < 0.06
+    assert "per_field" not in record["discriminator"]
+    A.write_report(str(tmp_path), record)
+    table = open(tmp_path / "alignment.md").read().split("highest AUC first")[1]
+    assert table.index("| field 1 |") < table.index("| field 0 |")  # ranked
+
+
 @pytest.mark.parametrize("first_order", ["learned", "zeros"])
 def test_constant_e_sh_gives_auc_one_half(first_order):
     record, _ = _report(lambda g, noise: tf.ones_like(noise), first_order=first_order)
@@ -116,3 +131,14 @@ def test_a_tiny_hda_run_writes_it_and_the_saved_model_agrees(sim_data, tmp_path)
     assert again["rows"] == written["rows"] and again["head_share"] == written["head_share"]
     assert again["e_sh_rms"] == pytest.approx(written["e_sh_rms"], rel=1e-9)  # the same E_sh
     assert again["auc"] == pytest.approx(written["auc"], abs=1e-9)  # the same rows and discriminator
+
+    from pipeline.cli import main  # per field, from the command line: E_sh's fields named by their features
+    small = ["epochs=1", "per_field=true", "backbone_options={dnn_units: [8]}", "train_rows=2000", "valid_rows=1000"]
+    assert main(["analyze", run_dir, "alignment", *[a for o in small for a in ("--option", o)]]) == 0
+    with open(os.path.join(run_dir, "analysis", "alignment.json")) as fh:
+        per_field = json.load(fh)["per_field"]
+    from features.schema import Schema
+    from models.embedding import plan_fields
+    features = [f.feature for f in plan_fields(Schema.load(cfg.data_dir))]
+    assert sorted(r["field"] for r in per_field) == sorted(features) and len(per_field) == written["fields"]
+    assert main(["analyze", run_dir, "alignment", "--option", "rows=3"]) == 2  # an unknown option: one message
