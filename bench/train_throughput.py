@@ -121,15 +121,14 @@ def export_numpy(data: str, path: str) -> None:
     np.savez(path, **arrays)
 
 
-def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, epochs: int,
-                    dropout: float, dropout_impl: str) -> dict:
+def build_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, dropout: float,
+                  dropout_impl: str):
+    """(compiled model, cached shuffled train batches) of the benchmark's configuration (module docstring)."""
     import tensorflow as tf
 
     from features.schema import Schema
     from models.factory import build_model
-    from pipeline import metrics as M
     from pipeline.data import make_dataset
-    from pipeline.predict import predict_labels
 
     tf.keras.utils.set_random_seed(seed)
     tf.keras.mixed_precision.set_global_policy(precision)
@@ -138,7 +137,16 @@ def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed:
                         backbone_options={"dnn_units": UNITS, "dnn_dropout": dropout}, embedding_dim=EMB)
     model.compile(tf.keras.optimizers.Adam(LR), loss={"click": "binary_crossentropy"}, jit_compile=xla,
                   dropout_impl=dropout_impl)
-    train = make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=seed, labels=["click"])
+    return model, make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=seed, labels=["click"])
+
+
+def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, epochs: int,
+                    dropout: float, dropout_impl: str) -> dict:
+    from pipeline import metrics as M
+    from pipeline.data import make_dataset
+    from pipeline.predict import predict_labels
+
+    model, train = build_ctrflow(data, model_name, xla, precision, seed, dropout, dropout_impl)
     evals = {s: make_dataset(data, s, BATCH, shuffle=False, cache=True, labels=["click"]) for s in ("valid", "test")}
     rows = sum(int(b[1]["click"].shape[0]) for b in train)
     def split_aucs():

@@ -189,24 +189,25 @@ def dropout(x, rate: float, impl: Optional[str] = None):
     measured on a quiet machine. The two implementations draw different masks from the
     same seed, so switching (``TrainConfig.dropout_impl``) changes a run's draws.
     """
-    impl = impl or (_STEP_SEEDS[-1][2] if _STEP_SEEDS else "bits")
-    if impl not in DROPOUT_IMPLS:
-        raise ValueError(f"dropout impl {impl!r} not in {DROPOUT_IMPLS}")
-    if impl == "uniform":
+    with tf.name_scope("dropout"):  # its ops (and their gradients) named as such in a profile
+        impl = impl or (_STEP_SEEDS[-1][2] if _STEP_SEEDS else "bits")
+        if impl not in DROPOUT_IMPLS:
+            raise ValueError(f"dropout impl {impl!r} not in {DROPOUT_IMPLS}")
+        if impl == "uniform":
+            seed = _op_seed()
+            if seed is None:
+                return tf.nn.dropout(x, rate)
+            return tf.nn.experimental.stateless_dropout(x, rate, seed)
+        threshold = dropout_threshold(rate)
+        x = tf.convert_to_tensor(x)
+        if threshold == 0:
+            return x
         seed = _op_seed()
-        if seed is None:
-            return tf.nn.dropout(x, rate)
-        return tf.nn.experimental.stateless_dropout(x, rate, seed)
-    threshold = dropout_threshold(rate)
-    x = tf.convert_to_tensor(x)
-    if threshold == 0:
-        return x
-    seed = _op_seed()
-    size = x.shape.num_elements()
-    bits = tf.reshape(_draw_bits(tf.size(x) if size is None else size, seed), tf.shape(x))
-    keep = bits >= tf.constant(threshold - (1 << (DROPOUT_BITS - 1)), tf.int16)  # signed: draw - 2^15 >= T - 2^15
-    scale = tf.convert_to_tensor(1.0 / (1.0 - float(rate)), dtype=x.dtype)  # as tf.nn.dropout rounds it
-    return _masked(x, tf.where(keep, scale, tf.zeros([], x.dtype)))
+        size = x.shape.num_elements()
+        bits = tf.reshape(_draw_bits(tf.size(x) if size is None else size, seed), tf.shape(x))
+        keep = bits >= tf.constant(threshold - (1 << (DROPOUT_BITS - 1)), tf.int16)  # signed: draw - 2^15 >= T - 2^15
+        scale = tf.convert_to_tensor(1.0 / (1.0 - float(rate)), dtype=x.dtype)  # as tf.nn.dropout rounds it
+        return _masked(x, tf.where(keep, scale, tf.zeros([], x.dtype)))
 
 
 @tf.custom_gradient
