@@ -7,7 +7,9 @@ with "an additional discriminator", DeepFM, predicting whether a sample belongs 
 long-tail user from E_sh, and reports its AUC: 0.5 = nothing of the group is left (no alignment,
 mapping only, adversarial only, both). Here:
 
-- E_sh is read as served (``training=False``, no Gumbel draw: ``serving_mapping``), from the run's
+- E_sh is read as served (``training=False``, no Gumbel draw: ``serving_mapping``; ``draw: true``
+  reads X_t as stage 1b trains on it, a draw from T[x], the only read for which Theorem 4.2's
+  I(E_sh; G) <= I(X_t; G) holds: the ``expectation`` read is a one-to-one function of x), from the run's
   model when its last fit stage ends (the weights the run saves: stage 3, calibration, leaves E_sh
   alone), or from a completed run loaded by :func:`analyze_run` (``serving.run_artifacts.load_model``);
 - the discriminator is a *fresh* DeepFM, the registered backbone (``get_backbone("deepfm", F, d,
@@ -67,12 +69,12 @@ GROUP = "_group"  # the side input holding a row's group (models.domains.GROUP_I
 FIRST_ORDER = ("learned", "zeros")
 DEFAULTS = {"train_rows": 50_000, "valid_rows": 50_000, "epochs": 3, "batch_size": 1024,
             "learning_rate": 1e-3, "backbone_options": {}, "first_order": "learned", "seed": 0,
-            "per_field": False}
+            "per_field": False, "draw": False}
 
 
-def shared_embeddings(model, dataset: tf.data.Dataset, rows: int) -> Tuple[np.ndarray, np.ndarray]:
+def shared_embeddings(model, dataset: tf.data.Dataset, rows: int, draw: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """(E_sh [n, F, d] float32, group [n] int64) of the first ``rows`` rows of ``dataset`` whose group
-    is 0 or 1, read as served (``model.shared_fields(x, training=False)``)."""
+    is 0 or 1, read as served (``model.shared_fields(x, training=False)``) or with X_t drawn (``draw``)."""
     fields, groups, seen = [], [], 0
     for batch in dataset:
         x = tf.keras.utils.unpack_x_y_sample_weight(batch)[0]
@@ -81,7 +83,7 @@ def shared_embeddings(model, dataset: tf.data.Dataset, rows: int) -> Tuple[np.nd
         g = x[GROUP].numpy().reshape(-1)
         keep = np.flatnonzero(np.isin(g, (0, 1)))[:rows - seen]
         if len(keep):
-            e = np.asarray(model.shared_fields(x, training=False).fields, np.float32)
+            e = np.asarray(model.shared_fields(x, training=False, draw=draw).fields, np.float32)
             fields.append(e[keep])
             groups.append(g[keep].astype(np.int64))
             seen += len(keep)
@@ -153,14 +155,16 @@ def alignment_report(model, train_data: tf.data.Dataset, valid_data: tf.data.Dat
         raise ConfigError(f"alignment: unknown options {unknown}; known: {sorted(DEFAULTS)}")
     o = {**DEFAULTS, **options}
     tf.keras.utils.set_random_seed(int(o["seed"]))  # before the data: a seeded shuffle takes the global seed too
-    train = shared_embeddings(model, train_data() if callable(train_data) else train_data, int(o["train_rows"]))
-    valid = shared_embeddings(model, valid_data() if callable(valid_data) else valid_data, int(o["valid_rows"]))
+    train = shared_embeddings(model, train_data() if callable(train_data) else train_data, int(o["train_rows"]),
+                              bool(o["draw"]))
+    valid = shared_embeddings(model, valid_data() if callable(valid_data) else valid_data, int(o["valid_rows"]),
+                              bool(o["draw"]))
     fit = [o[k] for k in ("epochs", "batch_size", "learning_rate", "backbone_options", "first_order", "seed")]
     result = discriminator_auc(train, valid, *fit)
     per_field = None
     if o["per_field"]:
-        names = list(getattr(model, "shared_field_features", None) or
-                     [f"field {i}" for i in range(train[0].shape[1])])
+        names = field_names(getattr(model, "shared_field_features", None) or
+                            [f"field {i}" for i in range(train[0].shape[1])])
         per_field = [{"field": name, **{k: v for k, v in discriminator_auc(
             (train[0][:, i:i + 1], train[1]), (valid[0][:, i:i + 1], valid[1]), *fit).items() if k != "history"}}
             for i, name in enumerate(names)]
@@ -173,9 +177,22 @@ def alignment_report(model, train_data: tf.data.Dataset, valid_data: tf.data.Dat
             "e_sh_rms": {"train": float(np.sqrt(np.mean(np.square(train[0], dtype=np.float64)))),
                          "valid": float(np.sqrt(np.mean(np.square(valid[0], dtype=np.float64))))},
             "alignment": framework_options.get("alignment") if isinstance(framework_options, dict) else None,
+            "read": "draw" if o["draw"] else "served",
             "discriminator": {"model": "deepfm", **{k: o[k] for k in DEFAULTS
-                                                    if k not in ("train_rows", "valid_rows", "per_field")}},
+                                                    if k not in ("train_rows", "valid_rows", "per_field", "draw")}},
             "history": result["history"], **({"per_field": per_field} if per_field is not None else {})}
+
+
+def field_names(features: List[str]) -> List[str]:
+    """One name per field: the feature's, with ``[k]`` after it when the feature makes several
+    fields (MNSE's digits, a pretrained vector's parts)."""
+    counts = {f: features.count(f) for f in features}
+    seen: Dict[str, int] = {}
+    out = []
+    for f in features:
+        seen[f] = seen.get(f, -1) + 1
+        out.append(f"{f}[{seen[f]}]" if counts[f] > 1 else f)
+    return out
 
 
 def summary(record: dict) -> Dict[str, float]:
@@ -191,10 +208,12 @@ def _number(value) -> str:
 def markdown(record: dict) -> str:
     """The record's numbers as a short table, with what they were measured on."""
     d = record["discriminator"]
+    read = "with X_t drawn from T (as stage 1b trains)" if record.get("read") == "draw" else "as served"
     lines = [f"# Alignment of E_sh (HDA §5.5): alignment = {record['alignment']}", "",
              f"A fresh DeepFM (first-order terms: {d['first_order']}; options {d['backbone_options'] or 'default'}) "
              f"trained for {d['epochs']} epoch(s) on {record['rows']['train']} rows of '{record['splits']['train']}' "
-             f"to tell head from tail users' rows from E_sh ({record['fields']} fields x {record['embedding_dim']}), "
+             f"to tell head from tail users' rows from E_sh ({record['fields']} fields x {record['embedding_dim']}; "
+             f"read {read}), "
              f"scored on {record['rows']['valid']} rows of '{record['splits']['valid']}'. "
              f"AUC 0.5 = no group information left.", "",
              "| measure | value |", "|---|---|",

@@ -23,9 +23,10 @@ class Stub:
         self.make = make
 
     def shared_fields(self, inputs, training=False, draw=False):
-        assert training is False  # the serving read
+        assert training is False  # the serving read, or X_t drawn (``draw``)
         g = tf.cast(tf.reshape(inputs["_group"], [-1]), tf.float32)
-        return EmbeddedFields(self.make(g, tf.cast(inputs["noise"], tf.float32)), None)
+        fields = self.make(g, tf.cast(inputs["noise"], tf.float32))
+        return EmbeddedFields(fields * 0.0 if draw else fields, None)  # drawn: as if no group were left
 
 
 def _data(n, seed, head_share=0.3):
@@ -69,6 +70,13 @@ def test_per_field_names_the_field_that_carries_the_group(tmp_path):
     A.write_report(str(tmp_path), record)
     table = open(tmp_path / "alignment.md").read().split("highest AUC first")[1]
     assert table.index("| field 1 |") < table.index("| field 0 |")  # ranked
+    drawn, _ = _report(one_hot, draw=True)  # the model's drawn read is the one analysed
+    assert drawn["read"] == "draw" and record["read"] == "served" and drawn["auc"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_fields_of_one_feature_are_numbered():
+    assert A.field_names(["user_id", "price", "price", "bid", "price"]) == [
+        "user_id", "price[0]", "price[1]", "bid", "price[2]"]
 
 
 @pytest.mark.parametrize("first_order", ["learned", "zeros"])
@@ -140,5 +148,6 @@ def test_a_tiny_hda_run_writes_it_and_the_saved_model_agrees(sim_data, tmp_path)
     from features.schema import Schema
     from models.embedding import plan_fields
     features = [f.feature for f in plan_fields(Schema.load(cfg.data_dir))]
-    assert sorted(r["field"] for r in per_field) == sorted(features) and len(per_field) == written["fields"]
+    assert sorted(r["field"] for r in per_field) == sorted(A.field_names(features))
+    assert len(per_field) == written["fields"]
     assert main(["analyze", run_dir, "alignment", "--option", "rows=3"]) == 2  # an unknown option: one message
