@@ -44,7 +44,9 @@ and :class:`AlignmentAnalysis` take others). Written under ``<run_dir>/analysis/
 field of E_sh alone (named by the model's ``shared_field_features``), one AUC per field. It
 answers what the overall AUC cannot: whether the group leaks through a mapped field (whose
 mapping failed to merge head and tail values) or an unmapped one (numeric, multi-valued).
-``ctrflow analyze RUN_DIR alignment --option per_field=true`` runs it on a completed run.
+``ctrflow analyze RUN_DIR alignment --option per_field=true`` runs it on a completed run; a
+variant's files are named by its options (``alignment-per_field=true.json``), the run's own
+record stays.
 
 Registered in ``pipeline.analyses`` as ``alignment`` (HDA lists it in its ``analyses``); its summary
 (:func:`summary`, the discriminator's valid AUC) is what ``ctrflow compare`` tabulates.
@@ -229,10 +231,18 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str, record: dict) -> None:
+def report_name(options: dict) -> str:
+    """``alignment``, or ``alignment-<k=v,...>`` for the options that differ from :data:`DEFAULTS`: a
+    variant of the analysis is written beside the run's own record, which ``compare`` reads."""
+    changed = sorted(f"{k}={json.dumps(v, sort_keys=True).replace(' ', '')}" for k, v in options.items()
+                     if DEFAULTS.get(k) != v)
+    return "alignment" + (f"-{','.join(changed)}" if changed else "")
+
+
+def write_report(out_dir: str, record: dict, name: str = "alignment") -> None:
     os.makedirs(out_dir, exist_ok=True)
-    write_file_atomic(os.path.join(out_dir, "alignment.json"), json.dumps(record, indent=1))
-    write_file_atomic(os.path.join(out_dir, "alignment.md"), markdown(record))
+    write_file_atomic(os.path.join(out_dir, f"{name}.json"), json.dumps(record, indent=1))
+    write_file_atomic(os.path.join(out_dir, f"{name}.md"), markdown(record))
 
 
 def _last_fit_stage(model) -> Optional[str]:
@@ -294,7 +304,7 @@ def alignment_callbacks(cfg, run_dir: str, tasks: List[str]) -> List[tf.keras.ca
 
 def analyze_run(run_dir: str, write: bool = True, **options) -> dict:
     """The analysis of a completed run (its saved model, ``serving.run_artifacts.load_model``):
-    the record, written under ``<run_dir>/analysis/`` when ``write``."""
+    the record, written under ``<run_dir>/analysis/`` when ``write`` (as :func:`report_name`)."""
     import types
 
     import yaml
@@ -309,5 +319,5 @@ def analyze_run(run_dir: str, write: bool = True, **options) -> dict:
     model(tf.keras.utils.unpack_x_y_sample_weight(next(iter(valid())))[0], training=False)  # build: the weights restore
     record = alignment_report(model, train, valid, (cfg.train_split, cfg.valid_split), **options)
     if write:
-        write_report(os.path.join(run_dir, "analysis"), record)
+        write_report(os.path.join(run_dir, "analysis"), record, report_name(options))
     return record

@@ -74,6 +74,12 @@ def test_per_field_names_the_field_that_carries_the_group(tmp_path):
     assert drawn["read"] == "draw" and record["read"] == "served" and drawn["auc"] == pytest.approx(0.5, abs=0.03)
 
 
+def test_a_variant_s_report_is_named_by_the_options_it_changes():
+    assert A.report_name({}) == A.report_name({"epochs": 3, "draw": False}) == "alignment"  # the defaults
+    assert A.report_name({"per_field": True, "backbone_options": {"dnn_units": [8]}, "epochs": 3}) == \
+        'alignment-backbone_options={"dnn_units":[8]},per_field=true'
+
+
 def test_fields_of_one_feature_are_numbered():
     assert A.field_names(["user_id", "price", "price", "bid", "price"]) == [
         "user_id", "price[0]", "price[1]", "bid", "price[2]"]
@@ -143,8 +149,12 @@ def test_a_tiny_hda_run_writes_it_and_the_saved_model_agrees(sim_data, tmp_path)
     from pipeline.cli import main  # per field, from the command line: E_sh's fields named by their features
     small = ["epochs=1", "per_field=true", "backbone_options={dnn_units: [8]}", "train_rows=2000", "valid_rows=1000"]
     assert main(["analyze", run_dir, "alignment", *[a for o in small for a in ("--option", o)]]) == 0
-    with open(os.path.join(run_dir, "analysis", "alignment.json")) as fh:
+    name = A.report_name({"epochs": 1, "per_field": True, "backbone_options": {"dnn_units": [8]},
+                          "train_rows": 2000, "valid_rows": 1000})
+    with open(os.path.join(run_dir, "analysis", f"{name}.json")) as fh:
         per_field = json.load(fh)["per_field"]
+    with open(os.path.join(run_dir, "analysis", "alignment.json")) as fh:
+        assert json.load(fh) == written  # the run's own record stays
     from features.schema import Schema
     from models.embedding import plan_fields
     features = [f.feature for f in plan_fields(Schema.load(cfg.data_dir))]
