@@ -123,8 +123,9 @@ def profile(data: str, precision: str, dropout_impl: str, warmup: int, steps: in
     by_kind, by_type = collections.Counter(), collections.Counter()
     for name, ms in fastest.items():
         scoped, op_type = name.rsplit(":", 1)
-        by_kind[kind_of(scoped, op_type)] += ms / steps
-        by_type[f"{kind_of(scoped, op_type)}: {op_type}"] += ms / steps
+        kind = kind_of(scoped, op_type)
+        by_kind[kind] += ms / steps
+        by_type[f"{kind}: {op_type}"] += ms / steps
     top = sorted(fastest.items(), key=lambda kv: -kv[1])[:25]
     return {"steps": steps, "wall_ms_per_step_best": min(walls), "wall_ms_per_step_median": statistics.median(walls),
             "op_ms_per_step": {k: by_kind.get(k, 0.0) for k in KINDS},

@@ -163,7 +163,7 @@ class HDA(FrameworkModel):
                 raise OptionError(f"{self.framework_name}: backbone '{backbone}' wants fields of another width "
                                   f"than the embedding's (FFM); choose another backbone")
         info = field_info(schema, order)
-        self.shared_field_features = [s.feature for s in plan_fields(schema, order)]  # E_sh's fields, in order
+        self.shared_field_features = [feature for feature, _ in info]  # E_sh's fields, in order
         with precision_sensitive():
             self.groups = UserGroups(self.user_feature, schema.feature(self.user_feature).num_ids, name="user_groups")
             self.mappings = {f: FieldMapping(schema.feature(f).num_ids, top_k=o["top_k"],
