@@ -130,3 +130,46 @@ def test_stem_over_the_user_groups_learns_them_for_serving(sim_data, tmp_path):
     as_tail = model({**x, "_group": tf.zeros_like(x["_group"])}, training=False)["click"].numpy()
     head = x["_group"].numpy().reshape(-1) == 1
     assert head.any() and np.abs(as_tail - told).reshape(-1)[head].min() > 0  # the head tower scores head rows
+
+
+def _hda(schema, **options):
+    tf.keras.utils.set_random_seed(5)
+    return build_model(model_schema(schema, schema.feature_names), ["click"], backbone="dnn",
+                       backbone_options={"dnn_units": [16]}, embedding_dim=4, framework="hda",
+                       framework_options={"top_k": 40, **options})
+
+
+def test_specific_only_features_stay_out_of_e_sh_and_reach_the_residual_model(sim_data):
+    """``specific_only_features``: E_sh (and so M_sh, D and the alignment) never reads them; stage
+    2's M_sp does, with zeros on E_sh's side of their fields; a name not in the model is an error."""
+    from models.options import OptionError
+
+    schema = Schema.load(sim_data)
+    unshared = ["user_pretrained", "hist_item"]
+    model = _hda(schema, specific_only_features=unshared)
+    plain = _hda(schema)
+    x = next(iter(make_dataset(sim_data, "valid", 64, labels=["click"], schema=schema)))[0]
+    other = {**x, "user_pretrained": tf.random.normal(tf.shape(x["user_pretrained"]), seed=1),
+             "hist_item": tf.reverse(x["hist_item"], axis=[0])}
+    for m in (model, plain):
+        m(x, training=False)
+        m.enter_stage("residual")
+    assert not set(unshared) & set(model.shared_field_features)
+    assert set(unshared) <= set(plain.shared_field_features)
+    assert len(model.shared_field_features) == len(plain.shared_field_features) - 2
+    np.testing.assert_array_equal(model.shared_fields(x, training=False).fields.numpy(),
+                                  model.shared_fields(other, training=False).fields.numpy())
+    assert not np.array_equal(plain.shared_fields(x, training=False).fields.numpy(),
+                              plain.shared_fields(other, training=False).fields.numpy())
+    served = model(x, training=False)["click"].numpy()
+    assert np.abs(model(other, training=False)["click"].numpy() - served).max() > 1e-6  # M_sp reads them
+    model.enter_stage("shared")
+    np.testing.assert_array_equal(model(other, training=False)["click"].numpy(),
+                                  model(x, training=False)["click"].numpy())  # M_sh does not
+    rebuilt = HDA.from_config(model.get_config())
+    assert rebuilt.options["specific_only_features"] == unshared
+    assert rebuilt.shared_field_features == model.shared_field_features
+    with pytest.raises(OptionError, match="specific_only_features.*'nope'"):
+        _hda(schema, specific_only_features=["nope"])
+    with pytest.raises(OptionError, match="residual"):
+        _hda(schema, specific_only_features=unshared, residual=False)

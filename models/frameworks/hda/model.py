@@ -20,7 +20,10 @@ Choices where the paper is silent or loose:
   (sum_j T[x, j] E_sh[j], the default) or ``most_likely`` (E_sh[argmax_j T[x, j]]).
 - Mapped fields: every scalar categorical feature (vocab / hash / bucketize, one id per row;
   ``mapped_features`` names others); multi-valued, numeric (MNSE, identity, dense) features
-  enter E_sh unmapped: T is defined over discrete values only.
+  enter E_sh unmapped: T is defined over discrete values only. Such a feature can carry the
+  group into E_sh past the mapping (a pretrained user vector, behaviour sequences; the paper's
+  datasets have none): ``specific_only_features`` keeps it out of E_sh, so only stage 2's E_sp
+  reads it (M_sp sees zeros on E_sh's side of its fields).
 - Eq. 10 adds logits: y_a = sigma(z_sh + z_sp), so stage 2 learns a correction of the frozen
   shared prediction on the logit scale, and y_a stays a probability.
 - Re-balancing (Eq. 11-12, ``rebalancing``): in the stage whose prediction is served
@@ -75,6 +78,7 @@ DEFAULTS = {
     "freeze_shared": True,            # E_sh, M_sh frozen in stage 2 (Appendix B.2: false)
     "serving_mapping": "expectation",  # expectation | most_likely (how X_t is read outside stage 1b)
     "mapped_features": None,          # null: every scalar categorical feature
+    "specific_only_features": [],     # features E_sh leaves out (stage 2's E_sp alone reads them); [] = the paper
     "user_feature": None,             # null: the schema's one personal scalar categorical feature
     "top_k": mapping_module.DEFAULT_TOP_K,
     "init_probability": mapping_module.DEFAULT_INIT_PROBABILITY,
@@ -88,7 +92,8 @@ RANGES = {"lambda1": "[0, inf)", "lambda2": "[0, inf)", "eta": "[0, inf)", "loss
           "top_k": "[1, inf)", "init_probability": "(0, 1)", "mapping_steps": "[0, inf)",
           "mapping_learning_rate": "(0, inf)", "discriminator_units": "[1, inf)", "calibration_iterations": "[1, inf)"}
 CHOICES = {"alignment": ALIGNMENTS, "rebalancing": REBALANCING, "serving_mapping": ("expectation", "most_likely")}
-TYPES = {"discriminator_units": list, "mapped_features": (list, type(None)), "user_feature": (str, type(None))}
+TYPES = {"discriminator_units": list, "mapped_features": (list, type(None)), "specific_only_features": list,
+         "user_feature": (str, type(None))}
 
 
 @tf.keras.utils.register_keras_serializable("ctrflow")
@@ -153,17 +158,20 @@ class HDA(FrameworkModel):
         features = list(dict.fromkeys(self.embedding_options.get("features") or
                                       [s.feature for s in plan_fields(schema)]))
         self.user_feature = user_feature_of(schema, o["user_feature"])
-        self.mapped = self._mapped_features(features) if o["alignment"] in ("both", "mapping") else []
-        rest = [f for f in features if f not in self.mapped]
-        order = self.mapped + rest  # E_sh's and E_sp's field order: the mapped fields first
-        num_fields = len(plan_fields(schema, order))
+        specific_only = self._specific_only_features(features)
+        shared = [f for f in features if f not in specific_only]
+        self.mapped = self._mapped_features(shared) if o["alignment"] in ("both", "mapping") else []
+        rest = [f for f in shared if f not in self.mapped]
+        order = self.mapped + rest + specific_only  # E_sp's field order; E_sh's is its prefix without specific_only
+        shared_info, info = field_info(schema, self.mapped + rest), field_info(schema, order)
+        num_shared, num_fields = len(shared_info), len(info)
         d = self.embedding_dim
         for width in (d, 2 * d):
             if cls.input_embedding_dim(num_fields, width, self.backbone_options) != width:
                 raise OptionError(f"{self.framework_name}: backbone '{backbone}' wants fields of another width "
                                   f"than the embedding's (FFM); choose another backbone")
-        info = field_info(schema, order)
-        self.shared_field_features = [feature for feature, _ in info]  # E_sh's fields, in order
+        self.shared_field_features = [feature for feature, _ in shared_info]  # E_sh's fields, in order
+        self._specific_only_fields = num_fields - num_shared  # E_sp's last fields: zeros on E_sh's side
         with precision_sensitive():
             self.groups = UserGroups(self.user_feature, schema.feature(self.user_feature).num_ids, name="user_groups")
             self.mappings = {f: FieldMapping(schema.feature(f).num_ids, top_k=o["top_k"],
@@ -177,10 +185,10 @@ class HDA(FrameworkModel):
             self.shared_embedding = (FeatureEmbedding(schema_dict, embedding_dim=d, linear=cls.uses_linear,
                                                       features=rest, name="shared_embedding", **embedding_options)
                                      if rest else None)
-            self.shared_backbone = get_backbone(backbone, num_fields, d, info, layer_name="shared_backbone",
+            self.shared_backbone = get_backbone(backbone, num_shared, d, shared_info, layer_name="shared_backbone",
                                                 **self.backbone_options)
             self.discriminator = Tower(o["discriminator_units"], o["activation"], name="discriminator")
-            self.discriminator.build((None, num_fields * d))
+            self.discriminator.build((None, num_shared * d))
             self.specific_embedding = FeatureEmbedding(schema_dict, embedding_dim=d, linear=cls.uses_linear,
                                                        features=order, name="specific_embedding",
                                                        **embedding_options)
@@ -202,6 +210,21 @@ class HDA(FrameworkModel):
             raise OptionError(f"framework_options.mapped_features: {wrong} not scalar categorical features of the "
                               f"model; mappable: {scalar}")
         return [f for f in scalar if f in named]
+
+    def _specific_only_features(self, features: List[str]) -> List[str]:
+        """``specific_only_features`` in the model's field order: features that would carry the
+        group into E_sh unmapped (e.g. a pretrained user vector, behaviour sequences)."""
+        named = self.options["specific_only_features"]
+        wrong = sorted(set(named) - set(features))
+        if wrong:
+            raise OptionError(f"framework_options.specific_only_features: {wrong} not features of the model; "
+                              f"its features: {features}")
+        if named and not self.options["residual"]:
+            raise OptionError("framework_options.specific_only_features needs the residual stage (residual: true): "
+                              "without it no model reads them")
+        if set(named) >= set(features):
+            raise OptionError("framework_options.specific_only_features names every feature: E_sh would be empty")
+        return [f for f in features if f in named]
 
     # ---- stages --------------------------------------------------------------------------------
     @property
@@ -300,7 +323,11 @@ class HDA(FrameworkModel):
             aux["group_logit"] = tf.cast(self.discriminator(flat, training=training)[1], tf.float32)
         if self.options["residual"] and not in_shared:
             sp = self.specific_embedding(inputs, training=training)
-            both = EmbeddedFields(tf.concat([sh.fields, tf.cast(sp.fields, sh.fields.dtype)], axis=-1), sp.linear)
+            sh_fields = sh.fields
+            if self._specific_only_fields:  # E_sh has no such fields: zeros beside their e_sp
+                zeros = tf.zeros([tf.shape(sh_fields)[0], self._specific_only_fields, self.embedding_dim], sh_fields.dtype)
+                sh_fields = tf.concat([sh_fields, zeros], axis=1)
+            both = EmbeddedFields(tf.concat([sh_fields, tf.cast(sp.fields, sh_fields.dtype)], axis=-1), sp.linear)
             z = z + self.specific_backbone(both, training=training).logit  # Eq. 10, on logits
         z = tf.cast(z, tf.float32)
         if calibrated and self.options["calibration"] and self.stage == "calibration":
