@@ -25,7 +25,7 @@ from typing import List, Optional
 from features import _tfenv  # noqa: F401
 
 from features.errors import UserError
-from pipeline.config import load_config, parse_override
+from pipeline.config import ConfigError, load_config, parse_override
 from pipeline.visual_similarity import DEFAULT_MAX_DISTANCE
 
 
@@ -105,6 +105,8 @@ def cmd_export(args):
 def cmd_analyze(args):
     from pipeline.analyses import RERUNS
 
+    if args.analysis not in RERUNS:
+        raise ConfigError(f"analyze: no analysis '{args.analysis}' to run again; expected one of {sorted(RERUNS)}")
     record = RERUNS[args.analysis](args.run_dir, **_overrides(args.option))
     print(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2, default=str))
 
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="run a run analysis again on a completed run, with other options "
                                         "(written under RUN_DIR/analysis/)")
     an.add_argument("run_dir")
-    an.add_argument("analysis", choices=["alignment"])
+    an.add_argument("analysis", help="the analysis to run again: alignment (HDA's E_sh check)")
     an.add_argument("--option", action="append", metavar="KEY=VALUE",
                     help="an option of the analysis (YAML value), e.g. per_field=true")
     an.set_defaults(fn=cmd_analyze)

@@ -161,3 +161,4 @@ def test_a_tiny_hda_run_writes_it_and_the_saved_model_agrees(sim_data, tmp_path)
     assert sorted(r["field"] for r in per_field) == sorted(A.field_names(features))
     assert len(per_field) == written["fields"]
     assert main(["analyze", run_dir, "alignment", "--option", "rows=3"]) == 2  # an unknown option: one message
+    assert main(["analyze", run_dir, "alignmnet"]) == 2  # an unknown analysis: one message naming the known ones
