@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--check", action="store_true",
                      help="check every cell's config and build each method's model on a batch; train nothing")
     cmp.add_argument("--only", action="append", metavar="TEXT",
-                     help="only the methods whose name holds TEXT (repeatable), with the baseline: a part of a "
-                          "grid, whose runs the whole grid reuses later")
+                     help="only the methods whose name holds TEXT, or the one method named TEXT exactly (repeatable), "
+                          "with the baseline: a part of a grid, whose runs the whole grid reuses later")
 
     ld = sub.add_parser("load", help="turn a public dataset's files into raw Parquet")
     ld.add_argument("name")

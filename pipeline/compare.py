@@ -210,8 +210,12 @@ def only_methods(cfg: CompareConfig, patterns: List[str]) -> CompareConfig:
     """The grid restricted to the methods whose name holds one of ``patterns`` (and its baseline),
     ``select`` groups cut to the members kept: a part of a big grid trained or reported first
     (``ctrflow compare --only "(MLP)"``); its cells are the whole grid's, so a later run of the
-    whole grid reuses them."""
-    kept = {m: o for m, o in cfg.methods.items() if m == cfg.baseline or any(p in m for p in patterns)}
+    whole grid reuses them. A pattern that is a method's whole name keeps that method alone
+    (``--only DCN`` keeps DCN, not GDCN nor DCN+GPRec)."""
+    exact = [p for p in patterns if p in cfg.methods]
+    partial = [p for p in patterns if p not in cfg.methods]
+    kept = {m: o for m, o in cfg.methods.items()
+            if m == cfg.baseline or m in exact or any(p in m for p in partial)}
     if len(kept) == 1 and not any(p in cfg.baseline for p in patterns):
         raise ConfigError(f"--only {patterns}: no method's name holds any of them; methods: {sorted(cfg.methods)}")
     select = {row: [m for m in members if m in kept] for row, members in cfg.select.items()}

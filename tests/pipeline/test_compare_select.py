@@ -4,6 +4,7 @@ member's own row in "All variants", the choice in ``results.json``), and ``signi
 runner_up_one_sided`` gives each column's best row a one-sided paired t-test against the runner-up,
 starred when p < 0.05. Training and evaluation are faked (the runs' logged histories and test
 numbers are given), as in test_compare_slices.py."""
+import dataclasses
 import json
 import os
 
@@ -237,6 +238,11 @@ def test_only_keeps_the_matching_methods_and_the_baseline_and_the_whole_grid_reu
     assert list(only_methods(cfg, ["DCN"]).select) == []  # a group with no member kept is dropped
     with pytest.raises(ConfigError, match="no method's name holds"):
         only_methods(cfg, ["DESTINE"])
+    names = {m: {} for m in ["MLP", "DCN", "GDCN", "DCN+GPRec input", "GDCN+GPRec input"]}
+    by_name = dataclasses.replace(cfg, methods=names, select={})
+    assert list(only_methods(by_name, ["DCN"]).methods) == ["MLP", "DCN"]  # a whole name: that method alone
+    assert list(only_methods(by_name, ["DCN+GPRec input"]).methods) == ["MLP", "DCN+GPRec input"]
+    assert list(only_methods(by_name, ["GPRec"]).methods) == ["MLP", "DCN+GPRec input", "GDCN+GPRec input"]
 
     _fake_runs(monkeypatch)
     import pipeline.compare as compare
