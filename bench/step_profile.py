@@ -21,7 +21,7 @@ Kinds (first match wins): ``dropout`` (ops under a ``dropout`` name scope: both
 implementations, forward and gradient), ``matmul`` (MatMul / _FusedMatMul: the fused bias +
 ReLU forward included), ``bias+relu grad`` (BiasAddGrad, ReluGrad), ``finiteness checks``
 (IsFinite, All, Assert: ``models.steps.finite_or_stop``), ``optimizer`` (under ``Adam/``),
-``embedding`` (under ``embedding``: look-ups and their gradients), ``input`` (iterator ops),
+``embedding`` (under ``embedding``: look-ups and their gradients), ``input`` (tf.data's get-next),
 ``other`` (loss, casts, metrics...).
 
     python bench/step_profile.py [--movielens DIR] [--out docs/benchmarks/step_profile.json]
@@ -73,6 +73,11 @@ def kind_of(name: str, op_type: str) -> str:
     return "other"
 
 
+# tf.data's get-next is traced as a kernel event of its own, not as an executor op "name:Type" (which
+# left the ``input`` kind at 0 before): its time, the wait for the next batch included.
+GET_NEXT_EVENTS = {"IteratorGetNextOp::DoCompute": "IteratorGetNext:IteratorGetNext"}
+
+
 def op_times(logdir: str) -> dict:
     """{"name:Type": total ms} of the TF op events in the host plane of the trace under ``logdir``."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
@@ -90,6 +95,7 @@ def op_times(logdir: str) -> dict:
         for line in plane.lines:
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
+                name = GET_NEXT_EVENTS.get(name, name)
                 if "::" not in name and name.count(":") == 1 and not name.startswith("EagerLocalExecute"):
                     totals[name] += event.duration_ps / 1e9
     return dict(totals)

@@ -27,6 +27,7 @@ from step_profile import kind_of  # noqa: E402
     ("IsFinite_15:IsFinite", "finiteness checks"),
     ("Adam/UnsortedSegmentSum_9:UnsortedSegmentSum", "optimizer"),
     ("ctr_model/embedding/embedding_lookup_4:ResourceGather", "embedding"),
+    ("IteratorGetNext:IteratorGetNext", "input"),
     ("ctr_model/dnn/dnn/logit/BiasAdd:BiasAdd", "other"),
 ])
 def test_op_events_sorted_into_kinds(event, kind):
@@ -47,6 +48,7 @@ def test_a_profiled_run_finds_each_dropout_s_own_ops(tmp_path):
     uniform, bits = json.loads(out.read_text())["results"]
     for r in (uniform, bits):
         assert r["op_ms_per_step"]["dropout"] > 0 and r["op_ms_per_step"]["matmul"] > 0
+        assert r["op_ms_per_step"]["input"] > 0  # tf.data's get-next is traced under a name of its own
         assert r["op_ms_per_step_total"] == pytest.approx(sum(r["op_ms_per_step"].values()))
     # tf.nn's float uniforms before, 32-bit integer draws (split into 16-bit halves) after (both
     # implementations fold the step seed with an integer draw, which is no help to tell them apart)
