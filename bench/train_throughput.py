@@ -54,11 +54,15 @@ CATEGORICAL = ["user_id", "age_bucket", "gender", "city", "device", "occupation"
                "brand", "ad_id"]  # the simulator's fields; a MovieLens run reads its schema's
 MODELS = ("dnn", "deepfm", "dcnv2")
 SPLITS = ("train", "valid", "test")
-# ctrflow configuration -> (XLA, precision, dropout_impl); the uniform ones are tf.nn's stateless dropout, the
-# implementation before issue 15's 16-bit-draw dropout (``bits``, the default), measured beside it in one run
-CONFIGS = {"float32": (0, "float32", "bits"), "float32+xla": (1, "float32", "bits"),
-           "mixed_bfloat16": (0, "mixed_bfloat16", "bits"), "float32+uniform_dropout": (0, "float32", "uniform"),
-           "mixed_bfloat16+uniform_dropout": (0, "mixed_bfloat16", "uniform")}
+# ctrflow configuration -> (XLA, precision, dropout_impl, precision placement); the uniform ones are tf.nn's
+# stateless dropout, the implementation before issue 15's 16-bit-draw dropout (``bits``, the default), measured
+# beside it in one run; +mlp / +embeddings move more into bfloat16 than the default placement (models/layers.py)
+CONFIGS = {"float32": (0, "float32", "bits", "hidden"), "float32+xla": (1, "float32", "bits", "hidden"),
+           "mixed_bfloat16": (0, "mixed_bfloat16", "bits", "hidden"),
+           "mixed_bfloat16+mlp": (0, "mixed_bfloat16", "bits", "mlp"),
+           "mixed_bfloat16+embeddings": (0, "mixed_bfloat16", "bits", "embeddings"),
+           "float32+uniform_dropout": (0, "float32", "uniform", "hidden"),
+           "mixed_bfloat16+uniform_dropout": (0, "mixed_bfloat16", "uniform", "hidden")}
 DEFAULT_CONFIGS = ["float32", "float32+xla", "mixed_bfloat16"]
 DROPOUT = 0.2  # issue 15's profile: every library's MLP layers with dropout 0.2
 BATCH, EPOCHS, EMB, UNITS, LR = 4096, 5, 16, [400, 400, 400], 1e-3
@@ -122,31 +126,33 @@ def export_numpy(data: str, path: str) -> None:
 
 
 def build_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, dropout: float,
-                  dropout_impl: str):
+                  dropout_impl: str, placement: str = "hidden"):
     """(compiled model, cached shuffled train batches) of the benchmark's configuration (module docstring)."""
     import tensorflow as tf
 
     from features.schema import Schema
     from models.factory import build_model
+    from models.layers import mixed_precision
     from pipeline.data import make_dataset
 
     tf.keras.utils.set_random_seed(seed)
     tf.keras.mixed_precision.set_global_policy(precision)
     schema = Schema.load(data)
-    model = build_model(schema.to_dict(), ["click"], backbone=model_name,
-                        backbone_options={"dnn_units": UNITS, "dnn_dropout": dropout}, embedding_dim=EMB)
+    with mixed_precision(precision, placement):
+        model = build_model(schema.to_dict(), ["click"], backbone=model_name,
+                            backbone_options={"dnn_units": UNITS, "dnn_dropout": dropout}, embedding_dim=EMB)
     model.compile(tf.keras.optimizers.Adam(LR), loss={"click": "binary_crossentropy"}, jit_compile=xla,
                   dropout_impl=dropout_impl)
     return model, make_dataset(data, "train", BATCH, shuffle=True, cache=True, seed=seed, labels=["click"])
 
 
 def measure_ctrflow(data: str, model_name: str, xla: bool, precision: str, seed: int, epochs: int,
-                    dropout: float, dropout_impl: str) -> dict:
+                    dropout: float, dropout_impl: str, placement: str = "hidden") -> dict:
     from pipeline import metrics as M
     from pipeline.data import make_dataset
     from pipeline.predict import predict_labels
 
-    model, train = build_ctrflow(data, model_name, xla, precision, seed, dropout, dropout_impl)
+    model, train = build_ctrflow(data, model_name, xla, precision, seed, dropout, dropout_impl, placement)
     evals = {s: make_dataset(data, s, BATCH, shuffle=False, cache=True, labels=["click"]) for s in ("valid", "test")}
     rows = sum(int(b[1]["click"].shape[0]) for b in train)
     def split_aucs():
@@ -192,9 +198,10 @@ def _worker(args) -> None:
         result = {"library": "machine", **matmul_ceiling(len(fields(args.data)))}
     else:
         result = {"library": "ctrflow", "model": args.model, "xla": bool(args.xla), "precision": args.precision,
-                  "dropout": args.dropout, "dropout_impl": args.dropout_impl, "seed": args.seed}
+                  "dropout": args.dropout, "dropout_impl": args.dropout_impl, "placement": args.placement,
+                  "seed": args.seed}
         result.update(measure_ctrflow(args.data, args.model, bool(args.xla), args.precision, args.seed,
-                                      args.epochs, args.dropout, args.dropout_impl))
+                                      args.epochs, args.dropout, args.dropout_impl, args.placement))
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -222,6 +229,7 @@ def main() -> None:
     ap.add_argument("--xla", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--dropout-impl", default="bits", help=argparse.SUPPRESS)
+    ap.add_argument("--placement", default="hidden", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -237,10 +245,11 @@ def main() -> None:
     results = []
     for seed in args.seeds:  # seeds outermost: a slow spell of the machine hits every configuration alike
         for model in args.models:
-            for xla, precision, dropout_impl in (CONFIGS[c] for c in args.configs):
+            for xla, precision, dropout_impl, placement in (CONFIGS[c] for c in args.configs):
                 worker = ["--worker", "--model", model, "--xla", str(xla), "--precision", precision,
                           "--seed", str(seed), "--epochs", str(args.epochs), "--data", data,
                           "--dropout", str(args.dropout), "--dropout-impl", dropout_impl]
+                worker += ["--placement", placement] if placement != "hidden" else []  # a baseline may predate it
                 for repo in ([args.baseline_repo] if args.baseline_repo else []) + [REPO]:
                     result = run_worker([sys.executable, os.path.join(repo, "bench", "train_throughput.py"), *worker],
                                         cwd=repo)
@@ -265,7 +274,10 @@ def table(doc: dict) -> str:
 
 
 def _key(r) -> tuple:
-    return r["library"], r["model"], bool(r["xla"]), r.get("precision", "float32"), r.get("dropout_impl")
+    """(library, model, XLA, precision with a placement other than the default, dropout)."""
+    placement = r.get("placement", "hidden")
+    precision = r.get("precision", "float32") + (f" ({placement})" if placement != "hidden" else "")
+    return r["library"], r["model"], bool(r["xla"]), precision, r.get("dropout_impl")
 
 
 def tables(results, machine) -> str:
@@ -297,7 +309,8 @@ def tables(results, machine) -> str:
                      f"{med(rs, 'peak_rss_mb'):.0f} |")
     peers = (("DeepCTR", lambda k: ("deepctr", k[1], False, "float32", None)),  # DeepCTR float32, Keras dropout
              ("baseline", lambda k: (BASELINE, *k[1:])),  # the same configuration of --baseline-repo
-             ("uniform dropout", lambda k: (*k[:4], "uniform") if k[4] == "bits" else None))
+             ("uniform dropout", lambda k: (*k[:4], "uniform") if k[4] == "bits" else None),
+             ("float32", lambda k: (*k[:3], "float32", k[4]) if k[3] != "float32" else None))  # the placements
     for label, base_of in peers:
         rows = []
         for key, rs in groups.items():

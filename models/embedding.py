@@ -55,7 +55,7 @@ import tensorflow as tf
 from features.encodings import ENCODINGS, encoding_of
 from features.encodings.values import EncodeError
 from features.schema import OOV_ID, PAD_ID, ROLES, Feature, Schema, SchemaError
-from models.layers import plain, safe_name
+from models.layers import embedding_output_dtype, plain, safe_name
 from models.options import OptionError, check_options
 
 EmbeddedFields = collections.namedtuple("EmbeddedFields", ["fields", "linear", "sequences"], defaults=(None,))
@@ -227,6 +227,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         self.sequence_pairs = plan_sequences(self.schema, self.features) if self.sequences else []
         self.dims = dict(dims or {})
         self.pooling = dict(pooling or {})
+        self.output_dtype = embedding_output_dtype()  # the fields' dtype as handed on (precision placement)
         self._check_overrides()
 
     # ---- public description ---------------------------------------------------------
@@ -323,7 +324,10 @@ class FeatureEmbedding(tf.keras.layers.Layer):
             batch = tf.cast(tf.shape(fields[0])[0], tf.float32)
             self.add_loss(self.l2_reg * tf.add_n([tf.reduce_sum(tf.square(tf.cast(r, tf.float32)))
                                                   for r in looked_up]) / batch)
-        return EmbeddedFields(tf.stack(fields, axis=1), tf.concat(linear, axis=1) if self.linear else None,
+        stacked = tf.stack(fields, axis=1)
+        if self.output_dtype:
+            stacked = tf.cast(stacked, self.output_dtype)
+        return EmbeddedFields(stacked, tf.concat(linear, axis=1) if self.linear else None,
                               self._sequence_rows(inputs, int(table)) if self.sequences else None)
 
     def _sequence_rows(self, inputs: dict, table: int) -> Tuple[SequenceRows, ...]:

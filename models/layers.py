@@ -10,9 +10,11 @@ inside :func:`precision_sensitive`, so the embeddings, every layer that reads th
 field embeddings (explicit interactions, an MLP's first layer) and the logits compute
 in float32, and only an MLP's hidden layers after its first take the mixed policy
 (:func:`hidden_policy`). Those hidden layers hold nearly all the FLOPs (DNN
-[400, 400, 400] on 10 fields: 320 k of 384 k multiply-adds per example), so the speed
-of bf16 is kept, while rounding the field embeddings (and their gradients) to bf16 cost
-0.003-0.009 validation AUC on the simulator (``docs/benchmarks.md``).
+[400, 400, 400] on 10 fields: 320 k of 384 k multiply-adds per example). The placement
+(:func:`mixed_precision`'s ``placement``) moves more into the mixed dtype: ``mlp`` every
+MLP layer, the first included; ``embeddings`` also the field embeddings as handed on
+(tables and logits stay float32 in every placement). ``docs/benchmarks.md`` measures
+the three (speed and AUC against float32).
 """
 from __future__ import annotations
 
@@ -61,6 +63,43 @@ def global_policy(name: str):
         yield outer
     finally:
         tf.keras.mixed_precision.set_global_policy(outer)
+
+
+PLACEMENTS = ("hidden", "mlp", "embeddings")  # what computes in the mixed dtype (module docstring)
+_PLACEMENTS: List[str] = []
+
+
+@contextlib.contextmanager
+def mixed_precision(precision: str, placement: str = "hidden"):
+    """Keras' global policy is ``precision`` inside, and models built inside put their
+    mixed-dtype layers where ``placement`` says (:data:`PLACEMENTS`, module docstring);
+    the caller's policy and placement come back after. Yields the caller's policy."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"precision placement {placement!r} not in {list(PLACEMENTS)}")
+    _PLACEMENTS.append(placement)
+    try:
+        with global_policy(precision) as outer:
+            yield outer
+    finally:
+        _PLACEMENTS.pop()
+
+
+def _placement() -> str:
+    return _PLACEMENTS[-1] if _PLACEMENTS else "hidden"
+
+
+def mlp_layer_policy(index: int):
+    """The dtype policy of an MLP's layer ``index``: :func:`hidden_policy`, but for the
+    first layer (it reads the fields) under placement ``hidden``: None, its builder's
+    (float32 inside :func:`precision_sensitive`)."""
+    return None if index == 0 and _placement() == "hidden" else hidden_policy()
+
+
+def embedding_output_dtype() -> Optional[str]:
+    """The dtype the field embeddings are handed on in: the mixed compute dtype under
+    placement ``embeddings`` (the tables stay float32), else None (the embedding's own)."""
+    dtype = hidden_policy().compute_dtype
+    return dtype if _placement() == "embeddings" and dtype != "float32" else None
 
 
 @contextlib.contextmanager
@@ -367,7 +406,8 @@ class MLP(tf.keras.layers.Layer):
 
     ``units=()`` is the identity (a backbone whose deep part is switched off). ``activation``
     is a Keras name or one of :data:`LAYER_ACTIVATIONS` (a layer of its own per hidden layer,
-    :func:`activation_layer`). The first Dense reads the input in the layer's own dtype;
+    :func:`activation_layer`). The Dense layers take :func:`mlp_layer_policy` (the first
+    reads the input in the layer's own dtype unless the placement says otherwise);
     everything after it computes in :func:`hidden_policy` (mixed precision's fast part).
     """
 
@@ -383,8 +423,7 @@ class MLP(tf.keras.layers.Layer):
         self.l2_reg = float(l2_reg)
         reg = tf.keras.regularizers.l2(self.l2_reg) if self.l2_reg > 0 else None
         hidden = hidden_policy()
-        self.dense = [tf.keras.layers.Dense(u, kernel_regularizer=reg, name=f"dense_{i}",
-                                            dtype=None if i == 0 else hidden)
+        self.dense = [tf.keras.layers.Dense(u, kernel_regularizer=reg, name=f"dense_{i}", dtype=mlp_layer_policy(i))
                       for i, u in enumerate(self.units)]
         self.norms = ([tf.keras.layers.BatchNormalization(name=f"bn_{i}", dtype=hidden)
                        for i in range(len(self.units))] if self.batch_norm else [])

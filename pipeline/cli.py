@@ -98,7 +98,8 @@ def cmd_compare(args):
 def cmd_export(args):
     from serving.export import export_run
 
-    info = export_run(args.run_dir, args.out, keep=args.keep, overwrite=args.overwrite, precision=args.precision)
+    info = export_run(args.run_dir, args.out, keep=args.keep, overwrite=args.overwrite, precision=args.precision,
+                      placement=args.placement)
     print(json.dumps(info, indent=2, default=str))
 
 
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
                     help="serve the model in this Keras policy: mixed_bfloat16 computes the MLP hidden layers after "
                          "the first in bfloat16 (fast only on CPUs with AVX512-BF16 / AMX; outputs stay float32)")
+    ex.add_argument("--placement", choices=["hidden", "mlp", "embeddings"], default="hidden",  # layers.PLACEMENTS
+                    help="with --precision mixed_bfloat16, what computes in bfloat16: hidden (the MLP layers after "
+                         "the first), mlp (every MLP layer) or embeddings (also the field embeddings as handed on)")
     with_overwrite(ex, "adopt an existing BASE/<model_name> folder that export did not create (nothing in it is "
                        "deleted but versions export wrote, beyond --keep); models.config is always merged, never "
                        "replaced")

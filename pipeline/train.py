@@ -27,7 +27,7 @@ from features import outputs
 from features.schema import Schema
 from models.steps import NONFINITE_MARK
 from models.factory import build_model
-from models.layers import global_policy
+from models.layers import mixed_precision
 from pipeline import metrics as M
 from pipeline import runs
 from pipeline.config import ConfigError
@@ -333,9 +333,10 @@ def warm_start(model: tf.keras.Model, run_dir: str, batch) -> None:
 def train(cfg: TrainConfig, config_name: str = "train", overwrite: bool = False) -> Dict[str, Any]:
     """Train one model; returns a summary with the run directory and best validation metrics.
 
-    The config's ``precision`` is Keras' global policy while this runs; the caller's policy
-    is restored afterwards (a later export or training in the same process is unaffected)."""
-    with global_policy(cfg.precision):
+    The config's ``precision`` is Keras' global policy (and ``precision_placement`` the
+    mixed layers') while this runs; the caller's policy is restored afterwards (a later
+    export or training in the same process is unaffected)."""
+    with mixed_precision(cfg.precision, cfg.precision_placement):
         return _train(cfg, config_name, overwrite)
 
 

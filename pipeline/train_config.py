@@ -12,6 +12,7 @@ import inspect
 from typing import Any, Dict, List, Optional
 
 from models.factory import check_model_options, framework_class
+from models.layers import PLACEMENTS
 from models.losses import LOSSES, check_loss_options
 from models.options import check_options
 from pipeline.config import ConfigError, option
@@ -170,6 +171,9 @@ class TrainConfig:
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
     # float32 | mixed_float16 (GPU) | mixed_bfloat16 (TPU, CPUs with AVX512-BF16/AMX)
     precision: str = option("float32", choices=PRECISIONS)
+    # what computes in the mixed dtype (models/layers.py): hidden = the MLP hidden layers after the first;
+    # mlp = every MLP layer; embeddings = also the field embeddings as handed on (docs/benchmarks.md measures them)
+    precision_placement: str = option("hidden", choices=PLACEMENTS)
     jit_compile: bool = False
     # how dropout draws its masks (models.layers.dropout): bits = 16-bit integer draws against a threshold
     # (drop probability round(rate * 2^16) / 2^16), one multiply, custom gradient; uniform = the previous

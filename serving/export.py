@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from features import outputs
 from features.schema import Schema
-from models.layers import global_policy
+from models.layers import mixed_precision
 from serving import layout
 from serving.clients import LocalModelServer, RequestBuilder, parse_rest_response
 from serving.layout import read_export_metadata
@@ -76,14 +76,15 @@ def export_model(model: tf.keras.Model, schema: Schema, tasks: Sequence[str], da
 
 def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str] = None,
                warmup_batch_sizes: Sequence[int] = (1, 64), overwrite: bool = False,
-               precision: str = "float32") -> Dict[str, Any]:
+               precision: str = "float32", placement: str = "hidden") -> Dict[str, Any]:
     """Export a completed run as the next version of ``BASE/<model_name>`` (default: the run
     directory's name), keep its last ``keep`` exported versions and add the model to
     ``BASE/models.config`` (merged: what a user set there is kept).
 
     ``precision`` is the Keras policy the served model is rebuilt in (:data:`PRECISIONS`):
-    ``mixed_bfloat16`` computes the MLP hidden layers after the first in bfloat16, as in
-    training (``models/layers.py``), from the same float32 weights; outputs stay float32.
+    ``mixed_bfloat16`` computes the MLP hidden layers after the first in bfloat16 (more with
+    ``placement``, ``models.layers.PLACEMENTS``), as in training (``models/layers.py``), from
+    the same float32 weights; outputs stay float32.
     Worth it only on CPUs with bfloat16 units (AVX512-BF16, AMX): elsewhere it is emulated
     (``docs/benchmarks.md``, Serving latency, for speed and the difference to float32).
 
@@ -93,7 +94,7 @@ def export_run(run_dir: str, base: str, keep: int = 3, model_name: Optional[str]
     run_dir = os.path.abspath(run_dir)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
-    with global_policy(precision):  # layers take their compute dtype when built
+    with mixed_precision(precision, placement):  # layers take their compute dtype when built
         model, schema, tasks = load_model(run_dir)
     data_dir = run_data_dir(run_dir)
     name = layout.check_model_name(model_name or re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.basename(run_dir)))

@@ -357,6 +357,42 @@ def test_mixed_precision_keeps_embeddings_and_logits_float32(policy):
         tf.keras.mixed_precision.set_global_policy("float32")
 
 
+def test_precision_placement_moves_the_first_layer_then_the_embeddings_to_bf16():
+    """placement hidden: only the MLP layers after the first in bf16; mlp: the first too; embeddings:
+    the fields handed on in bf16 as well. Logits stay float32, and each step away from float32
+    changes the prediction (same weights), by less than bf16's rounding can explain."""
+    x, _ = toy_data(64, seed=6)
+    built = {}
+    for placement in L.PLACEMENTS:
+        with L.mixed_precision("mixed_bfloat16", placement):
+            built[placement] = {name: _model(name) for name in ("dnn", "deepfm", "dcnv2")}
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
+    reference = {name: _model(name) for name in ("dnn", "deepfm", "dcnv2")}  # float32
+    for name, model in reference.items():
+        model(x, training=False)
+    firsts = {p: built[p]["dnn"].backbone.tower.mlp.dense[0].compute_dtype for p in L.PLACEMENTS}
+    assert firsts == {"hidden": "float32", "mlp": "bfloat16", "embeddings": "bfloat16"}
+    for placement, models_ in built.items():
+        for name, model in models_.items():
+            model(x, training=False)
+            model.set_weights(reference[name].get_weights())
+            fields = model.embedding(x).fields
+            assert fields.dtype == (tf.bfloat16 if placement == "embeddings" else tf.float32), (placement, name)
+            got, want = model(x, training=False)["click"].numpy(), reference[name](x, training=False)["click"].numpy()
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, want, atol=0.02)
+    # the first layer's rounding shows in the DNN's output; the embeddings' in DeepFM's FM part
+    outputs = {p: built[p][n](x, training=False)["click"].numpy() for p in L.PLACEMENTS for n in ("dnn",)}
+    assert np.abs(outputs["mlp"] - outputs["hidden"]).max() > 0
+    deepfm = {p: built[p]["deepfm"](x, training=False)["click"].numpy() for p in ("mlp", "embeddings")}
+    assert np.abs(deepfm["embeddings"] - deepfm["mlp"]).max() > 0
+    with pytest.raises(ValueError, match="precision placement 'logits' not in"):
+        with L.mixed_precision("mixed_bfloat16", "logits"):
+            pass
+    with L.mixed_precision("float32", "embeddings"):  # nothing is mixed: the fields stay float32
+        assert L.embedding_output_dtype() is None and L.mlp_layer_policy(0).compute_dtype == "float32"
+
+
 def test_savedmodel_export_matches_keras(tmp_path):
     x, _ = toy_data(32, seed=5)
     model = _model("xdeepfm", tasks=("click", "conv"))

@@ -74,8 +74,9 @@ def test_evaluate_writes_metrics_and_report(sim_data, tmp_path):
 
 
 def test_bf16_run_trains_serves_like_keras_and_restores_the_policy(sim_data, tmp_path):
-    """precision: mixed_bfloat16 -> the run learns, the caller's float32 policy is back, and
-    the exported SavedModel (rebuilt in float32, as a serving process does) matches Keras."""
+    """precision: mixed_bfloat16 (placement embeddings, the most in bf16) -> the run learns, the
+    caller's float32 policy and placement are back, and the exported SavedModel (rebuilt in
+    float32, as a serving process does) matches Keras."""
     import tensorflow as tf
 
     from pipeline.data import make_dataset
@@ -84,8 +85,12 @@ def test_bf16_run_trains_serves_like_keras_and_restores_the_policy(sim_data, tmp
     from serving.run_artifacts import load_model
     from serving.signatures import ENCODED_SIGNATURE
 
-    summary = train(train_config(sim_data, tmp_path, precision="mixed_bfloat16"))  # the float32 test's config
+    from models.layers import embedding_output_dtype, mlp_layer_policy
+
+    summary = train(train_config(sim_data, tmp_path, precision="mixed_bfloat16",  # the float32 test's config
+                                 precision_placement="embeddings"))
     assert tf.keras.mixed_precision.global_policy().name == "float32"
+    assert embedding_output_dtype() is None and mlp_layer_policy(0) is None
     assert max(summary["history"]["val_auc"]) > 0.6, summary["history"]["val_auc"]
     info = export_run(summary["run_dir"], str(tmp_path / "serving"), warmup_batch_sizes=(1,))
     model, schema, _ = load_model(summary["run_dir"])

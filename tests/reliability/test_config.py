@@ -200,6 +200,8 @@ def test_str_optional_list_dict_and_nested_rules():
 def test_choices_literal_and_monitor_mode():
     _fails(r"precision = 'float16': expected one of \['float32', 'mixed_float16', 'mixed_bfloat16'\]",
            precision="float16")
+    _fails(r"precision_placement = 'logits': expected one of \['hidden', 'mlp', 'embeddings'\]",
+           precision_placement="logits")
     _fails(r"early_stopping\.mode = 'mim': expected one of \['min', 'max'\]", early_stopping={"mode": "mim"})
     _fails(r"analysis\[0\] = 'difficult': expected one of " + re.escape(str(sorted(ANALYSES))), analysis=["difficult"])
     _fails(r"tasks = \['click', 'click'\]: expected distinct names", tasks=["click", "click"])

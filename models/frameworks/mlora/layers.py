@@ -86,9 +86,8 @@ class LoRAMLP(tf.keras.layers.Layer):
     """An MLP of :class:`LoRADense` hidden layers (``units``, ``activation``, dropout in training)
     and a 1-unit logit, a :class:`LoRADense` too with ``adapt_logit`` (else a shared Dense): every
     fully-connected layer of the network has its per-domain adapter. Layer l's rank is
-    :func:`lora_rank` of its width (``temperature``, or a fixed ``rank``). The first layer reads
-    its input in float32, the hidden ones compute in :func:`models.layers.hidden_policy` (as
-    :class:`models.layers.MLP`), the logit in float32. Call with ``(x, domain)``; returns
+    :func:`lora_rank` of its width (``temperature``, or a fixed ``rank``). The layers take
+    :func:`models.layers.mlp_layer_policy` (as :class:`models.layers.MLP`), the logit float32. Call with ``(x, domain)``; returns
     (h_L, logit [B, 1] float32)."""
 
     def __init__(self, units: Sequence[int], num_domains: int, activation: str = "relu", dropout: float = 0.0,
@@ -101,7 +100,7 @@ class LoRAMLP(tf.keras.layers.Layer):
         self.adapt_logit, self.domain_bias = bool(adapt_logit), bool(domain_bias)
         hidden = L.hidden_policy()
         self.dense = [LoRADense(u, self.num_domains, lora_rank(u, self.temperature, self.rank), self.domain_bias,
-                                name=f"dense_{i}", dtype=None if i == 0 else hidden)
+                                name=f"dense_{i}", dtype=L.mlp_layer_policy(i))
                       for i, u in enumerate(self.units)]
         self.acts = [L.activation_layer(activation, f"act_{i}", hidden) for i in range(len(self.units))]
         self.head = (LoRADense(1, self.num_domains, lora_rank(1, self.temperature, self.rank), self.domain_bias,

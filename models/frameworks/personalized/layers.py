@@ -26,12 +26,6 @@ _register = tf.keras.utils.register_keras_serializable("ctrflow")
 MEMORY_UPDATES = ("gradient", "write")
 
 
-def _hidden_dtype(index: int):
-    """The dtype of an MLP's layer ``index``: its own for the first (it reads the fields), the
-    hidden policy after."""
-    return None if index == 0 else L.hidden_policy()
-
-
 # ---- APG --------------------------------------------------------------------------------------------
 @_register
 class GeneratedMLP(tf.keras.layers.Layer):
@@ -64,7 +58,7 @@ class GeneratedMLP(tf.keras.layers.Layer):
         self.generators = [L.MLP(self.generator_units, generator_activation, name=f"generator_{i}")
                            for i in range(len(self.units))]
         self.dense = [L.ConditionedDense(u, rank=self.rank, shared_kernel=False, overparam=self.overparam,
-                                         name=f"dense_{i}", dtype=_hidden_dtype(i)) for i, u in enumerate(self.units)]
+                                         name=f"dense_{i}", dtype=L.mlp_layer_policy(i)) for i, u in enumerate(self.units)]
         self.acts = [L.activation_layer(activation, f"act_{i}", L.hidden_policy()) for i in range(len(self.units))]
         self.head = tf.keras.layers.Dense(1, name="logit", dtype="float32")
 
@@ -121,7 +115,7 @@ class PPNetMLP(tf.keras.layers.Layer):
         super().__init__(**kw)
         self.units, self.activation, self.dropout_rate = [int(u) for u in units], activation, float(dropout)
         self.gate_units, self.gamma = int(gate_units), float(gamma)
-        self.dense = [tf.keras.layers.Dense(u, name=f"dense_{i}", dtype=_hidden_dtype(i))
+        self.dense = [tf.keras.layers.Dense(u, name=f"dense_{i}", dtype=L.mlp_layer_policy(i))
                       for i, u in enumerate(self.units)]
         self.acts = [L.activation_layer(activation, f"act_{i}", L.hidden_policy()) for i in range(len(self.units))]
         self.gates = [GateNU(u, self.gate_units, self.gamma, name=f"gate_{i}") for i, u in enumerate(self.units)]

@@ -9,7 +9,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from models.domains import select_domain
-from models.layers import MovingMoments, activation_layer, dropout, hidden_policy
+from models.layers import MovingMoments, activation_layer, dropout, hidden_policy, mlp_layer_policy
 
 
 @tf.keras.utils.register_keras_serializable("ctrflow")
@@ -97,9 +97,8 @@ class StarDense(tf.keras.layers.Layer):
 @tf.keras.utils.register_keras_serializable("ctrflow")
 class StarFCN(tf.keras.layers.Layer):
     """The star topology FCN (§4.2): star layers of ``units`` with ``activation`` (and dropout in
-    training) and a 1-unit star layer, the FCN's logit s_m [B, 1] float32. The first layer reads
-    its input in float32, the hidden ones compute in :func:`models.layers.hidden_policy` (as
-    :class:`models.layers.MLP` does under mixed precision)."""
+    training) and a 1-unit star layer, the FCN's logit s_m [B, 1] float32. The layers take
+    :func:`models.layers.mlp_layer_policy` under mixed precision (as :class:`models.layers.MLP`)."""
 
     def __init__(self, units: Sequence[int], num_domains: int, activation: str = "relu", dropout: float = 0.0,
                  **kw):
@@ -107,7 +106,7 @@ class StarFCN(tf.keras.layers.Layer):
         self.units, self.num_domains = [int(u) for u in units], int(num_domains)
         self.activation, self.dropout_rate = activation, float(dropout)
         hidden = hidden_policy()
-        self.star = [StarDense(u, self.num_domains, name=f"star_{i}", dtype=None if i == 0 else hidden)
+        self.star = [StarDense(u, self.num_domains, name=f"star_{i}", dtype=mlp_layer_policy(i))
                      for i, u in enumerate(self.units)]
         self.acts = [activation_layer(activation, f"act_{i}", hidden) for i in range(len(self.units))]
         self.logit = StarDense(1, self.num_domains, name="logit", dtype="float32")
