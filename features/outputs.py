@@ -170,7 +170,8 @@ def temp_dir(path: str, command: str) -> str:
     return tmp
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -188,7 +189,7 @@ def clean_leftovers(path: str) -> list:
     removed = []
     for cand in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.*-*-*"))):
         m = _LEFTOVER.match(os.path.basename(cand))
-        if not m or m.group("name") != name or _alive(int(m.group("pid"))) or read_marker(cand) is None:
+        if not m or m.group("name") != name or pid_alive(int(m.group("pid"))) or read_marker(cand) is None:
             continue
         if ".old-" in os.path.basename(cand) and not os.path.lexists(path):
             os.replace(cand, path)

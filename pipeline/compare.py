@@ -2,8 +2,9 @@
 
 Each method is a set of dotted overrides of one base training config. Every
 (method, seed) trains in its own run directory (a finished run of the same training config is
-reused, so an interrupted grid resumes, and grids sharing ``runs_dir`` train a common cell once;
-a run whose method changed since is refused), is evaluated on ``split``, and the table reports
+reused, so an interrupted grid resumes, and grids sharing ``runs_dir`` train a common cell once,
+also when they run at the same time (:func:`train_or_reuse`); a run whose method changed since
+is refused), is evaluated on ``split``, and the table reports
 mean ± std per metric, the best in bold, the paired t-test p-value of each method against
 ``baseline`` over the same seeds and its improvement ("Impv.", the signed difference of
 means, positive = better, as Rec4Ad Tables 1-2 print it). ``slices`` adds one such table per
@@ -53,6 +54,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
@@ -64,6 +66,9 @@ from pipeline.evaluate import check_slice_inputs, evaluate_run
 from pipeline.metrics import slice_groups
 from pipeline.train import MEAN, TrainConfig, compile_model, new_model, resolve, train
 from serving.run_artifacts import DONE
+
+LOCK_POLL_SECONDS = 30  # how often a compare waiting for another process's training of a cell looks again
+_LOADING: List[str] = []  # the compare configs whose methods_from is being read (a cycle is refused)
 
 
 @dataclasses.dataclass
@@ -102,8 +107,15 @@ class CompareConfig:
     # the tables' t-test (pipeline.report.comparison_table): every method two-sided against baseline
     # (HDA Table 2), or the best row of each metric one-sided against the runner-up (GPRec Tables II-III)
     significance: str = option("baseline_two_sided", choices=report.SIGNIFICANCE)
+    # another compare config whose methods this grid has too, after its own (one list for grids over the
+    # same candidates, e.g. a sweep and the grid choosing among it on validation); both grids must have
+    # the same base (base_config and base_overrides): its methods are overrides of it. Merged on loading:
+    # the loaded config has every method under ``methods`` and no methods_from
+    methods_from: Optional[str] = None
 
     def __post_init__(self):
+        if self.methods_from:
+            self.methods, self.methods_from = self._with_methods_from(), None
         if self.baseline not in self.methods:
             raise ConfigError(f"baseline '{self.baseline}' is not one of the methods {sorted(self.methods)}")
         self._check_select()
@@ -125,6 +137,26 @@ class CompareConfig:
         if "score_cv" in self.metrics and not self.visual_truth:
             raise ConfigError("metrics: score_cv needs visual_truth, the simulator's output folder (its items' "
                               "visual attributes group the ads)")
+
+    def _with_methods_from(self) -> Dict[str, Dict[str, Any]]:
+        path = os.path.abspath(self.methods_from)
+        if path in _LOADING:
+            raise ConfigError(f"methods_from: '{self.methods_from}' reads itself back (a cycle through {_LOADING})")
+        _LOADING.append(path)
+        try:
+            other = load_config(CompareConfig, self.methods_from)
+        finally:
+            _LOADING.pop()
+        computing = [{k: v for k, v in c.base_overrides.items() if k not in runs.RUN_NEUTRAL} for c in (self, other)]
+        if other.base_config != self.base_config or computing[0] != computing[1]:
+            raise ConfigError(f"methods_from: '{self.methods_from}' has base_config {other.base_config} and "
+                              f"base_overrides {computing[1]}, this grid {self.base_config} and {computing[0]}: "
+                              f"its methods are overrides of its own base")
+        both = sorted(set(self.methods) & set(other.methods))
+        if both:
+            raise ConfigError(f"methods {both} are in this grid and in methods_from '{self.methods_from}'; "
+                              f"name each once")
+        return {**self.methods, **other.methods}
 
     def _check_select(self):
         """``select``: each group a new row name over distinct methods, no method in two groups, the
@@ -200,6 +232,28 @@ def planned_runs(cfg: CompareConfig, configs: Dict[tuple, TrainConfig]) -> Dict[
     return plan
 
 
+def train_or_reuse(cfg: CompareConfig, method: str, train_cfg: TrainConfig) -> str:
+    """Train a cell the plan left to train, re-checking first: another compare sharing ``runs_dir``
+    may have finished the same config since the plan (then it is reused), or be training this
+    cell's folder now (then this waits, every ``LOCK_POLL_SECONDS``, and reuses its run)."""
+    key, waiting = (method, train_cfg.seed), False
+    while True:
+        found = planned_runs(cfg, {key: train_cfg})[key]
+        if found is not None:
+            return found
+        try:
+            tf.keras.backend.clear_session()
+            train(train_cfg, config_name=method)
+            return os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
+        except runs.RunComplete:  # finished between the check and the claim: reused next round
+            continue
+        except runs.RunBusy as busy:
+            if not waiting:
+                print(f"[compare] {method} seed {train_cfg.seed}: waiting: {busy}", flush=True)
+            waiting = True
+            time.sleep(LOCK_POLL_SECONDS)
+
+
 def _validation(cfg: TrainConfig) -> tuple:
     """What a run's validation score means: its monitor, the monitor's direction, data and split."""
     es = cfg.early_stopping
@@ -270,12 +324,8 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     for method in cfg.methods:
         for seed in cfg.seeds:
             train_cfg = configs[(method, seed)]
-            run_dir = plan[(method, seed)]
-            if run_dir is None:
-                tf.keras.backend.clear_session()
-                train(train_cfg, config_name=method)
-                run_dir = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
-            elif os.path.basename(run_dir) != train_cfg.run_name:
+            run_dir = plan[(method, seed)] or train_or_reuse(cfg, method, train_cfg)
+            if os.path.basename(run_dir) != train_cfg.run_name:
                 print(f"[compare] {method} seed {seed}: reusing {run_dir} (the same training config)", flush=True)
             by_task = evaluate_run(run_dir, splits=[cfg.split], write=True, ad_stats=cfg.ad_stats,
                                    visual_truth=cfg.visual_truth)[cfg.split]

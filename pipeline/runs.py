@@ -6,6 +6,7 @@ The directory's layout, and reading a completed run's model and data directory (
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -13,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 from typing import Any, Dict, List, Optional
 
@@ -34,6 +36,14 @@ STAGE_DONE = "stage.json"
 RUN_NEUTRAL = ("run_name", "runs_dir", "verbose")
 
 
+class RunComplete(ConfigError):
+    """The run directory already holds a completed run (replaced only with ``overwrite``)."""
+
+
+class RunBusy(ConfigError):
+    """Another live process is training into the run directory (its lock, :func:`lock_path`)."""
+
+
 def git_commit() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -52,15 +62,28 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     made by train is refused unless ``overwrite`` (then it is deleted first), and never
     when it holds the data directory. A completed run is replaced only with ``overwrite``;
     the run directory is also the resume state, so the new run is written in place and the
-    old one is kept aside (``.<name>.replaced-<hex>``) until :func:`mark_done` of the new one."""
+    old one is kept aside (``.<name>.replaced-<hex>``) until :func:`mark_done` of the new one.
+
+    The run is locked for this process (:func:`lock_run`) from here until the caller's
+    :func:`unlock_run`: a second process training the same folder is refused (``RunBusy``)
+    instead of interleaving its writes with the first's."""
     name = cfg.run_name or f"{config_name}-seed{cfg.seed}"
     run_dir = os.path.abspath(os.path.join(os.path.expanduser(cfg.runs_dir), name))
     _claim_run_dir(run_dir, cfg.data_dir, overwrite, chief=is_chief())
     if not is_chief():  # other workers of a multi-worker run keep their logs apart from the chief's
         run_dir = os.path.join(run_dir, "workers", task_name())
+    lock_run(run_dir)
+    try:
+        return _open_run_dir(cfg, run_dir, schema, overwrite)
+    except BaseException:
+        unlock_run(run_dir)
+        raise
+
+
+def _open_run_dir(cfg, run_dir: str, schema: Schema, overwrite: bool) -> str:
     if os.path.exists(os.path.join(run_dir, DONE)):
         if not overwrite:
-            raise ConfigError(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")
+            raise RunComplete(f"run '{run_dir}' is already complete; pass --overwrite or choose another run_name")
         outputs.set_aside(run_dir)
         outputs.open_output(run_dir, "train", [cfg.data_dir])
     resuming = any(os.path.isdir(os.path.join(run_dir, d)) for d in (BACKUP, STAGES))
@@ -81,6 +104,61 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     with open(os.path.join(run_dir, RUN_INFO), "w") as fh:
         json.dump(info, fh, indent=2)
     return run_dir
+
+
+def lock_path(run_dir: str) -> str:
+    """The lock file of a run being trained: ``.<name>.lock`` beside its folder (outside it, so
+    replacing or setting aside the folder keeps the lock)."""
+    parent, name = os.path.split(os.path.abspath(run_dir))
+    return os.path.join(parent, f".{name}.lock")
+
+
+def lock_holder(run_dir: str) -> Optional[dict]:
+    """{pid, host} of the live process training ``run_dir``, None when nobody is. A lock whose
+    process is gone on this host (a killed run) is stale and reads as None; a lock from another
+    host is taken as live, since its process cannot be checked from here."""
+    try:
+        with open(lock_path(run_dir)) as fh:
+            holder = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # created but not yet written: its writer is starting
+        return {"pid": None, "host": None}
+    pid = holder.get("pid") if isinstance(holder, dict) else None
+    if not isinstance(pid, int) or pid <= 0:
+        return {"pid": None, "host": None}
+    if holder.get("host") == socket.gethostname() and not outputs.pid_alive(pid):
+        return None
+    return holder
+
+
+def lock_run(run_dir: str) -> None:
+    """Take the run's lock for this process (the file created exclusively, so of two processes
+    starting together one wins); a stale lock (:func:`lock_holder`) is replaced."""
+    path = lock_path(run_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock_holder(run_dir)
+            if holder is not None:
+                raise RunBusy(f"run '{run_dir}' is being trained by process {holder['pid']} on host "
+                              f"{holder['host']} (lock file '{path}'); wait for it to finish, or remove the "
+                              f"lock file if that process is gone") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # a killed run's lock
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, fh)
+        return
+
+
+def unlock_run(run_dir: str) -> None:
+    """Release this process's lock on the run (nothing when another process holds it)."""
+    holder = lock_holder(run_dir)
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        os.remove(lock_path(run_dir))
 
 
 def recorded_config(run_dir: str):

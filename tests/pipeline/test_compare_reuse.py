@@ -94,3 +94,38 @@ def test_config_differences_names_dotted_keys_and_ignores_where_a_run_is_written
     b["model"]["opts"]["u"], b["model"]["new"], b["seed"] = [16], 1, 2
     assert runs.config_differences(a, b) == ["model.new", "model.opts.u", "seed"]
     assert runs.config_differences(None, b) == ["<unreadable config.yaml>"]
+
+
+def test_a_cell_another_compare_finished_or_is_training_is_reused(sim_data, tmp_path, monkeypatch):
+    """Two compares sharing ``runs_dir`` at the same time: a cell the other finished after this one
+    planned is reused (not an "already complete" error), and one the other is training (its lock)
+    is waited for, then reused; nothing trains twice."""
+    import pipeline.compare as compare
+    from pipeline.compare import train_configs
+
+    trained = []
+    _fake_runs(monkeypatch, trained)
+    fake_train = compare.train
+    grid = _grid(sim_data, tmp_path, "grid", {"MLP": _backbone("dnn"), "DeepFM": _backbone("deepfm")})
+    cells = train_configs(grid, verbose=0)
+    other = dataclasses.replace(cells[("DeepFM", 1)], run_name="other-grid-DeepFM-seed1")
+    busy, waits = [], []
+
+    def train(cfg, config_name):
+        if (config_name, cfg.seed) == ("MLP", 1):  # meanwhile the other compare finishes DeepFM seed 1
+            fake_train(other, "DeepFM (other grid)")
+        if (config_name, cfg.seed) == ("DeepFM", 2) and not busy:  # ... and is training DeepFM seed 2
+            busy.append(cfg.seed)
+            raise runs.RunBusy("run 'DeepFM-seed2' is being trained by process 1")
+        fake_train(cfg, config_name)
+
+    def sleep(seconds):  # while this compare waits, the other one finishes DeepFM seed 2
+        waits.append(seconds)
+        fake_train(cells[("DeepFM", 2)], "DeepFM (other grid)")
+
+    monkeypatch.setattr(compare, "train", train)
+    monkeypatch.setattr(compare.time, "sleep", sleep)
+    out = run_compare(grid, verbose=0)
+    assert trained == [("DeepFM (other grid)", 1), ("MLP", 1), ("MLP", 2), ("DeepFM (other grid)", 2)]
+    assert waits == [compare.LOCK_POLL_SECONDS]
+    assert out["results"]["DeepFM"] == [{"auc": 0.72}] * 2

@@ -261,3 +261,34 @@ def test_only_keeps_the_matching_methods_and_the_baseline_and_the_whole_grid_reu
     trained.clear()
     run_compare(cfg, verbose=0)
     assert sorted(set(trained)) == ["DCN", "GPRec input"]  # the part's cells are reused
+
+
+def test_methods_from_takes_another_grids_methods_and_refuses_another_base(sim_data, tmp_path):
+    """A grid choosing among a sweep's candidates names the sweep's config instead of copying its
+    methods: they follow the grid's own, ``select`` may group them, ``--only`` and a copy of the
+    config do not merge them twice; another base (its methods would mean other configs), a name in
+    both grids and a cycle are refused."""
+    from pipeline.compare import only_methods
+    from pipeline.config import load_config
+
+    base = _base(sim_data, tmp_path)
+    sweep = {"base_config": base, "baseline": "HDA", "base_overrides": {"verbose": 0},
+             "methods": {"HDA": {}, "lambda1 = 1": {"model.embedding_dim": 4}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    tuned = {"base_config": base, "baseline": "Vanilla", "base_overrides": {"verbose": 2},  # verbose computes nothing
+             "methods_from": str(tmp_path / "sweep.yaml"), "methods": {"Vanilla": {"model.embedding_dim": 2}},
+             "select": {"HDA (tuned)": ["HDA", "lambda1 = 1"]}}
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(tuned))
+    cfg = load_config(CompareConfig, str(tmp_path / "tuned.yaml"))
+    assert cfg.methods == {"Vanilla": {"model.embedding_dim": 2}, "HDA": {}, "lambda1 = 1": {"model.embedding_dim": 4}}
+    assert cfg.methods_from is None  # merged once: results.json records every method
+    assert list(only_methods(cfg, ["lambda1"]).methods) == ["Vanilla", "lambda1 = 1"]
+    assert dataclasses.replace(cfg, seeds=[1]).methods == cfg.methods
+    for change, error in [({"base_overrides": {"epochs": 2}}, r"methods_from: '.*sweep.yaml' has base_config .* "
+                                                                r"and base_overrides \{\}, this grid .* and "
+                                                                r"\{'epochs': 2\}: its methods are overrides"),
+                          ({"methods": {"Vanilla": {}, "HDA": {}}}, r"methods \['HDA'\] are in this grid and in methods_from"),
+                          ({"methods_from": str(tmp_path / "bad.yaml")}, r"reads itself back")]:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**tuned, **change, "select": {}}))
+        with pytest.raises(ConfigError, match=error):
+            load_config(CompareConfig, str(tmp_path / "bad.yaml"))

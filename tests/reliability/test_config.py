@@ -270,14 +270,14 @@ def test_every_shipped_config_loads():
     from pipeline.simulator import SimulatorConfig
 
     kinds = {"simulate": SimulatorConfig, "preprocess": PreprocessConfig, "compare": CompareConfig}
-    for name in sorted(os.listdir(CONFIGS)):
-        cfg = load_config(kinds.get(name.split("_")[0], TrainConfig), os.path.join(CONFIGS, name))
-        if isinstance(cfg, PreprocessConfig):
-            cfg.feature_specs()
-        if isinstance(cfg, CompareConfig):
-            cwd = os.getcwd()
-            try:
-                os.chdir(os.path.dirname(CONFIGS))  # base_config paths are relative to the repository
+    cwd = os.getcwd()
+    try:
+        os.chdir(os.path.dirname(CONFIGS))  # base_config and methods_from paths are relative to the repository
+        for name in sorted(os.listdir(CONFIGS)):
+            cfg = load_config(kinds.get(name.split("_")[0], TrainConfig), os.path.join(CONFIGS, name))
+            if isinstance(cfg, PreprocessConfig):
+                cfg.feature_specs()
+            if isinstance(cfg, CompareConfig):
                 assert train_configs(cfg)
-            finally:
-                os.chdir(cwd)
+    finally:
+        os.chdir(cwd)
