@@ -16,7 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -55,8 +55,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = False) -> str:
-    """Create (or reopen, to resume) the run directory and record what defines the run.
+@contextlib.contextmanager
+def open_run(cfg, config_name: str, schema: Schema, overwrite: bool = False) -> Iterator[str]:
+    """Create (or reopen, to resume) the run directory, record what defines the run, and yield it
+    locked for this process.
 
     The run directory is train's own (``features.outputs`` marker): an existing folder not
     made by train is refused unless ``overwrite`` (then it is deleted first), and never
@@ -64,20 +66,16 @@ def prepare_run_dir(cfg, config_name: str, schema: Schema, overwrite: bool = Fal
     the run directory is also the resume state, so the new run is written in place and the
     old one is kept aside (``.<name>.replaced-<hex>``) until :func:`mark_done` of the new one.
 
-    The run is locked for this process (:func:`lock_run`) from here until the caller's
-    :func:`unlock_run`: a second process training the same folder is refused (``RunBusy``)
-    instead of interleaving its writes with the first's."""
+    The lock (:func:`hold_lock`) is held from before the folder is opened until the ``with``
+    block ends, however it ends: a second process training the same folder is refused
+    (``RunBusy``) instead of interleaving its writes with the first's."""
     name = cfg.run_name or f"{config_name}-seed{cfg.seed}"
     run_dir = os.path.abspath(os.path.join(os.path.expanduser(cfg.runs_dir), name))
     _claim_run_dir(run_dir, cfg.data_dir, overwrite, chief=is_chief())
     if not is_chief():  # other workers of a multi-worker run keep their logs apart from the chief's
         run_dir = os.path.join(run_dir, "workers", task_name())
-    lock_run(run_dir)
-    try:
-        return _open_run_dir(cfg, run_dir, schema, overwrite)
-    except BaseException:
-        unlock_run(run_dir)
-        raise
+    with hold_lock(run_dir):
+        yield _open_run_dir(cfg, run_dir, schema, overwrite)
 
 
 def _open_run_dir(cfg, run_dir: str, schema: Schema, overwrite: bool) -> str:
@@ -122,24 +120,29 @@ def lock_holder(run_dir: str) -> Optional[dict]:
             holder = json.load(fh)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):  # created but not yet written: its writer is starting
-        return {"pid": None, "host": None}
+    except (OSError, ValueError):
+        holder = None
     pid = holder.get("pid") if isinstance(holder, dict) else None
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or pid <= 0:  # created but not yet written: its writer is starting
         return {"pid": None, "host": None}
     if holder.get("host") == socket.gethostname() and not outputs.pid_alive(pid):
         return None
     return holder
 
 
-def lock_run(run_dir: str) -> None:
-    """Take the run's lock for this process (the file created exclusively, so of two processes
-    starting together one wins); a stale lock (:func:`lock_holder`) is replaced."""
+@contextlib.contextmanager
+def hold_lock(run_dir: str) -> Iterator[None]:
+    """Hold the run's lock (:func:`lock_path`) for this process while the ``with`` block runs.
+
+    The file is created exclusively, so of two processes starting together one wins; a live
+    holder's lock raises ``RunBusy``, a stale one (:func:`lock_holder`) is replaced. Released
+    on the way out unless another process has taken it over meanwhile."""
     path = lock_path(run_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
         except FileExistsError:
             holder = lock_holder(run_dir)
             if holder is not None:
@@ -148,17 +151,14 @@ def lock_run(run_dir: str) -> None:
                               f"lock file if that process is gone") from None
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)  # a killed run's lock
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, fh)
-        return
-
-
-def unlock_run(run_dir: str) -> None:
-    """Release this process's lock on the run (nothing when another process holds it)."""
-    holder = lock_holder(run_dir)
-    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        os.remove(lock_path(run_dir))
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    with os.fdopen(fd, "w") as fh:
+        json.dump(me, fh)
+    try:
+        yield
+    finally:
+        if lock_holder(run_dir) == me:
+            os.remove(path)
 
 
 def recorded_config(run_dir: str):

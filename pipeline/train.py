@@ -345,15 +345,12 @@ def _train(cfg: TrainConfig, config_name: str, overwrite: bool) -> Dict[str, Any
     sdict = model_schema(schema, feats)
     if cfg.init_from:
         check_init_from(cfg, schema, sdict, tasks)
-    run_dir = runs.prepare_run_dir(cfg, config_name, schema, overwrite=overwrite)
-    try:
+    with runs.open_run(cfg, config_name, schema, overwrite=overwrite) as run_dir:
         return _train_in(cfg, run_dir, schema, tasks, feats, sdict)
-    finally:
-        runs.unlock_run(run_dir)
 
 
 def _train_in(cfg: TrainConfig, run_dir: str, schema: Schema, tasks: List[str], feats, sdict: dict) -> Dict[str, Any]:
-    """Train into ``run_dir`` (prepared and locked by :func:`runs.prepare_run_dir`): every stage,
+    """Train into ``run_dir`` (opened and locked by :func:`runs.open_run`): every stage,
     resuming completed ones, then save the model and mark the run done."""
     tf.keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
