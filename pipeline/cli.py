@@ -90,7 +90,7 @@ def cmd_compare(args):
         print(f"checked {len(cells)} methods x {len(cfg.seeds)} seeds: every config loads and every model builds; "
               f"{to_train} runs to train")
         return
-    out = run_compare(cfg)
+    out = run_compare(cfg, jobs=args.jobs)
     print(out["table"])
     print(f"wrote {out['report']}")
 
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--only", action="append", metavar="TEXT",
                      help="only the methods whose name holds TEXT, or the one method named TEXT exactly (repeatable), "
                           "with the baseline: a part of a grid, whose runs the whole grid reuses later")
+    cmp.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="train N cells at a time, each in its own process sharing the CPU's threads, each "
+                          "cell's output in OUT_DIR/logs/ (default 1: one at a time, in this process)")
 
     ld = sub.add_parser("load", help="turn a public dataset's files into raw Parquet")
     ld.add_argument("name")

@@ -13,7 +13,9 @@ top and bottom quarter of ads by impression ratio, from the ``ad_stats`` table's
 ratio when given); ``results.json`` keeps every seed's numbers, overall and of every slice
 group the evaluation wrote. ``ctrflow compare --check`` checks every
 cell's config and builds and compiles each method's model on a batch of its data, training
-nothing: a grid's typo fails in seconds, not hours in.
+nothing: a grid's typo fails in seconds, not hours in. ``ctrflow compare --jobs N`` trains the
+cells left to train in N processes at once (:func:`train_in_parallel`), each cell's output in
+``out_dir/logs/``, then evaluates every cell as one process does.
 
     base_config: configs/train_sim_dcnv2.yaml
     out_dir: runs/compare_backbones
@@ -52,8 +54,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import re
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -254,6 +258,63 @@ def train_or_reuse(cfg: CompareConfig, method: str, train_cfg: TrainConfig) -> s
             time.sleep(LOCK_POLL_SECONDS)
 
 
+def train_in_parallel(cfg: CompareConfig, configs: Dict[tuple, TrainConfig], plan: Dict[tuple, Optional[str]],
+                      jobs: int) -> Dict[tuple, Optional[str]]:
+    """The plan with every cell it left to train trained, ``jobs`` cells at a time, each in a fresh
+    process (TensorFlow state and memory start clean; the CPU's threads shared between them) writing
+    its output to ``out_dir/logs/<method>-seed<k>.log``. A config two methods share trains once (the
+    other reuses its run), and a cell another compare is training is waited for
+    (:func:`train_or_reuse`). A failed cell stops the grid naming the cell and its log; finished
+    cells are kept."""
+    todo = {}  # one cell per training config: a method repeating another's under its name reuses its run
+    for key, found in plan.items():
+        if found is None:
+            todo.setdefault(json.dumps(runs.defining_config(dataclasses.asdict(configs[key])), sort_keys=True), key)
+    todo = list(todo.values())
+    if not todo:
+        return plan
+    logs = os.path.join(cfg.out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cpus // jobs)
+    tasks = [(cfg, method, configs[(method, seed)], os.path.join(logs, f"{configs[(method, seed)].run_name}.log"),
+              threads) for method, seed in todo]
+    print(f"[compare] training {len(todo)} cells, {jobs} at a time ({threads} CPU threads each; "
+          f"their output in {logs})", flush=True)
+    plan = dict(plan)
+    started = time.time()
+    with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        for done, (key, run_dir, error) in enumerate(pool.imap_unordered(_train_cell, tasks), 1):
+            log = tasks[todo.index(key)][3]
+            if error is not None:
+                pool.terminate()
+                raise RuntimeError(f"compare method '{key[0]}' (seed {key[1]}) failed: {error} (its output: {log})")
+            plan[key] = run_dir
+            print(f"[compare] {key[0]} seed {key[1]}: trained ({done} of {len(todo)}, "
+                  f"{time.time() - started:.0f} s in)", flush=True)
+    return plan
+
+
+def _train_cell(task) -> tuple:
+    """One cell in a worker process of :func:`train_in_parallel`: ((method, seed), its run folder,
+    None) or ((method, seed), None, the error's text); its output goes to its log file."""
+    cfg, method, train_cfg, log, threads = task
+    with open(log, "a") as fh:  # the descriptors themselves, so TensorFlow's C++ logging goes there too
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            os.dup2(fh.fileno(), stream.fileno())
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    for gpu in tf.config.list_physical_devices("GPU"):  # processes sharing a GPU take memory as they need it
+        tf.config.experimental.set_memory_growth(gpu, True)
+    key = (method, train_cfg.seed)
+    try:
+        return key, train_or_reuse(cfg, method, train_cfg), None
+    except Exception as exc:  # noqa: BLE001 -- reported by the parent, which names the cell
+        import traceback
+        traceback.print_exc()
+        return key, None, f"{type(exc).__name__}: {exc}"
+
+
 def _validation(cfg: TrainConfig) -> tuple:
     """What a run's validation score means: its monitor, the monitor's direction, data and split."""
     es = cfg.early_stopping
@@ -309,8 +370,8 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
     return out
 
 
-def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
-    """Train (or reuse) and evaluate every cell; write ``results.json`` (per-seed numbers: overall
+def run_compare(cfg: CompareConfig, verbose: int = 2, jobs: int = 1) -> Dict[str, Any]:
+    """Train (or reuse) and evaluate every cell, training ``jobs`` cells at a time (:func:`train_in_parallel`); write ``results.json`` (per-seed numbers: overall
     under ``results``, ``{slice: {group: {method: [...]}}}`` under ``slices``, each ``select`` group's
     choice and its members' validation and test numbers under ``select``) and ``report.md`` (the
     overall table, "All variants" with ``select``, then one per task and per group of ``cfg.slices``)."""
@@ -319,8 +380,12 @@ def run_compare(cfg: CompareConfig, verbose: int = 2) -> Dict[str, Any]:
     per_task: Dict[str, Dict[str, List[dict]]] = {}
     analyses: Dict[str, Dict[str, List[dict]]] = {}
     validation: Dict[str, List[float]] = {m: [] for members in cfg.select.values() for m in members}
+    if jobs < 1:
+        raise ConfigError(f"jobs = {jobs}: train at least one cell at a time")
     configs = train_configs(cfg, verbose)
     plan = planned_runs(cfg, configs)
+    if jobs > 1:
+        plan = train_in_parallel(cfg, configs, plan, jobs)
     for method in cfg.methods:
         for seed in cfg.seeds:
             train_cfg = configs[(method, seed)]
