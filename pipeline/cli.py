@@ -5,7 +5,7 @@
     ctrflow preprocess --config configs/preprocess_sim.yaml [--set ...] [--schema EARLIER_DATA] [--overwrite]
     ctrflow train      --config configs/train_sim_dcnv2.yaml [--set ...] [--overwrite]
     ctrflow evaluate   RUN_DIR [--split test ...] [--ad-stats RAW/ads.parquet] [--visual-truth RAW]
-    ctrflow compare    --config configs/compare_backbones.yaml
+    ctrflow compare    --config configs/compare_backbones.yaml [--set ...] [--only TEXT ...] [--check] [--jobs N]
     ctrflow export     RUN_DIR --out BASE [--keep N] [--overwrite]
     ctrflow analyze    RUN_DIR alignment [--option per_field=true ...]
     ctrflow demo       [--out demo_out]
