@@ -219,7 +219,7 @@ def planned_runs(cfg: CompareConfig, configs: Dict[tuple, TrainConfig]) -> Dict[
             recorded[os.path.join(root, name)] = runs.recorded_config(os.path.join(root, name))
     finished: Dict[str, str] = {}
     for run_dir, config in recorded.items():
-        finished.setdefault(json.dumps(runs.defining_config(config), sort_keys=True), run_dir)
+        finished.setdefault(_identity(config), run_dir)
     plan = {}
     for (method, seed), train_cfg in configs.items():
         own = os.path.abspath(os.path.join(train_cfg.runs_dir, train_cfg.run_name))
@@ -232,8 +232,14 @@ def planned_runs(cfg: CompareConfig, configs: Dict[tuple, TrainConfig]) -> Dict[
                                   f"or set another out_dir / runs_dir")
             plan[(method, seed)] = own
         else:
-            plan[(method, seed)] = finished.get(json.dumps(runs.defining_config(config), sort_keys=True))
+            plan[(method, seed)] = finished.get(_identity(config))
     return plan
+
+
+def _identity(config: Optional[dict]) -> str:
+    """What a run computes, as a comparable key: its config without the keys that only say where it
+    is written and how much it prints (``runs.defining_config``)."""
+    return json.dumps(runs.defining_config(config), sort_keys=True)
 
 
 def train_or_reuse(cfg: CompareConfig, method: str, train_cfg: TrainConfig) -> str:
@@ -269,7 +275,7 @@ def train_in_parallel(cfg: CompareConfig, configs: Dict[tuple, TrainConfig], pla
     todo = {}  # one cell per training config: a method repeating another's under its name reuses its run
     for key, found in plan.items():
         if found is None:
-            todo.setdefault(json.dumps(runs.defining_config(dataclasses.asdict(configs[key])), sort_keys=True), key)
+            todo.setdefault(_identity(dataclasses.asdict(configs[key])), key)
     todo = list(todo.values())
     if not todo:
         return plan
@@ -277,18 +283,18 @@ def train_in_parallel(cfg: CompareConfig, configs: Dict[tuple, TrainConfig], pla
     os.makedirs(logs, exist_ok=True)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cpus // jobs)
-    tasks = [(cfg, method, configs[(method, seed)], os.path.join(logs, f"{configs[(method, seed)].run_name}.log"),
-              threads) for method, seed in todo]
+    log = {key: os.path.join(logs, f"{configs[key].run_name}.log") for key in todo}
+    tasks = [(cfg, key[0], configs[key], log[key], threads) for key in todo]
     print(f"[compare] training {len(todo)} cells, {jobs} at a time ({threads} CPU threads each; "
           f"their output in {logs})", flush=True)
     plan = dict(plan)
     started = time.time()
     with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
         for done, (key, run_dir, error) in enumerate(pool.imap_unordered(_train_cell, tasks), 1):
-            log = tasks[todo.index(key)][3]
             if error is not None:
                 pool.terminate()
-                raise RuntimeError(f"compare method '{key[0]}' (seed {key[1]}) failed: {error} (its output: {log})")
+                raise RuntimeError(f"compare method '{key[0]}' (seed {key[1]}) failed: {error} "
+                                   f"(its output: {log[key]})")
             plan[key] = run_dir
             print(f"[compare] {key[0]} seed {key[1]}: trained ({done} of {len(todo)}, "
                   f"{time.time() - started:.0f} s in)", flush=True)
@@ -371,9 +377,10 @@ def check_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
 
 
 def run_compare(cfg: CompareConfig, verbose: int = 2, jobs: int = 1) -> Dict[str, Any]:
-    """Train (or reuse) and evaluate every cell, training ``jobs`` cells at a time (:func:`train_in_parallel`); write ``results.json`` (per-seed numbers: overall
-    under ``results``, ``{slice: {group: {method: [...]}}}`` under ``slices``, each ``select`` group's
-    choice and its members' validation and test numbers under ``select``) and ``report.md`` (the
+    """Train (or reuse) and evaluate every cell, training ``jobs`` cells at a time
+    (:func:`train_in_parallel`); write ``results.json`` (per-seed numbers: overall under ``results``,
+    ``{slice: {group: {method: [...]}}}`` under ``slices``, each ``select`` group's choice and its
+    members' validation and test numbers under ``select``) and ``report.md`` (the
     overall table, "All variants" with ``select``, then one per task and per group of ``cfg.slices``)."""
     results: Dict[str, List[dict]] = {m: [] for m in cfg.methods}
     sliced: Dict[str, Dict[str, Dict[str, List[dict]]]] = {}
