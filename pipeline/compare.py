@@ -69,7 +69,7 @@ from pipeline.config import ConfigError, load_config, option
 from pipeline.evaluate import check_slice_inputs, evaluate_run
 from pipeline.metrics import slice_groups
 from pipeline.train import MEAN, TrainConfig, compile_model, new_model, resolve, train
-from serving.run_artifacts import DONE
+from serving.run_artifacts import DONE, run_info
 
 LOCK_POLL_SECONDS = 30  # how often a compare waiting for another process's training of a cell looks again
 _LOADING: List[str] = []  # the compare configs whose methods_from is being read (a cycle is refused)
@@ -387,6 +387,7 @@ def run_compare(cfg: CompareConfig, verbose: int = 2, jobs: int = 1) -> Dict[str
     per_task: Dict[str, Dict[str, List[dict]]] = {}
     analyses: Dict[str, Dict[str, List[dict]]] = {}
     validation: Dict[str, List[float]] = {m: [] for members in cfg.select.values() for m in members}
+    machines: Dict[str, List[Optional[List[str]]]] = {m: [] for m in cfg.methods}
     if jobs < 1:
         raise ConfigError(f"jobs = {jobs}: train at least one cell at a time")
     configs = train_configs(cfg, verbose)
@@ -410,6 +411,7 @@ def run_compare(cfg: CompareConfig, verbose: int = 2, jobs: int = 1) -> Dict[str
                     {k: by_task[name]["overall"].get(k) for k in cfg.metrics})
             if method in validation:
                 validation[method].append(validation_score(run_dir, train_cfg))
+            machines[method].append(run_info(run_dir).get("machines"))
             for name, numbers in run_summaries(run_dir).items():
                 analyses.setdefault(name, {}).setdefault(method, []).append(numbers)
             task = by_task[cfg.task or next(iter(by_task))]
@@ -424,7 +426,7 @@ def run_compare(cfg: CompareConfig, verbose: int = 2, jobs: int = 1) -> Dict[str
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as fh:  # before the tables: the raw numbers stay
         json.dump({"config": dataclasses.asdict(cfg), "results": results, "slices": sliced, "tasks": per_task,
-                   "analyses": analyses, "select": selection},
+                   "analyses": analyses, "select": selection, "machines": machines},
                   fh, indent=2)
     table = comparison(cfg, table_rows(cfg, selection, results), cfg.metrics)
     variants = [f"## All variants\n\nEvery method's own row, the members of `select` groups among them.\n\n"
@@ -435,7 +437,8 @@ def run_compare(cfg: CompareConfig, verbose: int = 2, jobs: int = 1) -> Dict[str
         + [analysis_table(name, table_rows(cfg, selection, by_method)) for name, by_method in analyses.items()]
     path = os.path.join(cfg.out_dir, "report.md")
     with open(path, "w") as fh:
-        fh.write(f"# {cfg.title}\n\n{report_intro(cfg, selection)}\n" + "\n".join(tables) + "\n")
+        fh.write(f"# {cfg.title}\n\n{report_intro(cfg, selection)}{machines_note(machines, cfg.seeds)}\n"
+                 + "\n".join(tables) + "\n")
     return {"table": table, "tables": tables, "report": path, "results": results, "slices": sliced,
             "select": selection}
 
@@ -527,6 +530,26 @@ def report_intro(cfg: CompareConfig, selection: Dict[str, dict]) -> str:
         lines.append(f"- `{rec['row']}`: of the group's members, the best mean `{rec['monitor']}` ({rec['mode']}) on "
                      f"split `{rec['valid_split']}` over the seeds: {scores}.")
     return "\n".join(lines) + ("\n" if selection else "")
+
+
+def machines_note(machines: Dict[str, List[Optional[List[str]]]], seeds: List[int]) -> str:
+    """A warning for report.md when the grid's cells were trained on more than one machine
+    (run.json's ``machines``, :func:`pipeline.runs.machine`): training is deterministic on one
+    machine, not across machines, so a difference between two rows of the order of the
+    machines' spread is not the methods'. Empty when every cell ran on the same one."""
+    cells: Dict[str, List[str]] = {}
+    for method, per_seed in machines.items():
+        for seed, keys in zip(seeds, per_seed):
+            name = " + ".join(keys) if keys else "not recorded (trained before ctrflow recorded it)"
+            cells.setdefault(name, []).append(f"{method} seed {seed}")
+    if len(cells) < 2:
+        return ""
+    lines = [f"- {name}: {len(runs)} cell{'s' * (len(runs) > 1)} ({', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''})"
+             for name, runs in sorted(cells.items(), key=lambda item: -len(item[1]))]
+    return ("\n**The cells were trained on " + str(len(cells)) + " different machines** (a resumed run on every "
+            "machine it ran on). Training is deterministic on one machine but not across CPUs or library "
+            "versions: compare rows trained on different machines with that in mind "
+            "(`machines` in results.json says which run ran where).\n\n" + "\n".join(lines) + "\n")
 
 
 def task_tables(cfg: CompareConfig, per_task: Dict[str, Dict[str, List[dict]]],

@@ -13,6 +13,7 @@ import datetime
 import io
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from features.schema import Schema
 from pipeline.config import ConfigError, from_dict
 from pipeline.strategy import is_chief, task_name
 from pipeline.train_config import TrainConfig
-from serving.run_artifacts import CONFIG, DONE, MODEL_SPEC, RUN_INFO, WEIGHTS
+from serving.run_artifacts import CONFIG, DONE, MODEL_SPEC, RUN_INFO, WEIGHTS, run_info
 
 BACKUP = "backup"  # the folder a killed run resumes from (write_backup)
 STAGES = "stages"  # a staged run's stage folders (stage_dir), each with its outcome (STAGE_DONE) once complete
@@ -53,6 +54,34 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def machine() -> Dict[str, Any]:
+    """What the run was computed on, as far as it changes the numbers: training is deterministic on
+    one machine but not across CPUs or library versions (oneDNN picks its kernels by instruction
+    set), so a grid whose cells were trained on several machines says so (``pipeline/compare.py``).
+    ``key`` is the part that matters for the numbers: CPU model and widest vector set, cores, the
+    TensorFlow and NumPy versions and the accelerators (run.json's ``machines`` lists the keys of
+    every machine a resumed run was trained on)."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                name, _, value = line.partition(":")
+                if name.strip() == "model name":
+                    cpu = value.strip()
+                elif name.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the platform module's processor name
+        pass
+    isa = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+    accelerators = [d.device_type for d in tf.config.list_physical_devices() if d.device_type != "CPU"]
+    key = ", ".join([cpu + (f" ({isa})" if isa else ""), f"{os.cpu_count()} cores", f"TF {tf.__version__}",
+                     f"NumPy {np.__version__}", *accelerators])
+    return {"key": key, "host": socket.gethostname(), "cpu": cpu, "isa": isa, "cores": os.cpu_count(),
+            "accelerators": accelerators, "platform": platform.platform(), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
 @contextlib.contextmanager
@@ -96,9 +125,13 @@ def _open_run_dir(cfg, run_dir: str, schema: Schema, overwrite: bool) -> str:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, CONFIG), "w") as fh:
         yaml.safe_dump(config_dict, fh, sort_keys=False)
+    here = machine()
+    # a resumed run was computed on every machine it ran on: the earlier ones are carried forward
+    earlier = run_info(run_dir).get("machines", []) if resuming else []
     info = {"schema_fingerprint": schema.fingerprint(), "git_commit": git_commit(),
             "tensorflow": tf.__version__, "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "resumed": resuming, "data_dir": os.path.abspath(cfg.data_dir)}
+            "resumed": resuming, "data_dir": os.path.abspath(cfg.data_dir), "machine": here,
+            "machines": list(dict.fromkeys([*earlier, here["key"]]))}
     with open(os.path.join(run_dir, RUN_INFO), "w") as fh:
         json.dump(info, fh, indent=2)
     return run_dir

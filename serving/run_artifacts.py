@@ -2,7 +2,7 @@
 
     <runs_dir>/<run_name>/
         config.yaml      the resolved training config
-        run.json         schema fingerprint, git commit, versions, start time, data directory
+        run.json         schema fingerprint, git commit, versions, start time, data directory, machines
         model.json       what rebuilds the model: schema subset, tasks, model config
         weights/         the final (best) weights, TF checkpoint format
         checkpoints/     best-so-far weights during training

@@ -129,3 +129,31 @@ def test_a_cell_another_compare_finished_or_is_training_is_reused(sim_data, tmp_
     assert trained == [("DeepFM (other grid)", 1), ("MLP", 1), ("MLP", 2), ("DeepFM (other grid)", 2)]
     assert waits == [compare.LOCK_POLL_SECONDS]
     assert out["results"]["DeepFM"] == [{"auc": 0.72}] * 2
+
+
+def test_a_grid_whose_cells_ran_on_different_machines_says_which_ran_where(sim_data, tmp_path, monkeypatch):
+    """Training is deterministic on one machine, not across machines: the report warns when the cells'
+    run.json name more than one (a resumed run lists every machine it ran on) and results.json keeps
+    each cell's; a grid trained on one machine says nothing."""
+    trained = []
+    _fake_runs(monkeypatch, trained)
+    grid = _grid(sim_data, tmp_path, "grid", {"MLP": _backbone("dnn"), "DeepFM": _backbone("deepfm")},
+                 runs_dir=str(tmp_path / "runs"))
+    run_compare(grid, verbose=0)
+    report = (tmp_path / "grid" / "report.md").read_text()
+    assert "machines" not in report  # the fake runs record none: one (unrecorded) kind of cell
+    machines = {"MLP-seed1": ["EPYC (avx2)"], "MLP-seed2": ["EPYC (avx2)"], "DeepFM-seed1": ["EPYC (avx2)"],
+                "DeepFM-seed2": ["EPYC (avx2)", "Xeon (avx512f)"]}
+    for name, keys in machines.items():
+        (tmp_path / "runs" / name / "run.json").write_text(json.dumps({"machines": keys}))
+    run_compare(grid, verbose=0)
+    report = (tmp_path / "grid" / "report.md").read_text()
+    assert "**The cells were trained on 2 different machines**" in report
+    assert "- EPYC (avx2): 3 cells (MLP seed 1, MLP seed 2, DeepFM seed 1)" in report
+    assert "- EPYC (avx2) + Xeon (avx512f): 1 cell (DeepFM seed 2)" in report
+    saved = json.loads((tmp_path / "grid" / "results.json").read_text())["machines"]
+    assert saved == {"MLP": [["EPYC (avx2)"]] * 2, "DeepFM": [["EPYC (avx2)"], ["EPYC (avx2)", "Xeon (avx512f)"]]}
+    for name in machines:  # every cell on the same machine: no warning
+        (tmp_path / "runs" / name / "run.json").write_text(json.dumps({"machines": ["EPYC (avx2)"]}))
+    run_compare(grid, verbose=0)
+    assert "machines" not in (tmp_path / "grid" / "report.md").read_text()

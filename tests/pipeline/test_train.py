@@ -28,6 +28,7 @@ def test_train_converges_writes_run_dir_and_is_reproducible(sim_data, tmp_path):
     assert not os.path.exists(os.path.join(run_dir, "backup")), "backup is removed once the run is complete"
     info = json.load(open(os.path.join(run_dir, "run.json")))
     assert len(info["schema_fingerprint"]) == 16 and info["git_commit"]
+    assert info["machine"]["cores"] == os.cpu_count() and info["machines"] == [info["machine"]["key"]]
     hist = a["history"]
     assert hist["loss"][-1] < hist["loss"][0]
     assert max(hist["val_auc"]) > 0.6, hist["val_auc"]

@@ -61,9 +61,13 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(sim_data, tmp_path, cli
     cli("train", "--config", _config(tmp_path, sim_data, "straight"), check=0)
     config = _config(tmp_path, sim_data, "killed")
     _kill_during_epoch_2(config, runs / "killed")
+    info = json.loads((runs / "killed" / "run.json").read_text())
+    (runs / "killed" / "run.json").write_text(json.dumps({**info, "machines": ["the machine it was killed on"]}))
     cli("train", "--config", config, check=0)  # the same command again
     straight, resumed = runs / "straight", runs / "killed"
-    assert json.loads((resumed / "run.json").read_text())["resumed"] is True
+    info = json.loads((resumed / "run.json").read_text())
+    assert info["resumed"] is True
+    assert info["machines"] == ["the machine it was killed on", info["machine"]["key"]]  # both ran a part
 
     want = json.loads((straight / "done.json").read_text())["history"]
     got = json.loads((resumed / "done.json").read_text())["history"]
