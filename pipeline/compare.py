@@ -544,7 +544,8 @@ def machines_note(machines: Dict[str, List[Optional[List[str]]]], seeds: List[in
             cells.setdefault(name, []).append(f"{method} seed {seed}")
     if len(cells) < 2:
         return ""
-    lines = [f"- {name}: {len(runs)} cell{'s' * (len(runs) > 1)} ({', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''})"
+    lines = [f"- {name}: {len(runs)} cell{'s' * (len(runs) > 1)} "
+             f"({', '.join(runs[:6])}{', ...' if len(runs) > 6 else ''})"
              for name, runs in sorted(cells.items(), key=lambda item: -len(item[1]))]
     return ("\n**The cells were trained on " + str(len(cells)) + " different machines** (a resumed run on every "
             "machine it ran on). Training is deterministic on one machine but not across CPUs or library "

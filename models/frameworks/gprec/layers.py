@@ -42,9 +42,9 @@ class GroupClassifier(tf.keras.layers.Layer):
     ``per_group`` (the paper, Sec. IV-A4: "[64, 32, 2] for each group"): G independent MLPs
     ``units`` -> k, computed at once with weights stacked over the groups ([G, in, out], one
     batched matmul per layer over group-major activations [G, B, units]). ``shared_trunk``: one
-    MLP ``units`` shared by the groups, then G k-way linear heads. S is positive, as Eq. 3 takes log s: with ``k = 2`` a softmax over each
-    group's pair (s^1_i + s^0_i = 1); with ``k = 1`` a softmax over the G groups (GPRec-1's
-    division, as DGPM's).
+    MLP ``units`` shared by the groups, then G k-way linear heads. S is positive, as Eq. 3 takes
+    log s: with ``k = 2`` a softmax over each group's pair (s^1_i + s^0_i = 1); with ``k = 1`` a
+    softmax over the G groups (GPRec-1's division, as DGPM's).
     """
 
     def __init__(self, num_groups: int, units: Sequence[int] = (64, 32), outputs: int = 2,
